@@ -1,0 +1,208 @@
+"""What every RWKV version shares: embedding, residual blocks, output head, the forward contract.
+
+Module and parameter names follow BlinkDL's checkpoints (``emb.weight``, ``blocks.0.ln0.weight``,
+``blocks.{i}.att.key.weight``, ``ln_out.weight``, ``head.weight``, ...), so ``state_dict()`` is the
+checkpoint layout and a checkpoint loads with ``load_state_dict`` as it is. Each version file
+(``v4.py``, ``v5.py``, ``v6.py``, ``v7.py``) provides the time mix and channel mix of a block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from docstream.kernels.dispatch import check_backend
+from docstream.model.config import ModelConfig
+from docstream.model.state import State
+
+
+def count_layers(sd: dict[str, Tensor]) -> int:
+    """Number of blocks in a BlinkDL state dict."""
+    return 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+
+
+def mix_param(n: int) -> nn.Parameter:
+    """A [1, 1, n] token-shift mixing coefficient, the shape BlinkDL checkpoints store."""
+    return nn.Parameter(torch.empty(1, 1, n))
+
+
+def token_shift(xx: Tensor, prev: Tensor) -> Tensor:
+    """The sequence shifted one step right, ``prev`` [B, C] filling position 0. xx: [B, T, C]."""
+    return torch.cat((prev.unsqueeze(1), xx[:, :-1]), dim=1)
+
+
+def group_norm_heads(y: Tensor, norm: nn.GroupNorm) -> Tensor:
+    """Per-head group norm of y: [B, T, H, N] in fp32, returned as [B, T, H*N]."""
+    b, t, h, n = y.shape
+    out = F.group_norm(y.reshape(b * t, h * n).float(), h, norm.weight.float(), norm.bias.float(), norm.eps)
+    return out.view(b, t, h * n)
+
+
+class Block(nn.Module):
+    """One residual block: ``x + att(ln1(x))`` then ``x + ffn(ln2(x))`` (block 0 first applies ln0)."""
+
+    def __init__(self, layer_id: int, n_embd: int, att: nn.Module, ffn: nn.Module):
+        super().__init__()
+        self.layer_id = layer_id
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(n_embd)
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.ln2 = nn.LayerNorm(n_embd)
+        self.att = att
+        self.ffn = ffn
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor, Tensor], v_first: Tensor | None,
+                backend: str) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], Tensor | None]:
+        att_shift, wkv, ffn_shift = state
+        xx = self.ln1(x)
+        out, wkv, v_first = self.att(xx, att_shift, wkv, v_first, backend)
+        x = x + out
+        xx2 = self.ln2(x)
+        x = x + self.ffn(xx2, ffn_shift)
+        return x, (xx[:, -1], wkv, xx2[:, -1]), v_first
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """Hidden states of a forward pass.
+
+    ``last``: [B, T, C] final-layer output per position (after ``ln_out``, what the head reads);
+    ``layers``: per-layer residual stream [B, T, C] after each block, when asked for;
+    ``state``: the state after the last token.
+    """
+
+    last: Tensor
+    layers: tuple[Tensor, ...] | None
+    state: State
+
+
+class RWKVModel(nn.Module):
+    """Base class of the per-version models. Use :func:`docstream.model.load_model` to build one."""
+
+    version: ClassVar[str]
+    #: parameter name suffixes that stay fp32 whatever the model dtype (decays, bonuses, group norms)
+    fp32_params: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.version != self.version:
+            raise ValueError(f"{type(self).__name__} needs a version {self.version} config, got {config.version}")
+        self.config = config
+        self.backend = "auto"
+        self.emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(
+            Block(i, config.n_embd, self.make_att(i), self.make_ffn(i)) for i in range(config.n_layer))
+        self.ln_out = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+
+    # -- per-version hooks -------------------------------------------------------------------------
+    @classmethod
+    def config_from_state_dict(cls, sd: dict[str, Tensor]) -> ModelConfig:
+        raise NotImplementedError
+
+    def make_att(self, layer_id: int) -> nn.Module:
+        raise NotImplementedError
+
+    def make_ffn(self, layer_id: int) -> nn.Module:
+        raise NotImplementedError
+
+    def wkv_shape(self) -> tuple[int, ...]:
+        """Shape of one layer's WKV state for one sequence."""
+        c = self.config
+        return (3, c.dim_att) if c.version == "4" else (c.n_head, c.head_size, c.head_size)
+
+    def initial_wkv(self, batch_size: int, device: torch.device) -> Tensor:
+        """[B, L, ...] initial WKV state (zeros; RWKV-4 overrides the exponent part)."""
+        return torch.zeros(batch_size, self.config.n_layer, *self.wkv_shape(), device=device)
+
+    # -- public API ----------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.emb.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.emb.weight.device
+
+    def set_backend(self, backend: str) -> "RWKVModel":
+        """Choose the WKV implementation: "auto", "cuda", "cpu" or "torch"."""
+        self.backend = check_backend(backend)
+        return self
+
+    def init_state(self, batch_size: int = 1) -> State:
+        """The state before any token, for ``batch_size`` sequences."""
+        c = self.config
+        shift = torch.zeros(batch_size, c.n_layer, c.n_embd, dtype=self.dtype, device=self.device)
+        return State(c.version, shift, self.initial_wkv(batch_size, self.device), shift.clone())
+
+    @torch.no_grad()
+    def forward(self, tokens: Tensor | Sequence[int], state: State | None = None,
+                all_logits: bool = False) -> tuple[Tensor, State]:
+        """Run ``tokens`` [B, T] (a list of ints is one sequence) from ``state`` (None: initial).
+
+        Returns fp32 logits, [B, V] for the last position or [B, T, V] with ``all_logits``, and the
+        new state. The state passed in is not modified.
+        """
+        x, new_state, _ = self._trunk(tokens, state, keep_layers=False)
+        if not all_logits:
+            x = x[:, -1:]
+        logits = self.head(self.ln_out(x)).float()
+        return (logits if all_logits else logits[:, 0]), new_state
+
+    @torch.no_grad()
+    def forward_hidden(self, tokens: Tensor | Sequence[int], state: State | None = None,
+                       all_layers: bool = False) -> Hidden:
+        """Like :meth:`forward` but returns hidden states instead of logits (see :class:`Hidden`)."""
+        x, new_state, layers = self._trunk(tokens, state, keep_layers=all_layers)
+        return Hidden(self.ln_out(x), tuple(layers) if all_layers else None, new_state)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _as_batch(self, tokens: Tensor | Sequence[int]) -> Tensor:
+        if not isinstance(tokens, Tensor):
+            tokens = torch.tensor([list(tokens)], dtype=torch.long)
+        elif tokens.dim() == 1:
+            tokens = tokens.unsqueeze(0)
+        if tokens.dim() != 2 or tokens.shape[1] == 0 or tokens.shape[0] == 0:
+            raise ValueError(f"tokens must be a non-empty [B, T] tensor or list of ints, got shape {tuple(tokens.shape)}")
+        if tokens.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(f"tokens must be integers, got {tokens.dtype}")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside the model's vocabulary [0, {self.config.vocab_size})")
+        return tokens.to(self.device, torch.long)
+
+    def _check_state(self, state: State, batch_size: int) -> None:
+        expect = self.init_state_shapes(batch_size)
+        got = (state.version, tuple(state.att_shift.shape), tuple(state.wkv.shape))
+        if got != expect:
+            raise ValueError(f"state does not fit this model: got version {got[0]}, att_shift {got[1]}, "
+                             f"wkv {got[2]}; expected version {expect[0]}, {expect[1]}, {expect[2]}")
+
+    def init_state_shapes(self, batch_size: int) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+        c = self.config
+        return c.version, (batch_size, c.n_layer, c.n_embd), (batch_size, c.n_layer, *self.wkv_shape())
+
+    def _trunk(self, tokens: Tensor | Sequence[int], state: State | None,
+               keep_layers: bool) -> tuple[Tensor, State, list[Tensor]]:
+        tokens = self._as_batch(tokens)
+        if state is None:
+            state = self.init_state(tokens.shape[0])
+        else:
+            self._check_state(state, tokens.shape[0])
+            state = state.to(self.device, self.dtype)
+        x = self.blocks[0].ln0(self.emb(tokens))
+        new_layers, layers = [], []
+        v_first = None
+        every = self.config.rescale_every
+        for i, block in enumerate(self.blocks):
+            x, layer_state, v_first = block(x, state.layer(i), v_first, self.backend)
+            new_layers.append(layer_state)
+            if every and (i + 1) % every == 0:
+                x = x / 2
+            if keep_layers:
+                layers.append(x)
+        return x, State.from_layers(self.config.version, new_layers), layers

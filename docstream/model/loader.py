@@ -1,0 +1,132 @@
+"""Loading BlinkDL ``.pth`` checkpoints: version detection, dtype placement, fp16 rescaling."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from docstream.model.base import RWKVModel
+from docstream.model.v4 import RWKV4
+from docstream.model.v5 import RWKV5
+from docstream.model.v6 import RWKV6
+from docstream.model.v7 import RWKV7
+
+MODEL_CLASSES: dict[str, type[RWKVModel]] = {"4": RWKV4, "5.2": RWKV5, "6": RWKV6, "7": RWKV7}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: fp16 halves the residual stream every this many layers so activations stay in range, as the
+#: reference implementation does for RWKV-4/5/6 (RWKV-7 needs no rescaling)
+FP16_RESCALE_EVERY = 6
+
+
+def detect_version(sd: dict[str, Tensor], source: str = "checkpoint") -> str:
+    """The RWKV version of a BlinkDL state dict, read from which tensors it holds."""
+    if "emb.weight" not in sd or "blocks.0.ln1.weight" not in sd:
+        raise ValueError(f"{source} is not an RWKV checkpoint: it has no 'emb.weight' / 'blocks.0.ln1.weight' "
+                         f"(found keys such as {sorted(sd)[:5]})")
+    if "_strategy" in sd:
+        raise ValueError(f"{source} was converted by the rwkv package's convert_model.py for strategy "
+                         f"{sd['_strategy']!r}; load the original BlinkDL .pth instead")
+    att = "blocks.0.att."
+    if att + "r_k" in sd:
+        return "7"
+    if att + "time_maa_x" in sd:
+        return "6"
+    if att + "ln_x.weight" in sd:
+        decay = sd.get(att + "time_decay")
+        if att + "gate.weight" in sd and decay is not None and decay.dim() == 2 and decay.shape[1] > 1:
+            return "5.2"
+        raise ValueError(f"{source} is an RWKV-5.0/5.1 checkpoint; docstream supports RWKV-4, 5.2, 6 and 7")
+    if att + "time_mix_k" in sd and att + "time_decay" in sd:
+        return "4"
+    raise ValueError(f"{source} has an unknown RWKV layout: expected the tensors of RWKV-4 (att.time_mix_k), "
+                     f"5.2 (att.ln_x + att.gate), 6 (att.time_maa_x) or 7 (att.r_k)")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The state dict stored at ``path``, memory-mapped where the file format allows."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"RWKV checkpoint {str(path)!r} does not exist (expected a BlinkDL .pth file)")
+    try:
+        try:
+            sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except Exception as err:  # torch raises many types for a damaged file; report them all alike
+        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}); "
+                         f"expected a BlinkDL RWKV .pth file, complete and not truncated") from err
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors; expected a BlinkDL RWKV .pth file")
+    return sd
+
+
+def build_model(sd: dict[str, Tensor], device: str | torch.device = "cpu", dtype: str = "fp32",
+                source: str = "checkpoint") -> RWKVModel:
+    """An inference model from a BlinkDL state dict (which is not modified)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    device = _check_device(device)
+    version = detect_version(sd, source)
+    cls = MODEL_CLASSES[version]
+    sd = dict(sd)
+    if version == "7":  # layer 0 never uses the value-residual parameters; some releases store them
+        for name in ("v0", "v1", "v2"):
+            sd.pop(f"blocks.0.att.{name}", None)
+    try:
+        config = cls.config_from_state_dict(sd)
+    except KeyError as err:
+        raise ValueError(f"{source} looks like RWKV-{version} but lacks tensor {err}") from err
+    if dtype == "fp16" and version != "7":
+        config = config.model_copy(update={"rescale_every": FP16_RESCALE_EVERY})
+    with torch.device("meta"):
+        model = cls(config)
+    converted = {name: _convert(name, t, cls, DTYPES[dtype], config.rescale_every, device)
+                 for name, t in sd.items()}
+    try:
+        model.load_state_dict(converted, strict=True, assign=True)
+    except RuntimeError as err:
+        raise ValueError(f"{source} does not match the RWKV-{version} layout: {err}") from err
+    model.eval().requires_grad_(False)
+    return model
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str = "fp32",
+               backend: str = "auto") -> RWKVModel:
+    """Load a BlinkDL RWKV checkpoint; ``model.version`` is "4", "5.2", "6" or "7".
+
+    ``dtype`` is "fp32", "bf16" or "fp16" (recurrent state and decays stay fp32 in every case);
+    ``backend`` picks the WKV kernels ("auto", "cuda", "cpu", "torch").
+    """
+    model = build_model(read_checkpoint(path), device, dtype, source=repr(str(path)))
+    model.source_path = Path(path)
+    return model.set_backend(backend)
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of a checkpoint file, the identity snapshots record of the model that made them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but no CUDA GPU is available; use device='cpu'")
+    return device
+
+
+def _convert(name: str, t: Tensor, cls: type[RWKVModel], dtype: torch.dtype, rescale_every: int,
+             device: torch.device) -> Tensor:
+    keep_fp32 = any(name.endswith(suffix) for suffix in cls.fp32_params)
+    t = t.to(device=device, dtype=torch.float32 if keep_fp32 else dtype)
+    if rescale_every and (name.endswith("att.output.weight") or name.endswith("ffn.value.weight")):
+        layer = int(name.split(".")[1])
+        t = t / (2 ** (layer // rescale_every))
+    return t.contiguous()

@@ -1,0 +1,74 @@
+"""RWKV-4 ("Pile" models): scalar-per-channel WKV with a running-maximum exponent."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from docstream.kernels import wkv4
+from docstream.model.base import RWKVModel, count_layers, mix_param, token_shift
+from docstream.model.config import ModelConfig
+
+
+class TimeMix4(nn.Module):
+    def __init__(self, n_embd: int, dim_att: int):
+        super().__init__()
+        self.time_decay = nn.Parameter(torch.empty(dim_att))
+        self.time_first = nn.Parameter(torch.empty(dim_att))
+        self.time_mix_k, self.time_mix_v, self.time_mix_r = mix_param(n_embd), mix_param(n_embd), mix_param(n_embd)
+        self.key = nn.Linear(n_embd, dim_att, bias=False)
+        self.value = nn.Linear(n_embd, dim_att, bias=False)
+        self.receptance = nn.Linear(n_embd, dim_att, bias=False)
+        self.output = nn.Linear(dim_att, n_embd, bias=False)
+
+    def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
+                backend: str) -> tuple[Tensor, Tensor, Tensor | None]:
+        sx = token_shift(xx, shift)
+        kx = xx * self.time_mix_k + sx * (1 - self.time_mix_k)
+        vx = xx * self.time_mix_v + sx * (1 - self.time_mix_v)
+        rx = xx * self.time_mix_r + sx * (1 - self.time_mix_r)
+        r = torch.sigmoid(self.receptance(rx))
+        k, v = self.key(kx).float(), self.value(vx).float()
+        y, wkv = wkv4(-torch.exp(self.time_decay.float()), self.time_first.float(), k, v, wkv, backend=backend)
+        return self.output(r * y.to(xx.dtype)), wkv, v_first
+
+
+class ChannelMix4(nn.Module):
+    """The feed-forward of RWKV-4 and RWKV-5.2: squared-ReLU MLP gated by a receptance."""
+
+    def __init__(self, n_embd: int, dim_ffn: int):
+        super().__init__()
+        self.time_mix_k, self.time_mix_r = mix_param(n_embd), mix_param(n_embd)
+        self.key = nn.Linear(n_embd, dim_ffn, bias=False)
+        self.receptance = nn.Linear(n_embd, n_embd, bias=False)
+        self.value = nn.Linear(dim_ffn, n_embd, bias=False)
+
+    def forward(self, xx: Tensor, shift: Tensor) -> Tensor:
+        sx = token_shift(xx, shift)
+        kx = xx * self.time_mix_k + sx * (1 - self.time_mix_k)
+        rx = xx * self.time_mix_r + sx * (1 - self.time_mix_r)
+        return torch.sigmoid(self.receptance(rx)) * self.value(F.relu(self.key(kx)).square())
+
+
+class RWKV4(RWKVModel):
+    version = "4"
+    fp32_params = ("att.time_decay", "att.time_first")
+
+    @classmethod
+    def config_from_state_dict(cls, sd: dict[str, Tensor]) -> ModelConfig:
+        v, c = sd["emb.weight"].shape
+        return ModelConfig(version="4", n_layer=count_layers(sd), n_embd=c, vocab_size=v,
+                           dim_att=sd["blocks.0.att.key.weight"].shape[0],
+                           dim_ffn=sd["blocks.0.ffn.key.weight"].shape[0], head_size=0)
+
+    def make_att(self, layer_id: int) -> nn.Module:
+        return TimeMix4(self.config.n_embd, self.config.dim_att)
+
+    def make_ffn(self, layer_id: int) -> nn.Module:
+        return ChannelMix4(self.config.n_embd, self.config.dim_ffn)
+
+    def initial_wkv(self, batch_size: int, device: torch.device) -> Tensor:
+        wkv = super().initial_wkv(batch_size, device)
+        wkv[:, :, 2] = -1e30  # the shared exponent starts at "minus infinity", finite so exp() stays defined
+        return wkv
+

@@ -1,0 +1,64 @@
+"""RWKV-5.2 ("Eagle"): multi-head matrix-valued state with a learned per-channel decay."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from docstream.kernels import wkv6
+from docstream.model.base import RWKVModel, count_layers, group_norm_heads, mix_param, token_shift
+from docstream.model.config import ModelConfig
+from docstream.model.v4 import ChannelMix4
+
+
+class TimeMix5(nn.Module):
+    def __init__(self, n_embd: int, dim_att: int, head_size: int):
+        super().__init__()
+        self.n_head, self.head_size = dim_att // head_size, head_size
+        self.time_mix_k, self.time_mix_v = mix_param(n_embd), mix_param(n_embd)
+        self.time_mix_r, self.time_mix_g = mix_param(n_embd), mix_param(n_embd)
+        self.time_decay = nn.Parameter(torch.empty(self.n_head, head_size))
+        self.time_faaaa = nn.Parameter(torch.empty(self.n_head, head_size))
+        self.receptance = nn.Linear(n_embd, dim_att, bias=False)
+        self.key = nn.Linear(n_embd, dim_att, bias=False)
+        self.value = nn.Linear(n_embd, dim_att, bias=False)
+        self.gate = nn.Linear(n_embd, dim_att, bias=False)
+        self.output = nn.Linear(dim_att, n_embd, bias=False)
+        self.ln_x = nn.GroupNorm(self.n_head, dim_att, eps=64e-5)
+
+    def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
+                backend: str) -> tuple[Tensor, Tensor, Tensor | None]:
+        b, t, _ = xx.shape
+        heads = (b, t, self.n_head, self.head_size)
+        sx = token_shift(xx, shift)
+        kx = xx * self.time_mix_k + sx * (1 - self.time_mix_k)
+        vx = xx * self.time_mix_v + sx * (1 - self.time_mix_v)
+        rx = xx * self.time_mix_r + sx * (1 - self.time_mix_r)
+        gx = xx * self.time_mix_g + sx * (1 - self.time_mix_g)
+        r = self.receptance(rx).float().view(heads)
+        k = self.key(kx).float().view(heads)
+        v = self.value(vx).float().view(heads)
+        g = F.silu(self.gate(gx))
+        w = torch.exp(-torch.exp(self.time_decay.float())).expand(heads)
+        y, wkv = wkv6(r, k, v, w, self.time_faaaa.float(), wkv, backend=backend)
+        y = group_norm_heads(y, self.ln_x).to(xx.dtype)
+        return self.output(y * g), wkv, v_first
+
+
+class RWKV5(RWKVModel):
+    version = "5.2"
+    fp32_params = ("att.time_decay", "att.time_faaaa", "att.ln_x.weight", "att.ln_x.bias")
+
+    @classmethod
+    def config_from_state_dict(cls, sd: dict[str, Tensor]) -> ModelConfig:
+        v, c = sd["emb.weight"].shape
+        n_head, head_size = sd["blocks.0.att.time_decay"].shape
+        return ModelConfig(version="5.2", n_layer=count_layers(sd), n_embd=c, vocab_size=v,
+                           dim_att=sd["blocks.0.att.key.weight"].shape[0],
+                           dim_ffn=sd["blocks.0.ffn.key.weight"].shape[0], head_size=head_size)
+
+    def make_att(self, layer_id: int) -> nn.Module:
+        return TimeMix5(self.config.n_embd, self.config.dim_att, self.config.head_size)
+
+    def make_ffn(self, layer_id: int) -> nn.Module:
+        return ChannelMix4(self.config.n_embd, self.config.dim_ffn)

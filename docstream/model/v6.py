@@ -1,0 +1,91 @@
+"""RWKV-6 ("Finch"): data-dependent token shift and data-dependent per-token decay."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from docstream.kernels import wkv6
+from docstream.model.base import RWKVModel, count_layers, group_norm_heads, mix_param, token_shift
+from docstream.model.config import ModelConfig
+
+
+class TimeMix6(nn.Module):
+    def __init__(self, n_embd: int, dim_att: int, head_size: int, d_mix: int, d_decay: int):
+        super().__init__()
+        self.n_head, self.head_size = dim_att // head_size, head_size
+        self.time_maa_x, self.time_maa_w, self.time_maa_k = mix_param(n_embd), mix_param(n_embd), mix_param(n_embd)
+        self.time_maa_v, self.time_maa_r, self.time_maa_g = mix_param(n_embd), mix_param(n_embd), mix_param(n_embd)
+        self.time_maa_w1 = nn.Parameter(torch.empty(n_embd, 5 * d_mix))
+        self.time_maa_w2 = nn.Parameter(torch.empty(5, d_mix, n_embd))
+        self.time_decay = nn.Parameter(torch.empty(1, 1, dim_att))
+        self.time_decay_w1 = nn.Parameter(torch.empty(n_embd, d_decay))
+        self.time_decay_w2 = nn.Parameter(torch.empty(d_decay, dim_att))
+        self.time_faaaa = nn.Parameter(torch.empty(self.n_head, head_size))
+        self.receptance = nn.Linear(n_embd, dim_att, bias=False)
+        self.key = nn.Linear(n_embd, dim_att, bias=False)
+        self.value = nn.Linear(n_embd, dim_att, bias=False)
+        self.gate = nn.Linear(n_embd, dim_att, bias=False)
+        self.output = nn.Linear(dim_att, n_embd, bias=False)
+        self.ln_x = nn.GroupNorm(self.n_head, dim_att, eps=64e-5)
+
+    def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
+                backend: str) -> tuple[Tensor, Tensor, Tensor | None]:
+        b, t, c = xx.shape
+        heads = (b, t, self.n_head, self.head_size)
+        sx = token_shift(xx, shift) - xx
+        lora = torch.tanh((xx + sx * self.time_maa_x) @ self.time_maa_w1).view(b, t, 5, -1)
+        mw, mk, mv, mr, mg = torch.einsum("btfd,fdc->fbtc", lora, self.time_maa_w2).unbind(0)
+        wx = xx + sx * (self.time_maa_w + mw)
+        kx = xx + sx * (self.time_maa_k + mk)
+        vx = xx + sx * (self.time_maa_v + mv)
+        rx = xx + sx * (self.time_maa_r + mr)
+        gx = xx + sx * (self.time_maa_g + mg)
+        r = self.receptance(rx).float().view(heads)
+        k = self.key(kx).float().view(heads)
+        v = self.value(vx).float().view(heads)
+        g = F.silu(self.gate(gx))
+        w = self.time_decay.float() + (torch.tanh(wx @ self.time_decay_w1) @ self.time_decay_w2).float()
+        w = torch.exp(-torch.exp(w)).view(heads)
+        y, wkv = wkv6(r, k, v, w, self.time_faaaa.float(), wkv, backend=backend)
+        y = group_norm_heads(y, self.ln_x).to(xx.dtype)
+        return self.output(y * g), wkv, v_first
+
+
+class ChannelMix6(nn.Module):
+    """RWKV-6 feed-forward: RWKV-4's with the ``maa`` form of the token-shift mix."""
+
+    def __init__(self, n_embd: int, dim_ffn: int):
+        super().__init__()
+        self.time_maa_k, self.time_maa_r = mix_param(n_embd), mix_param(n_embd)
+        self.key = nn.Linear(n_embd, dim_ffn, bias=False)
+        self.receptance = nn.Linear(n_embd, n_embd, bias=False)
+        self.value = nn.Linear(dim_ffn, n_embd, bias=False)
+
+    def forward(self, xx: Tensor, shift: Tensor) -> Tensor:
+        sx = token_shift(xx, shift) - xx
+        kx = xx + sx * self.time_maa_k
+        rx = xx + sx * self.time_maa_r
+        return torch.sigmoid(self.receptance(rx)) * self.value(F.relu(self.key(kx)).square())
+
+
+class RWKV6(RWKVModel):
+    version = "6"
+    fp32_params = ("att.time_decay", "att.time_faaaa", "att.ln_x.weight", "att.ln_x.bias")
+
+    @classmethod
+    def config_from_state_dict(cls, sd: dict[str, Tensor]) -> ModelConfig:
+        v, c = sd["emb.weight"].shape
+        n_head, head_size = sd["blocks.0.att.time_faaaa"].shape
+        return ModelConfig(version="6", n_layer=count_layers(sd), n_embd=c, vocab_size=v,
+                           dim_att=sd["blocks.0.att.key.weight"].shape[0],
+                           dim_ffn=sd["blocks.0.ffn.key.weight"].shape[0], head_size=head_size,
+                           lora={"mix": sd["blocks.0.att.time_maa_w2"].shape[1],
+                                 "decay": sd["blocks.0.att.time_decay_w1"].shape[1]})
+
+    def make_att(self, layer_id: int) -> nn.Module:
+        c = self.config
+        return TimeMix6(c.n_embd, c.dim_att, c.head_size, c.lora["mix"], c.lora["decay"])
+
+    def make_ffn(self, layer_id: int) -> nn.Module:
+        return ChannelMix6(self.config.n_embd, self.config.dim_ffn)

@@ -1,0 +1,143 @@
+"""Forward contract, hidden states, dtypes and loader errors on tiny random checkpoints."""
+import pytest
+import torch
+
+from docstream.model import State, build_model, load_model
+from docstream.model.synthetic import make_random_checkpoint, save_random_checkpoint
+
+SPECS = {
+    "4": dict(n_layer=2, n_embd=32, vocab_size=61),
+    "5.2": dict(n_layer=2, n_embd=32, head_size=16, vocab_size=61),
+    "6": dict(n_layer=2, n_embd=32, head_size=16, vocab_size=61),
+    "7": dict(n_layer=2, n_embd=32, head_size=16, vocab_size=61),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def model(request):
+    return build_model(make_random_checkpoint(request.param, seed=3, **SPECS[request.param]))
+
+
+def _tokens(model, B, T, seed=0):
+    return torch.randint(0, model.config.vocab_size, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def test_state_passed_in_is_not_modified(model):
+    toks = _tokens(model, 2, 6)
+    _, state = model.forward(toks)
+    before = state.clone()
+    model.forward(toks, state)
+    assert state.equal(before)
+
+
+def test_rows_are_independent_of_batch_companions(model):
+    toks = _tokens(model, 3, 9, seed=1)
+    _, s0 = model.forward(_tokens(model, 3, 4, seed=2))
+    batch_logits, batch_state = model.forward(toks, s0, all_logits=True)
+    for row in range(3):
+        alone, alone_state = model.forward(toks[row:row + 1], s0.select(row), all_logits=True)
+        torch.testing.assert_close(batch_logits[row:row + 1], alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batch_state.select(row).wkv, alone_state.wkv, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("split", [1, 7, 19])
+def test_any_split_gives_the_same_logits(model, split):
+    toks = _tokens(model, 2, 20, seed=split)
+    whole, whole_state = model.forward(toks, all_logits=True)
+    first, state = model.forward(toks[:, :split], all_logits=True)
+    second, state = model.forward(toks[:, split:], state, all_logits=True)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(state.wkv, whole_state.wkv, atol=2e-5, rtol=1e-5)
+
+
+def test_hidden_states_feed_the_head(model):
+    toks = _tokens(model, 2, 5)
+    hidden = model.forward_hidden(toks, all_layers=True)
+    logits, _ = model.forward(toks, all_logits=True)
+    assert hidden.last.shape == (2, 5, model.config.n_embd)
+    assert len(hidden.layers) == model.config.n_layer
+    torch.testing.assert_close(model.head(hidden.last), logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.ln_out(hidden.layers[-1]), hidden.last)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_tracks_fp32(dtype):
+    # deep enough (7 layers) that fp16 rescaling of RWKV-4/5/6 kicks in after layer 6
+    for version in SPECS:
+        spec = dict(SPECS[version], n_layer=7)
+        sd = make_random_checkpoint(version, seed=5, **spec)
+        ref, half = build_model(sd), build_model(sd, dtype=dtype)
+        assert half.config.rescale_every == (6 if dtype == "fp16" and version != "7" else 0)
+        toks = _tokens(ref, 2, 16)
+        want, _ = ref.forward(toks, all_logits=True)
+        got, state = half.forward(toks, all_logits=True)
+        assert got.dtype == torch.float32 and state.wkv.dtype == torch.float32
+        assert state.att_shift.dtype == half.dtype
+        err = (got - want).abs().max() / want.abs().max()
+        assert err < 0.05, f"v{version} {dtype}: relative error {err:.3f}"
+        # the argmax agrees for nearly every position
+        agree = (got.argmax(-1) == want.argmax(-1)).float().mean()
+        assert agree >= 0.9, f"v{version} {dtype}: argmax agreement {agree:.2f}"
+
+
+def test_state_from_another_model_is_refused(model):
+    other = State("7" if model.version != "7" else "4", *model.init_state(1).parts().values())
+    with pytest.raises(ValueError, match="state does not fit"):
+        model.forward([1, 2], other)
+
+
+@pytest.mark.parametrize("bad", [[], [[1, 2], [3]], [-1], [10**6]])
+def test_bad_tokens_are_refused(model, bad):
+    with pytest.raises(ValueError):
+        model.forward(torch.tensor(bad) if bad and isinstance(bad[0], int) else bad)
+
+
+def test_loader_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_model(missing)
+
+    good = save_random_checkpoint(tmp_path / "good.pth", "7", **SPECS["7"])
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated.pth"):
+        load_model(truncated)
+
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(ValueError, match="garbage.pth"):
+        load_model(garbage)
+
+    other = tmp_path / "other.pth"
+    torch.save({"encoder.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(ValueError, match="not an RWKV checkpoint"):
+        load_model(other)
+
+    sd = make_random_checkpoint("7", **SPECS["7"])
+    del sd["blocks.1.att.k_k"]
+    broken = tmp_path / "broken.pth"
+    torch.save(sd, broken)
+    with pytest.raises(ValueError, match="k_k"):
+        load_model(broken)
+
+    sd = make_random_checkpoint("4", **SPECS["4"])
+    sd = {k.replace("time_mix_k", "time_mix_q"): v for k, v in sd.items()}
+    odd = tmp_path / "odd.pth"
+    torch.save(sd, odd)
+    with pytest.raises(ValueError, match="unknown RWKV layout"):
+        load_model(odd)
+
+    with pytest.raises(ValueError, match="dtype"):
+        load_model(good, dtype="fp8")
+    with pytest.raises(ValueError, match="backend"):
+        load_model(good, backend="tpu")
+
+
+def test_parameters_round_trip_to_the_checkpoint_layout():
+    sd = make_random_checkpoint("6", **SPECS["6"])
+    model = build_model(sd)
+    out = model.state_dict()
+    assert set(out) == set(sd)
+    for name, tensor in sd.items():
+        assert out[name].shape == tensor.shape, name
+        assert torch.equal(out[name], tensor), name
