@@ -1,0 +1,64 @@
+"""The common tokenizer interface and small helpers shared by the implementations."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the pipeline needs from a tokenizer.
+
+    Implementations map text to token ids and back. ``fingerprint()`` identifies
+    the vocabulary (sha256 hex digest of the vocabulary file's bytes), so a run
+    can record exactly which tokenizer produced its tokens.
+    """
+
+    @property
+    def name(self) -> str:
+        """A short human-readable name, e.g. ``"world:rwkv_vocab_v20230424.txt"``."""
+        ...
+
+    @property
+    def vocab_size(self) -> int:
+        """One more than the largest token id this tokenizer can produce or decode."""
+        ...
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids for ``text``, with no special tokens added."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text for ``ids``."""
+        ...
+
+    def fingerprint(self) -> str:
+        """The sha256 hex digest of the vocabulary file's bytes."""
+        ...
+
+
+def sha256_hex(data: bytes) -> str:
+    """The sha256 hex digest of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_vocab_bytes(path: str | Path, kind: str, hint: str = "check the path") -> tuple[Path, bytes]:
+    """Read a vocabulary file, with errors that name the file.
+
+    ``kind`` describes the expected file (e.g. ``"RWKV World vocab"``) and
+    ``hint`` what to do about a missing one, for the error messages. Returns the
+    path as a ``Path`` and the file's bytes.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the path exists but is not a regular file.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"{kind} file not found: {str(file)!r}; {hint}")
+    if not file.is_file():
+        raise ValueError(f"{kind} path {str(file)!r} is not a regular file; pass the vocabulary file itself")
+    return file, file.read_bytes()
