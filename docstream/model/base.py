@@ -19,6 +19,43 @@ from docstream.model.config import ModelConfig
 from docstream.model.state import State
 
 
+#: matrix products get their row count padded with zero rows up to a multiple of this: the BLAS behind
+#: torch computes the rows of a short remainder block with other kernels, so without padding a row's
+#: result depends on how many rows share the product. Padded, every row is bitwise the same whatever
+#: the batch size, chunk length or position in the batch (so token-by-token, chunked and batched
+#: streaming agree exactly, and resumed runs reproduce uninterrupted ones) at the cost of < 8 rows.
+#: (Elementwise ops are bitwise row-stable when widths are multiples of 16, as in released models;
+#: otherwise torch's scalar tail loop may round a few elements differently.)
+GEMM_ROW_MULTIPLE = 8
+
+
+def _pad_rows(x: Tensor) -> tuple[Tensor, int]:
+    """x flattened to [rows, in] and zero-padded to a multiple of GEMM_ROW_MULTIPLE rows; and the real row count."""
+    flat = x.reshape(-1, x.shape[-1])
+    rows = flat.shape[0]
+    extra = -rows % GEMM_ROW_MULTIPLE
+    if extra:
+        flat = torch.cat((flat, flat.new_zeros(extra, flat.shape[1])))
+    return flat, rows
+
+
+def matmul(x: Tensor, w: Tensor) -> Tensor:
+    """x [..., in] @ w [in, out] with row-stable results (see GEMM_ROW_MULTIPLE)."""
+    flat, rows = _pad_rows(x)
+    return (flat @ w)[:rows].view(*x.shape[:-1], w.shape[1])
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` without bias whose results do not depend on how many rows it is given."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat, rows = _pad_rows(x)
+        return F.linear(flat, self.weight)[:rows].view(*x.shape[:-1], self.out_features)
+
+
 def count_layers(sd: dict[str, Tensor]) -> int:
     """Number of blocks in a BlinkDL state dict."""
     return 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
@@ -96,7 +133,7 @@ class RWKVModel(nn.Module):
         self.blocks = nn.ModuleList(
             Block(i, config.n_embd, self.make_att(i), self.make_ffn(i)) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd)
-        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.head = Linear(config.n_embd, config.vocab_size)
 
     # -- per-version hooks -------------------------------------------------------------------------
     @classmethod

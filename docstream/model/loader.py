@@ -1,12 +1,12 @@
 """Loading BlinkDL ``.pth`` checkpoints: version detection, dtype placement, fp16 rescaling."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from docstream.checksum import sha256_file
 from docstream.model.base import RWKVModel
 from docstream.model.v4 import RWKV4
 from docstream.model.v5 import RWKV5
@@ -108,11 +108,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
 
 def file_fingerprint(path: str | Path) -> str:
     """sha256 of a checkpoint file, the identity snapshots record of the model that made them."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _check_device(device: str | torch.device) -> torch.device:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from docstream.kernels import wkv4
-from docstream.model.base import RWKVModel, count_layers, mix_param, token_shift
+from docstream.model.base import Linear, RWKVModel, count_layers, mix_param, token_shift
 from docstream.model.config import ModelConfig
 
 
@@ -16,10 +16,10 @@ class TimeMix4(nn.Module):
         self.time_decay = nn.Parameter(torch.empty(dim_att))
         self.time_first = nn.Parameter(torch.empty(dim_att))
         self.time_mix_k, self.time_mix_v, self.time_mix_r = mix_param(n_embd), mix_param(n_embd), mix_param(n_embd)
-        self.key = nn.Linear(n_embd, dim_att, bias=False)
-        self.value = nn.Linear(n_embd, dim_att, bias=False)
-        self.receptance = nn.Linear(n_embd, dim_att, bias=False)
-        self.output = nn.Linear(dim_att, n_embd, bias=False)
+        self.key = Linear(n_embd, dim_att)
+        self.value = Linear(n_embd, dim_att)
+        self.receptance = Linear(n_embd, dim_att)
+        self.output = Linear(dim_att, n_embd)
 
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
                 backend: str) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -39,9 +39,9 @@ class ChannelMix4(nn.Module):
     def __init__(self, n_embd: int, dim_ffn: int):
         super().__init__()
         self.time_mix_k, self.time_mix_r = mix_param(n_embd), mix_param(n_embd)
-        self.key = nn.Linear(n_embd, dim_ffn, bias=False)
-        self.receptance = nn.Linear(n_embd, n_embd, bias=False)
-        self.value = nn.Linear(dim_ffn, n_embd, bias=False)
+        self.key = Linear(n_embd, dim_ffn)
+        self.receptance = Linear(n_embd, n_embd)
+        self.value = Linear(dim_ffn, n_embd)
 
     def forward(self, xx: Tensor, shift: Tensor) -> Tensor:
         sx = token_shift(xx, shift)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from docstream.kernels import wkv6
-from docstream.model.base import RWKVModel, count_layers, group_norm_heads, mix_param, token_shift
+from docstream.model.base import Linear, RWKVModel, count_layers, group_norm_heads, mix_param, token_shift
 from docstream.model.config import ModelConfig
 from docstream.model.v4 import ChannelMix4
 
@@ -19,11 +19,11 @@ class TimeMix5(nn.Module):
         self.time_mix_r, self.time_mix_g = mix_param(n_embd), mix_param(n_embd)
         self.time_decay = nn.Parameter(torch.empty(self.n_head, head_size))
         self.time_faaaa = nn.Parameter(torch.empty(self.n_head, head_size))
-        self.receptance = nn.Linear(n_embd, dim_att, bias=False)
-        self.key = nn.Linear(n_embd, dim_att, bias=False)
-        self.value = nn.Linear(n_embd, dim_att, bias=False)
-        self.gate = nn.Linear(n_embd, dim_att, bias=False)
-        self.output = nn.Linear(dim_att, n_embd, bias=False)
+        self.receptance = Linear(n_embd, dim_att)
+        self.key = Linear(n_embd, dim_att)
+        self.value = Linear(n_embd, dim_att)
+        self.gate = Linear(n_embd, dim_att)
+        self.output = Linear(dim_att, n_embd)
         self.ln_x = nn.GroupNorm(self.n_head, dim_att, eps=64e-5)
 
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,

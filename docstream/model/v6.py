@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from docstream.kernels import wkv6
-from docstream.model.base import RWKVModel, count_layers, group_norm_heads, mix_param, token_shift
+from docstream.model.base import Linear, RWKVModel, matmul, count_layers, group_norm_heads, mix_param, token_shift
 from docstream.model.config import ModelConfig
 
 
@@ -22,11 +22,11 @@ class TimeMix6(nn.Module):
         self.time_decay_w1 = nn.Parameter(torch.empty(n_embd, d_decay))
         self.time_decay_w2 = nn.Parameter(torch.empty(d_decay, dim_att))
         self.time_faaaa = nn.Parameter(torch.empty(self.n_head, head_size))
-        self.receptance = nn.Linear(n_embd, dim_att, bias=False)
-        self.key = nn.Linear(n_embd, dim_att, bias=False)
-        self.value = nn.Linear(n_embd, dim_att, bias=False)
-        self.gate = nn.Linear(n_embd, dim_att, bias=False)
-        self.output = nn.Linear(dim_att, n_embd, bias=False)
+        self.receptance = Linear(n_embd, dim_att)
+        self.key = Linear(n_embd, dim_att)
+        self.value = Linear(n_embd, dim_att)
+        self.gate = Linear(n_embd, dim_att)
+        self.output = Linear(dim_att, n_embd)
         self.ln_x = nn.GroupNorm(self.n_head, dim_att, eps=64e-5)
 
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
@@ -34,8 +34,8 @@ class TimeMix6(nn.Module):
         b, t, c = xx.shape
         heads = (b, t, self.n_head, self.head_size)
         sx = token_shift(xx, shift) - xx
-        lora = torch.tanh((xx + sx * self.time_maa_x) @ self.time_maa_w1).view(b, t, 5, -1)
-        mw, mk, mv, mr, mg = torch.einsum("btfd,fdc->fbtc", lora, self.time_maa_w2).unbind(0)
+        lora = torch.tanh(matmul(xx + sx * self.time_maa_x, self.time_maa_w1)).view(b, t, 5, -1)
+        mw, mk, mv, mr, mg = (matmul(lora[:, :, f], self.time_maa_w2[f]) for f in range(5))
         wx = xx + sx * (self.time_maa_w + mw)
         kx = xx + sx * (self.time_maa_k + mk)
         vx = xx + sx * (self.time_maa_v + mv)
@@ -45,7 +45,7 @@ class TimeMix6(nn.Module):
         k = self.key(kx).float().view(heads)
         v = self.value(vx).float().view(heads)
         g = F.silu(self.gate(gx))
-        w = self.time_decay.float() + (torch.tanh(wx @ self.time_decay_w1) @ self.time_decay_w2).float()
+        w = self.time_decay.float() + matmul(torch.tanh(matmul(wx, self.time_decay_w1)), self.time_decay_w2).float()
         w = torch.exp(-torch.exp(w)).view(heads)
         y, wkv = wkv6(r, k, v, w, self.time_faaaa.float(), wkv, backend=backend)
         y = group_norm_heads(y, self.ln_x).to(xx.dtype)
@@ -58,9 +58,9 @@ class ChannelMix6(nn.Module):
     def __init__(self, n_embd: int, dim_ffn: int):
         super().__init__()
         self.time_maa_k, self.time_maa_r = mix_param(n_embd), mix_param(n_embd)
-        self.key = nn.Linear(n_embd, dim_ffn, bias=False)
-        self.receptance = nn.Linear(n_embd, n_embd, bias=False)
-        self.value = nn.Linear(dim_ffn, n_embd, bias=False)
+        self.key = Linear(n_embd, dim_ffn)
+        self.receptance = Linear(n_embd, n_embd)
+        self.value = Linear(dim_ffn, n_embd)
 
     def forward(self, xx: Tensor, shift: Tensor) -> Tensor:
         sx = token_shift(xx, shift) - xx

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from docstream.kernels import wkv7
-from docstream.model.base import RWKVModel, count_layers, group_norm_heads, mix_param, token_shift
+from docstream.model.base import Linear, RWKVModel, matmul, count_layers, group_norm_heads, mix_param, token_shift
 from docstream.model.config import ModelConfig
 
 _DECAY_SCALE = 0.606531  # exp(-0.5): the decay is exp(-exp(-0.5) * sigmoid(.)), in (exp(-0.607), 1)
@@ -34,10 +34,10 @@ class TimeMix7(nn.Module):
         self.g1, self.g2 = _lora(c, lora["gate"], c)
         self.k_k, self.k_a = mix_param(c), mix_param(c)
         self.r_k = nn.Parameter(torch.empty(self.n_head, head_size))
-        self.receptance = nn.Linear(c, c, bias=False)
-        self.key = nn.Linear(c, c, bias=False)
-        self.value = nn.Linear(c, c, bias=False)
-        self.output = nn.Linear(c, c, bias=False)
+        self.receptance = Linear(c, c)
+        self.key = Linear(c, c)
+        self.value = Linear(c, c)
+        self.output = Linear(c, c)
         self.ln_x = nn.GroupNorm(self.n_head, c, eps=64e-5)
 
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
@@ -48,17 +48,17 @@ class TimeMix7(nn.Module):
         xr, xw, xk = xx + sx * self.x_r, xx + sx * self.x_w, xx + sx * self.x_k
         xv, xa, xg = xx + sx * self.x_v, xx + sx * self.x_a, xx + sx * self.x_g
         r = self.receptance(xr)
-        w = torch.tanh(xw @ self.w1) @ self.w2
+        w = matmul(torch.tanh(matmul(xw, self.w1)), self.w2)
         k = self.key(xk)
         v = self.value(xv)
-        a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
-        g = torch.sigmoid(xg @ self.g1) @ self.g2
+        a = torch.sigmoid(self.a0 + matmul(matmul(xa, self.a1), self.a2))
+        g = matmul(torch.sigmoid(matmul(xg, self.g1)), self.g2)
         kk = F.normalize((k * self.k_k).view(heads), dim=-1, p=2.0)
         k = k * (1 + (a - 1) * self.k_a)
         if self.layer_id == 0:
             v_first = v
         else:
-            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
+            v = v + (v_first - v) * torch.sigmoid(self.v0 + matmul(matmul(xv, self.v1), self.v2))
         w = torch.exp(-_DECAY_SCALE * torch.sigmoid((self.w0 + w).float()))
         y, wkv = wkv7(r.view(heads), w.view(heads), k.view(heads), v.view(heads), -kk,
                       kk * a.view(heads), wkv, backend=backend)
@@ -73,8 +73,8 @@ class ChannelMix7(nn.Module):
     def __init__(self, n_embd: int, dim_ffn: int):
         super().__init__()
         self.x_k = mix_param(n_embd)
-        self.key = nn.Linear(n_embd, dim_ffn, bias=False)
-        self.value = nn.Linear(dim_ffn, n_embd, bias=False)
+        self.key = Linear(n_embd, dim_ffn)
+        self.value = Linear(dim_ffn, n_embd)
 
     def forward(self, xx: Tensor, shift: Tensor) -> Tensor:
         k = xx + (token_shift(xx, shift) - xx) * self.x_k
