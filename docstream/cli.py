@@ -1,0 +1,103 @@
+"""The ``docstream`` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from docstream.model import load_model
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    c = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model      {args.model}")
+    print(f"version    RWKV-{c.version}")
+    print(f"layers     {c.n_layer}   width {c.n_embd}   attention {c.dim_att}   ffn {c.dim_ffn}")
+    if c.head_size:
+        print(f"heads      {c.n_head} x {c.head_size}")
+    if c.lora:
+        print("low-rank   " + ", ".join(f"{k} {v}" for k, v in sorted(c.lora.items())))
+    print(f"vocabulary {c.vocab_size}")
+    print(f"parameters {n_params / 1e6:.1f} M ({args.dtype} on {args.device})")
+    return 0
+
+
+def _cmd_selftest(args: argparse.Namespace) -> int:
+    from docstream.selftest import run_selftest
+
+    return 0 if run_selftest(args.versions.split(","), backend=args.backend, tokens=args.tokens) else 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from docstream.stream.config import build_config
+    from docstream.stream.run import run
+
+    overrides = {name: getattr(args, name) for name in
+                 ("model", "tokenizer", "input", "out", "input_format", "id_field", "text_field", "chunk_len",
+                  "batch_size", "snapshot_every", "commit_every", "dtype", "device", "backend")}
+    overrides["quiet"] = True if args.quiet else None
+    config = build_config(args.config, overrides)
+    summary = run(config)
+    if not config.quiet:
+        print("\n".join(summary.lines(config.out)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="docstream", description="Long-document streaming over RWKV models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="describe an RWKV checkpoint")
+    info.add_argument("--model", required=True, help="BlinkDL .pth checkpoint")
+    info.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    info.add_argument("--device", default="cpu")
+    info.set_defaults(func=_cmd_info)
+
+    rn = sub.add_parser("run", help="stream a corpus through a model into OUT (re-run to resume)")
+    rn.add_argument("--model", help="BlinkDL .pth checkpoint")
+    rn.add_argument("--tokenizer", help="World vocabulary .txt or Hugging Face tokenizer .json")
+    rn.add_argument("--input", help="a directory of .txt/.md files, a .jsonl or a .parquet file")
+    rn.add_argument("--out", help="output directory; re-running on it resumes")
+    rn.add_argument("--config", help="YAML/TOML/JSON file of run settings (flags override it)")
+    rn.add_argument("--format", dest="input_format", choices=["auto", "text", "jsonl", "parquet"])
+    rn.add_argument("--id-field", help="JSONL/Parquet field holding the document id (default: id)")
+    rn.add_argument("--text-field", help="JSONL/Parquet field holding the text (default: text)")
+    rn.add_argument("--chunk-len", type=int, help="tokens per chunk (default 1024)")
+    rn.add_argument("--batch-size", type=int, help="documents streamed at once (default 8)")
+    rn.add_argument("--snapshot-every", type=int, help="snapshot every k chunks and at each document's end (default 4)")
+    rn.add_argument("--commit-every", type=int, help="commit outputs every n chunks (default 64)")
+    rn.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
+    rn.add_argument("--device", help="cpu or cuda[:N]")
+    rn.add_argument("--backend", choices=["auto", "cpu", "cuda", "torch"])
+    rn.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    rn.set_defaults(func=_cmd_run)
+
+    st = sub.add_parser("selftest", help="check chunked, token-by-token and split streaming agree on random "
+                                         "checkpoints of every RWKV version, and time them")
+    st.add_argument("--versions", default="4,5.2,6,7", help="comma-separated RWKV versions (default: all)")
+    st.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "torch"])
+    st.add_argument("--tokens", type=int, default=512, help="sequence length to stream (default 512)")
+    st.set_defaults(func=_cmd_selftest)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"docstream: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        from docstream.stream.store import RunLockedError
+
+        if not isinstance(err, RunLockedError):
+            raise
+        print(f"docstream: error: {err}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
