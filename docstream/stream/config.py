@@ -1,0 +1,74 @@
+"""Typed settings of a ``docstream run``, read from YAML/TOML/JSON files and overridden by flags."""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+#: settings that change what a run writes: resuming with other values would mix incompatible results
+RESULT_FIELDS = ("input", "input_format", "id_field", "text_field", "chunk_len", "snapshot_every", "dtype")
+
+
+class RunConfig(BaseModel):
+    """Settings of one streaming run over a corpus."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Path = Field(description="BlinkDL RWKV .pth checkpoint")
+    tokenizer: Path = Field(description="World vocabulary .txt or Hugging Face tokenizer .json")
+    input: Path = Field(description="corpus: a directory of .txt/.md files, a .jsonl file or a .parquet file")
+    out: Path = Field(description="output directory (created; re-running on it resumes)")
+    input_format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
+    id_field: str = "id"
+    text_field: str = "text"
+    chunk_len: int = Field(1024, ge=1, description="tokens per chunk")
+    batch_size: int = Field(8, ge=1, description="documents streamed at once")
+    snapshot_every: int = Field(4, ge=1, description="snapshot a document's state every k chunks (and at its end)")
+    commit_every: int = Field(64, ge=1, description="commit outputs after this many chunks")
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "cpu"
+    backend: Literal["auto", "cpu", "cuda", "torch"] = "auto"
+    quiet: bool = False
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the one that started the directory."""
+        data = self.model_dump(mode="json")
+        return {k: data[k] for k in RESULT_FIELDS}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a .yaml/.yml, .toml or .json file, as a dict (validated later with the flags)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml", ".json"):
+        raise ValueError(f"config file {str(path)!r} must end in .yaml, .yml, .toml or .json")
+    text = path.read_text()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (ValueError, yaml.YAMLError) as err:  # json and toml errors are ValueErrors
+        raise ValueError(f"config file {str(path)!r} does not parse: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def build_config(file: str | Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """A validated config: the file's settings, then every override that is not None."""
+    data = read_config_file(file) if file else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return RunConfig(**data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"invalid run settings: {problems}") from err

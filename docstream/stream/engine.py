@@ -1,0 +1,153 @@
+"""The batching engine: many documents streamed at once through an RWKV model in RNN mode.
+
+Each batch row holds one document and its own recurrent state. Every step takes the next chunk of
+every row, runs the rows whose chunks have the same length as one batch, and refills a row as soon
+as its document ends. A row's results do not depend on its companions or on how its document was
+cut into chunks: rows never interact, and the model's matrix products are row-stable
+(``docstream.model.base.GEMM_ROW_MULTIPLE``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from docstream.model import RWKVModel, State
+from docstream.stream.chunker import TokenChunk, iter_chunks
+from docstream.stream.corpus import Document, Rejected, TextStats
+
+@dataclass(frozen=True)
+class StreamTask:
+    """A document to stream, from its start or from a snapshot (``state`` after ``start_token`` tokens)."""
+
+    doc: Document
+    start_token: int = 0
+    state: State | None = None
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One processed chunk: the hidden state of its last token, and the document's state when a
+    snapshot is due (every ``snapshot_every`` chunks and at the document's end)."""
+
+    doc_id: str
+    chunk_index: int
+    token_start: int
+    token_end: int
+    is_last: bool
+    embedding: np.ndarray
+    state: State | None
+
+
+@dataclass(frozen=True)
+class DocumentDone:
+    doc_id: str
+    source: str
+    n_tokens: int
+    n_chunks: int
+    stats: TextStats
+
+
+@dataclass
+class _Row:
+    task: StreamTask
+    chunks: Iterator[TokenChunk]
+    state: State
+    stats: TextStats = field(default_factory=TextStats)
+    pending: TokenChunk | None = None
+    vector: np.ndarray | None = None
+
+
+class Stream:
+    """Streams documents through ``model`` and yields :class:`ChunkRecord`, :class:`DocumentDone`
+    and :class:`~docstream.stream.corpus.Rejected` events, in a deterministic order."""
+
+    def __init__(self, model: RWKVModel, tokenizer, chunk_len: int = 1024, batch_size: int = 8,
+                 snapshot_every: int = 4):
+        for name, value in (("chunk_len", chunk_len), ("batch_size", batch_size), ("snapshot_every", snapshot_every)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        self.model, self.tokenizer = model, tokenizer
+        self.chunk_len, self.batch_size, self.snapshot_every = chunk_len, batch_size, snapshot_every
+
+    def run(self, tasks: Iterable[StreamTask | Document | Rejected]) -> Iterator[ChunkRecord | DocumentDone | Rejected]:
+        rows: list[_Row] = []
+        source = iter(tasks)
+        exhausted = False
+        while True:
+            while len(rows) < self.batch_size and not exhausted:
+                item = next(source, None)
+                if item is None:
+                    exhausted = True
+                elif isinstance(item, Rejected):
+                    yield item
+                else:
+                    row, event = self._open(item if isinstance(item, StreamTask) else StreamTask(item))
+                    if event is not None:
+                        yield event
+                    if row is not None:
+                        rows.append(row)
+            if not rows:
+                return
+            self._step(rows)
+            survivors = []
+            for row in rows:
+                done = yield from self._emit(row)
+                if not done:
+                    survivors.append(row)
+            rows = survivors
+
+    # -- internals -----------------------------------------------------------------------------
+    def _open(self, task: StreamTask) -> tuple[_Row | None, Rejected | None]:
+        state = task.state if task.state is not None else self.model.init_state(1)
+        row = _Row(task, iter(()), state)
+        row.chunks = iter_chunks(task.doc, self.tokenizer, self.chunk_len, task.start_token, row.stats)
+        failure = self._advance(row)
+        if failure is not None:
+            return None, failure
+        if row.pending is None:
+            return None, Rejected(task.doc.doc_id, task.doc.source, "empty", "the document has no tokens")
+        return row, None
+
+    def _advance(self, row: _Row) -> Rejected | None:
+        """Fetch the row's next chunk; a document that fails while being read becomes a rejection."""
+        try:
+            row.pending = next(row.chunks, None)
+        except OSError as err:
+            doc = row.task.doc
+            return Rejected(doc.doc_id, doc.source, "unreadable", f"{type(err).__name__}: {err}")
+        return None
+
+    def _step(self, rows: list[_Row]) -> None:
+        """Run every row's pending chunk, batching rows whose chunks have the same length."""
+        groups: dict[int, list[_Row]] = {}
+        for row in rows:
+            groups.setdefault(len(row.pending.tokens), []).append(row)
+        for members in groups.values():
+            self._forward(members)
+
+    def _forward(self, batch: list[_Row]) -> None:
+        tokens = torch.tensor([row.pending.tokens for row in batch], dtype=torch.long)
+        state = batch[0].state if len(batch) == 1 else State.stack([row.state for row in batch])
+        hidden = self.model.forward_hidden(tokens, state)
+        vectors = hidden.last[:, -1].float().cpu().numpy()
+        for i, row in enumerate(batch):
+            row.state = hidden.state.select(i)
+            row.vector = vectors[i]
+
+    def _emit(self, row: _Row):
+        """Yield the events of the chunk the row just ran; return True when its document is done."""
+        chunk, doc = row.pending, row.task.doc
+        snapshot = chunk.is_last or (chunk.index + 1) % self.snapshot_every == 0
+        yield ChunkRecord(doc.doc_id, chunk.index, chunk.start, chunk.end, chunk.is_last, row.vector,
+                          row.state.to("cpu") if snapshot else None)
+        if chunk.is_last:
+            yield DocumentDone(doc.doc_id, doc.source, chunk.end, chunk.index + 1, row.stats)
+            return True
+        failure = self._advance(row)
+        if failure is not None:
+            yield failure
+            return True
+        return False

@@ -1,0 +1,221 @@
+"""``docstream run``: a corpus streamed into an output directory, resumable after any interruption.
+
+The run skips documents a committed record marks finished, continues unfinished ones from their last
+committed snapshot, and commits outputs in batches. Embedding rows are held back until a snapshot of
+their document at or after them is in the same commit, so a resumed run recomputes exactly the
+chunks that were never committed: nothing is lost and nothing is written twice.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+from tqdm import tqdm
+
+import docstream
+from docstream.checksum import sha256_bytes, sha256_file
+from docstream.model import State, load_model
+from docstream.stream.config import RunConfig
+from docstream.stream.corpus import Document, Rejected, iter_corpus
+from docstream.stream.engine import ChunkRecord, DocumentDone, Stream, StreamTask
+from docstream.stream.store import SCHEMAS, Progress, RunStore, SnapshotRef
+from docstream.tokenizer import load_tokenizer
+
+
+@dataclass
+class RunSummary:
+    processed: int = 0
+    skipped: int = 0
+    resumed: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    rejected: Counter = field(default_factory=Counter)
+    invalid_utf8_bytes: int = 0
+    nul_chars: int = 0
+
+    def lines(self, out: Path) -> list[str]:
+        rate = self.tokens / self.seconds if self.seconds else 0.0
+        lines = [f"documents processed {self.processed} (resumed mid-document {self.resumed}), "
+                 f"already done {self.skipped}, rejected {sum(self.rejected.values())}",
+                 f"tokens {self.tokens} in {self.seconds:.1f} s ({rate:.0f} tok/s)"]
+        if self.rejected:
+            lines.append("rejected: " + ", ".join(f"{reason} {n}" for reason, n in sorted(self.rejected.items())))
+        if self.invalid_utf8_bytes or self.nul_chars:
+            lines.append(f"repaired: {self.invalid_utf8_bytes} invalid UTF-8 bytes replaced, "
+                         f"{self.nul_chars} NUL characters removed")
+        lines.append(f"outputs in {out}")
+        return lines
+
+
+class _CommitWriter:
+    """Buffers events and commits them; embedding rows wait for a snapshot that covers them."""
+
+    def __init__(self, store: RunStore, seq: int, model_fingerprint: str, commit_every: int):
+        self.store, self.seq, self.fingerprint, self.commit_every = store, seq, model_fingerprint, commit_every
+        self._held: dict[str, list[dict]] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.rows: dict[str, list[dict]] = {"embeddings": [], "snapshots": [], "documents": [], "errors": []}
+        self.finished: list[str] = []
+        self.rejected_sources: list[str] = []
+        self.in_flight: dict[str, tuple[int, int]] = {}
+        self.chunks = 0
+
+    def add(self, event) -> None:
+        if isinstance(event, ChunkRecord):
+            self._add_chunk(event)
+        elif isinstance(event, DocumentDone):
+            self.rows["documents"].append(dict(doc_id=event.doc_id, source=event.source, n_tokens=event.n_tokens,
+                                               n_chunks=event.n_chunks, **vars(event.stats)))
+            self.finished.append(event.doc_id)
+            self.in_flight.pop(event.doc_id, None)
+            self._held.pop(event.doc_id, None)
+        elif isinstance(event, Rejected):
+            self.rows["errors"].append(dict(doc_id=event.doc_id, source=event.source, reason=event.reason,
+                                            detail=event.detail))
+            self.rejected_sources.append(event.source)
+            self._held.pop(event.doc_id, None)
+        if self.chunks >= self.commit_every:
+            self.flush()
+
+    def _add_chunk(self, rec: ChunkRecord) -> None:
+        self.chunks += 1
+        held = self._held.setdefault(rec.doc_id, [])
+        held.append(dict(doc_id=rec.doc_id, chunk_index=rec.chunk_index, token_start=rec.token_start,
+                         token_end=rec.token_end, embedding=rec.embedding))
+        if rec.state is None:
+            return
+        blob = rec.state.to_bytes()
+        self.rows["snapshots"].append(dict(
+            doc_id=rec.doc_id, chunk_index=rec.chunk_index, token_start=rec.token_start, token_end=rec.token_end,
+            is_final=rec.is_last, model_fingerprint=self.fingerprint, state=blob, state_sha256=sha256_bytes(blob)))
+        self.rows["embeddings"].extend(held)
+        held.clear()
+        if not rec.is_last:
+            self.in_flight[rec.doc_id] = (rec.chunk_index, rec.token_end)
+
+    def flush(self) -> None:
+        """Commit what is buffered (a no-op when nothing is)."""
+        if not any(self.rows.values()) and not self.finished and not self.rejected_sources:
+            return
+        self.seq += 1
+        part = f"snapshots/part-{self.seq:08d}.parquet"
+        tables = {name: _table(name, rows) for name, rows in self.rows.items()}
+        self.store.commit(self.seq, tables, self.finished, self.rejected_sources,
+                          {d: SnapshotRef(part, c, t) for d, (c, t) in self.in_flight.items()})
+        self._reset()
+
+
+def _table(name: str, rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SCHEMAS[name])
+
+
+def check_inputs(config: RunConfig) -> None:
+    """Fail before any work when a path the run needs is missing."""
+    for what, path in (("model checkpoint", config.model), ("tokenizer file", config.tokenizer),
+                       ("input corpus", config.input)):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+
+
+def _check_resume(saved: dict, current: dict, out: Path) -> None:
+    problems = [f"{key}: this directory has {saved.get(key)!r}, this run has {value!r}"
+                for key, value in current.items() if saved.get(key) != value]
+    if problems:
+        raise ValueError(f"{out} was written by a run with other settings, so this run cannot resume it "
+                         f"({'; '.join(problems)}); use another --out, or the original settings")
+
+
+def _tasks(config: RunConfig, store: RunStore, progress: Progress, fingerprint: str,
+           summary: RunSummary) -> Iterator[StreamTask | Rejected]:
+    """The corpus as engine tasks: finished and already-rejected documents skipped, unfinished resumed."""
+    for item in iter_corpus(config.input, config.input_format, config.id_field, config.text_field):
+        if item.source in progress.rejected_sources:
+            continue
+        if isinstance(item, Rejected):
+            yield item
+        elif item.doc_id in progress.finished:
+            summary.skipped += 1
+        elif item.doc_id in progress.in_flight:
+            yield _resume_task(item, store, progress.in_flight[item.doc_id], fingerprint)
+            summary.resumed += 1
+        else:
+            yield StreamTask(item)
+
+
+def _resume_task(doc: Document, store: RunStore, ref: SnapshotRef, fingerprint: str) -> StreamTask:
+    row = store.read_snapshot(doc.doc_id, ref)
+    if row["model_fingerprint"] != fingerprint:
+        raise ValueError(f"the snapshot of {doc.doc_id!r} was made by another model "
+                         f"({row['model_fingerprint'][:12]}…, this run uses {fingerprint[:12]}…)")
+    return StreamTask(doc, start_token=ref.token_end, state=State.from_bytes(row["state"]))
+
+
+def count_documents(config: RunConfig) -> int | None:
+    """Cheap document count for the progress bar's ETA (None when it would need a real pass)."""
+    path = Path(config.input)
+    if path.is_dir() and config.input_format in ("auto", "text"):
+        return sum(1 for p in path.rglob("*") if p.suffix.lower() in (".txt", ".md") and p.is_file())
+    if path.suffix.lower() == ".jsonl":
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    return None
+
+
+def run(config: RunConfig) -> RunSummary:
+    """Stream ``config.input`` into ``config.out``; resumes what an earlier run on ``out`` left."""
+    check_inputs(config)
+    store = RunStore(config.out)
+    store.acquire()
+    try:
+        return _run_locked(config, store)
+    finally:
+        store.release()
+
+
+def _run_locked(config: RunConfig, store: RunStore) -> RunSummary:
+    tokenizer = load_tokenizer(config.tokenizer)
+    fingerprint = sha256_file(config.model)
+    identity = dict(config.result_settings(), model_fingerprint=fingerprint,
+                    tokenizer_fingerprint=tokenizer.fingerprint())
+    saved = store.read_config()
+    if saved is not None:
+        _check_resume(saved["identity"], identity, store.out)
+    else:
+        store.write_config({"identity": identity, "settings": config.model_dump(mode="json"),
+                            "docstream_version": docstream.__version__})
+    model = load_model(config.model, device=config.device, dtype=config.dtype, backend=config.backend)
+    progress = store.progress()
+    summary = RunSummary()
+    writer = _CommitWriter(store, progress.last_seq, fingerprint, config.commit_every)
+    stream = Stream(model, tokenizer, config.chunk_len, config.batch_size, config.snapshot_every)
+    bar = tqdm(total=count_documents(config), unit="doc", desc="docstream run", disable=config.quiet,
+               initial=len(progress.finished) + len(progress.rejected_sources))
+    start = time.perf_counter()
+    for event in stream.run(_tasks(config, store, progress, fingerprint, summary)):
+        writer.add(event)
+        if isinstance(event, ChunkRecord):
+            summary.tokens += event.token_end - event.token_start
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(tokens=summary.tokens, tok_s=f"{summary.tokens / max(elapsed, 1e-9):.0f}", refresh=False)
+        elif isinstance(event, DocumentDone):
+            summary.processed += 1
+            summary.invalid_utf8_bytes += event.stats.invalid_utf8_bytes
+            summary.nul_chars += event.stats.nul_chars
+            bar.update(1)
+        elif isinstance(event, Rejected):
+            summary.rejected[event.reason] += 1
+            bar.update(1)
+    writer.flush()
+    bar.close()
+    summary.seconds = time.perf_counter() - start
+    return summary

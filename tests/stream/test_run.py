@@ -1,0 +1,229 @@
+"""End-to-end runs: resume after SIGKILL, independence from batch size and chunking, hostile corpora."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from docstream.model import State
+from docstream.model.synthetic import save_random_checkpoint
+from docstream.stream.config import build_config
+from docstream.stream.run import run
+from docstream.stream.store import RunLockedError, RunStore
+from docstream.tokenizer import default_world_vocab_path
+
+ROOT = Path(__file__).resolve().parents[2]
+LORA = {"w": 16, "a": 16, "v": 16, "g": 16}  # widths that are multiples of 16, like released models
+WORDS = ("river stone light quiet morning paper signal garden winter engine memory window seven "
+         "across under between the a of and to in is was for on with as by at from").split()
+
+
+def _text(rng: random.Random, n_words: int) -> str:
+    lines, line = [], []
+    for _ in range(n_words):
+        line.append(rng.choice(WORDS))
+        if rng.random() < 0.08:
+            lines.append(" ".join(line).capitalize() + ".")
+            line = []
+    lines.append(" ".join(line))
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return save_random_checkpoint(tmp_path_factory.mktemp("model") / "tiny7.pth", "7", n_layer=2, n_embd=32,
+                                  head_size=16, vocab_size=65536, seed=1, lora=LORA)
+
+
+def _corpus(root: Path, n_docs: int, seed: int, max_words: int = 400) -> Path:
+    rng = random.Random(seed)
+    for i in range(n_docs):
+        sub = root / ("nested" if i % 3 == 0 else "") / f"doc{i:03d}.txt"
+        sub.parent.mkdir(parents=True, exist_ok=True)
+        sub.write_text(_text(rng, rng.randint(1, max_words)))
+    return root
+
+
+def _config(model_path, corpus, out, **kw):
+    settings = dict(model=model_path, tokenizer=default_world_vocab_path(), input=corpus, out=out,
+                    chunk_len=16, batch_size=3, snapshot_every=2, commit_every=5, quiet=True)
+    settings.update(kw)
+    return build_config(None, settings)
+
+
+def _tables(out: Path) -> dict[str, list[dict]]:
+    store = RunStore(out)
+    keys = {"embeddings": ("doc_id", "chunk_index"), "snapshots": ("doc_id", "chunk_index"),
+            "documents": ("doc_id",), "errors": ("source",)}
+    return {name: sorted(store.read_table(name).to_pylist(), key=lambda r, k=k: tuple(r[c] for c in k))
+            for name, k in keys.items()}
+
+
+def test_outputs_are_complete_and_consistent(model_path, tmp_path):
+    corpus = _corpus(tmp_path / "corpus", 7, seed=0)
+    summary = run(_config(model_path, corpus, tmp_path / "out"))
+    t = _tables(tmp_path / "out")
+    assert summary.processed == 7 and len(t["documents"]) == 7 and not t["errors"]
+    for doc in t["documents"]:
+        rows = [r for r in t["embeddings"] if r["doc_id"] == doc["doc_id"]]
+        assert [r["chunk_index"] for r in rows] == list(range(doc["n_chunks"]))
+        assert rows[0]["token_start"] == 0 and rows[-1]["token_end"] == doc["n_tokens"]
+        assert all(a["token_end"] == b["token_start"] for a, b in zip(rows, rows[1:]))
+        assert all(len(r["embedding"]) == 32 for r in rows)
+        snaps = [r for r in t["snapshots"] if r["doc_id"] == doc["doc_id"]]
+        want = sorted({i for i in range(doc["n_chunks"]) if (i + 1) % 2 == 0} | {doc["n_chunks"] - 1})
+        assert [r["chunk_index"] for r in snaps] == want
+        assert snaps[-1]["is_final"] and State.from_bytes(snaps[-1]["state"]).batch_size == 1
+    # the files are ordinary Parquet
+    part = next((tmp_path / "out" / "embeddings").glob("part-*.parquet"))
+    assert pq.read_table(part).num_rows > 0
+    # a second run on the same directory finds everything done
+    again = run(_config(model_path, corpus, tmp_path / "out"))
+    assert again.processed == 0 and again.skipped == 7
+    assert _tables(tmp_path / "out") == t
+
+
+def test_results_do_not_depend_on_batch_size(model_path, tmp_path):
+    corpus = _corpus(tmp_path / "corpus", 9, seed=1)
+    results = [_tables(_run_to(tmp_path / f"b{b}", model_path, corpus, batch_size=b)) for b in (1, 3, 8)]
+    assert results[0] == results[1] == results[2]
+
+
+def test_chunk_length_does_not_change_the_stream(model_path, tmp_path):
+    corpus = _corpus(tmp_path / "corpus", 5, seed=2)
+    a = _tables(_run_to(tmp_path / "c16", model_path, corpus, chunk_len=16, snapshot_every=1))
+    b = _tables(_run_to(tmp_path / "c48", model_path, corpus, chunk_len=48, snapshot_every=1))
+    final = lambda t: {r["doc_id"]: r["state"] for r in t["snapshots"] if r["is_final"]}  # noqa: E731
+    assert final(a) == final(b)
+    # every chunk end of the long chunking is also a chunk end of the short one: same vectors there
+    short = {(r["doc_id"], r["token_end"]): r["embedding"] for r in a["embeddings"]}
+    for r in b["embeddings"]:
+        assert short[(r["doc_id"], r["token_end"])] == r["embedding"]
+    assert [d["n_tokens"] for d in a["documents"]] == [d["n_tokens"] for d in b["documents"]]
+
+
+def _run_to(out, model_path, corpus, **kw):
+    run(_config(model_path, corpus, out, **kw))
+    return out
+
+
+def test_sigkill_at_random_points_then_resume_equals_uninterrupted(model_path, tmp_path):
+    corpus = _corpus(tmp_path / "corpus", 14, seed=3, max_words=1500)
+    reference = _tables(_run_to(tmp_path / "ref", model_path, corpus, commit_every=3))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "docstream.cli", "run", "--model", str(model_path),
+           "--tokenizer", str(default_world_vocab_path()), "--input", str(corpus), "--out", str(out),
+           "--chunk-len", "16", "--batch-size", "3", "--snapshot-every", "2", "--commit-every", "3", "--quiet"]
+    rng = random.Random(42)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        commits_before = len(list((out / "commits").glob("*.json"))) if out.exists() else 0
+        target = commits_before + rng.randint(1, 6)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if out.exists() and len(list((out / "commits").glob("*.json"))) >= target:
+                time.sleep(rng.uniform(0, 0.05))
+                break
+            time.sleep(0.005)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2, "the runs finished before they could be interrupted; make the corpus larger"
+    final = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    assert _tables(out) == reference
+
+
+def test_hostile_documents_are_processed_or_recorded(model_path, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "good.txt").write_text("A plain good document.\nWith two lines.")
+    (corpus / "empty.txt").write_text("")
+    (corpus / "blank.md").write_text("   \n\t\n  ")
+    (corpus / "bad_utf8.txt").write_bytes(b"valid start \xff\xfe broken \xc3 bytes end")
+    (corpus / "nul.txt").write_bytes(b"text with a \x00 NUL inside")
+    (corpus / "long_line.txt").write_text("word " * 60_000)
+    (corpus / "dir.txt").mkdir()  # a directory with a text suffix cannot be read as a document
+    (corpus / "image.png").write_bytes(b"\x89PNG not text")
+    summary = run(_config(model_path, corpus, tmp_path / "out", chunk_len=256))
+    t = _tables(tmp_path / "out")
+    done = {d["doc_id"]: d for d in t["documents"]}
+    assert set(done) == {"good.txt", "bad_utf8.txt", "nul.txt", "long_line.txt"}
+    assert done["bad_utf8.txt"]["invalid_utf8_bytes"] == 3
+    assert done["nul.txt"]["nul_chars"] == 1
+    reasons = {e["doc_id"]: e["reason"] for e in t["errors"]}
+    assert reasons["empty.txt"] == "empty" and reasons["blank.md"] == "empty"
+    assert reasons["dir.txt"] == "unreadable"
+    assert summary.rejected["empty"] == 2 and summary.invalid_utf8_bytes == 3 and summary.nul_chars == 1
+    assert all(e["detail"] for e in t["errors"])
+
+
+def test_jsonl_duplicates_and_bad_lines_are_recorded(model_path, tmp_path):
+    path = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"key": 1, "body": "first document"}), "{not json", json.dumps({"key": 1, "body": "dup"}),
+             json.dumps({"key": 2}), json.dumps({"key": 3, "body": "third document"})]
+    path.write_text("\n".join(lines) + "\n")
+    run(_config(model_path, path, tmp_path / "out", id_field="key", text_field="body"))
+    t = _tables(tmp_path / "out")
+    assert [d["doc_id"] for d in t["documents"]] == ["1", "3"]
+    assert sorted(e["reason"] for e in t["errors"]) == sorted(["bad_json", "duplicate_id", "missing_field"])
+
+
+def test_resume_with_other_settings_or_model_is_refused(model_path, tmp_path):
+    corpus = _corpus(tmp_path / "corpus", 2, seed=4)
+    run(_config(model_path, corpus, tmp_path / "out"))
+    with pytest.raises(ValueError, match="chunk_len"):
+        run(_config(model_path, corpus, tmp_path / "out", chunk_len=32))
+    other = save_random_checkpoint(tmp_path / "other.pth", "7", n_layer=2, n_embd=32, head_size=16,
+                                   vocab_size=65536, seed=2, lora=LORA)
+    with pytest.raises(ValueError, match="model_fingerprint"):
+        run(_config(other, corpus, tmp_path / "out"))
+    # batch size is not a result setting: changing it resumes fine
+    assert run(_config(model_path, corpus, tmp_path / "out", batch_size=1)).skipped == 2
+
+
+def test_missing_paths_fail_before_any_work(model_path, tmp_path):
+    corpus = _corpus(tmp_path / "corpus", 1, seed=5)
+    for kw, name in ((dict(model=tmp_path / "no.pth"), "no.pth"), (dict(tokenizer=tmp_path / "no.txt"), "no.txt"),
+                     (dict(input=tmp_path / "nowhere"), "nowhere")):
+        with pytest.raises(FileNotFoundError, match=name):
+            run(_config(model_path, corpus, tmp_path / "out", **kw))
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_second_writer_is_locked_out(model_path, tmp_path):
+    store = RunStore(tmp_path / "out")
+    store.acquire()
+    try:
+        with pytest.raises(RunLockedError, match="another docstream run"):
+            run(_config(model_path, _corpus(tmp_path / "corpus", 1, seed=6), tmp_path / "out"))
+    finally:
+        store.release()
+
+
+def test_cli_run_and_bad_config(model_path, tmp_path):
+    corpus = _corpus(tmp_path / "corpus", 2, seed=7)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"chunk_len: 32\nbatch_size: 2\ntokenizer: {default_world_vocab_path()}\n")
+    env = dict(os.environ)
+    base = [sys.executable, "-m", "docstream.cli", "run", "--model", str(model_path), "--input", str(corpus)]
+    ok = subprocess.run(base + ["--out", str(tmp_path / "out"), "--config", str(cfg), "--quiet"],
+                        cwd=ROOT, capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["settings"]["chunk_len"] == 32 and saved["settings"]["batch_size"] == 2
+    cfg.write_text("chunk_len: -3\n")
+    bad = subprocess.run(base + ["--out", str(tmp_path / "out2"), "--config", str(cfg),
+                                 "--tokenizer", str(default_world_vocab_path())],
+                         cwd=ROOT, capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "chunk_len" in bad.stderr
