@@ -17,6 +17,10 @@ from docstream.stream.corpus import Document, TextStats
 from docstream.tokenizer.base import Tokenizer
 
 
+class ResumeError(ValueError):
+    """A document no longer reaches the token a resumed run must continue from."""
+
+
 @dataclass(frozen=True)
 class TokenChunk:
     """A run of consecutive tokens of one document.
@@ -109,7 +113,7 @@ def _skip(runs: Iterator[list[int]], count: int, doc: Document) -> Iterator[list
         yield ids[left:] if left else ids
         left = 0
     if left:
-        raise ValueError(f"cannot resume document {doc.doc_id!r} ({doc.source}) at token {count}: it has only "
+        raise ResumeError(f"cannot resume document {doc.doc_id!r} ({doc.source}) at token {count}: it has only "
                          f"{count - left} tokens now; it changed since the run being resumed, so restart it "
                          f"from token 0")
 

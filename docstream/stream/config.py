@@ -37,6 +37,7 @@ class RunConfig(BaseModel):
     def result_settings(self) -> dict[str, Any]:
         """The settings a resumed run must share with the one that started the directory."""
         data = self.model_dump(mode="json")
+        data["input"] = str(Path(self.input).resolve())
         return {k: data[k] for k in RESULT_FIELDS}
 
 

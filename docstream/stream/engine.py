@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from docstream.model import RWKVModel, State
-from docstream.stream.chunker import TokenChunk, iter_chunks
+from docstream.stream.chunker import ResumeError, TokenChunk, iter_chunks
 from docstream.stream.corpus import Document, Rejected, TextStats
+from docstream.stream.pooling import pool
 
 @dataclass(frozen=True)
 class StreamTask:
@@ -29,15 +30,15 @@ class StreamTask:
 
 @dataclass(frozen=True)
 class ChunkRecord:
-    """One processed chunk: the hidden state of its last token, and the document's state when a
-    snapshot is due (every ``snapshot_every`` chunks and at the document's end)."""
+    """One processed chunk: its vectors (one per pooling of :mod:`docstream.stream.pooling`), and the
+    document's state when a snapshot is due (every ``snapshot_every`` chunks and at the document's end)."""
 
     doc_id: str
     chunk_index: int
     token_start: int
     token_end: int
     is_last: bool
-    embedding: np.ndarray
+    vectors: dict[str, np.ndarray]
     state: State | None
 
 
@@ -57,7 +58,7 @@ class _Row:
     state: State
     stats: TextStats = field(default_factory=TextStats)
     pending: TokenChunk | None = None
-    vector: np.ndarray | None = None
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Stream:
@@ -112,12 +113,15 @@ class Stream:
         return row, None
 
     def _advance(self, row: _Row) -> Rejected | None:
-        """Fetch the row's next chunk; a document that fails while being read becomes a rejection."""
+        """Fetch the row's next chunk; a document that fails while being read becomes a rejection
+        ("changed": it no longer reaches the token a resumed run's snapshot was taken at)."""
+        doc = row.task.doc
         try:
             row.pending = next(row.chunks, None)
         except OSError as err:
-            doc = row.task.doc
             return Rejected(doc.doc_id, doc.source, "unreadable", f"{type(err).__name__}: {err}")
+        except ResumeError as err:
+            return Rejected(doc.doc_id, doc.source, "changed", str(err))
         return None
 
     def _step(self, rows: list[_Row]) -> None:
@@ -132,16 +136,16 @@ class Stream:
         tokens = torch.tensor([row.pending.tokens for row in batch], dtype=torch.long)
         state = batch[0].state if len(batch) == 1 else State.stack([row.state for row in batch])
         hidden = self.model.forward_hidden(tokens, state)
-        vectors = hidden.last[:, -1].float().cpu().numpy()
+        pooled = {name: v.cpu().numpy() for name, v in pool(hidden.last, hidden.state).items()}
         for i, row in enumerate(batch):
             row.state = hidden.state.select(i)
-            row.vector = vectors[i]
+            row.vectors = {name: v[i] for name, v in pooled.items()}
 
     def _emit(self, row: _Row):
         """Yield the events of the chunk the row just ran; return True when its document is done."""
         chunk, doc = row.pending, row.task.doc
         snapshot = chunk.is_last or (chunk.index + 1) % self.snapshot_every == 0
-        yield ChunkRecord(doc.doc_id, chunk.index, chunk.start, chunk.end, chunk.is_last, row.vector,
+        yield ChunkRecord(doc.doc_id, chunk.index, chunk.start, chunk.end, chunk.is_last, row.vectors,
                           row.state.to("cpu") if snapshot else None)
         if chunk.is_last:
             yield DocumentDone(doc.doc_id, doc.source, chunk.end, chunk.index + 1, row.stats)

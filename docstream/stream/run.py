@@ -87,7 +87,8 @@ class _CommitWriter:
         self.chunks += 1
         held = self._held.setdefault(rec.doc_id, [])
         held.append(dict(doc_id=rec.doc_id, chunk_index=rec.chunk_index, token_start=rec.token_start,
-                         token_end=rec.token_end, embedding=rec.embedding))
+                         token_end=rec.token_end, embedding=rec.vectors["last"],
+                         embedding_mean=rec.vectors["mean"], embedding_state=rec.vectors["state"]))
         if rec.state is None:
             return
         blob = rec.state.to_bytes()

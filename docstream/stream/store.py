@@ -5,7 +5,8 @@ Layout of ``OUT``::
     config.json              the run's settings and the fingerprints of its model and tokenizer
     .lock                    held (flock) by the one run writing here
     commits/00000001.json    commit records, one per flush, each written atomically
-    embeddings/part-00000001.parquet   per-chunk vectors   (doc_id, chunk_index, token_start, token_end, embedding)
+    embeddings/part-00000001.parquet   per-chunk vectors   (doc_id, chunk_index, token_start, token_end,
+                                       embedding = last-token hidden state, embedding_mean, embedding_state)
     snapshots/part-00000001.parquet    per-document states (..., model_fingerprint, state, state_sha256)
     documents/part-00000001.parquet    one row per finished document (token counts, repairs made)
     errors/part-00000001.parquet       one row per rejected document (reason, detail)
@@ -34,7 +35,8 @@ TABLES = ("embeddings", "snapshots", "documents", "errors")
 
 SCHEMAS = {
     "embeddings": pa.schema([("doc_id", pa.string()), ("chunk_index", pa.int32()), ("token_start", pa.int64()),
-                             ("token_end", pa.int64()), ("embedding", pa.list_(pa.float32()))]),
+                             ("token_end", pa.int64()), ("embedding", pa.list_(pa.float32())),
+                             ("embedding_mean", pa.list_(pa.float32())), ("embedding_state", pa.list_(pa.float32()))]),
     "snapshots": pa.schema([("doc_id", pa.string()), ("chunk_index", pa.int32()), ("token_start", pa.int64()),
                             ("token_end", pa.int64()), ("is_final", pa.bool_()), ("model_fingerprint", pa.string()),
                             ("state", pa.binary()), ("state_sha256", pa.string())]),
