@@ -1,19 +1,44 @@
-"""Backend selection for the WKV ops."""
+"""Backend selection for the WKV ops.
+
+``backend`` is one of:
+
+* ``"torch"`` -- the pure-PyTorch reference (:mod:`docstream.kernels.reference`), any device.
+* ``"cpu"`` / ``"cuda"`` -- the compiled kernel for that device (built on first use, see
+  :mod:`docstream.kernels.build`). The tensors must live on that device (else ``ValueError``); a build
+  failure raises :class:`~docstream.kernels.build.BuildError` (a ``RuntimeError``) that says what to
+  install and quotes the compiler's last lines.
+* ``"auto"`` -- the compiled kernel for the tensors' device; when it cannot be built, the reference,
+  after one ``warnings.warn`` per process and device type naming what to install. The reference is
+  also used for other device types and when autograd needs the op's gradient (the compiled kernels
+  are forward-only).
+
+The compiled ops have the references' contract: same arguments, output in the input dtype, a new
+fp32 state (the one passed in is never modified), any ``T >= 1`` and ``B >= 1``.
+"""
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
+import torch
 from torch import Tensor
 
-from docstream.kernels import reference
+from docstream.kernels import build, reference
 
 BACKENDS = ("auto", "cuda", "cpu", "torch")
 
-_REFERENCES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+Op = Callable[..., tuple[Tensor, Tensor]]
+
+_REFERENCES: dict[str, Op] = {
     "wkv4": reference.wkv4_ref,
     "wkv6": reference.wkv6_ref,
     "wkv7": reference.wkv7_ref,
 }
+
+_HALF_TYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+#: device types for which the "auto" fallback warning was already shown in this process
+_WARNED: set[str] = set()
 
 
 def check_backend(backend: str) -> str:
@@ -23,28 +48,211 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def resolve(op: str, backend: str, device_type: str) -> Callable[..., tuple[Tensor, Tensor]]:
+# --------------------------------------------------------------------------------------------------
+# argument preparation shared by the compiled ops
+
+
+def _rows(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` in ``dtype`` with a contiguous last dimension (other strides, even 0, are kept)."""
+    if x.dtype != dtype:
+        x = x.to(dtype)
+    if x.dim() and x.shape[-1] > 1 and x.stride(-1) != 1:
+        x = x.contiguous()
+    return x
+
+
+def _common_dtype(xs: tuple[Tensor, ...]) -> torch.dtype:
+    """The dtype all of ``xs`` share when it is fp32/bf16/fp16, else fp32 (mixed inputs run in fp32)."""
+    dtype = xs[0].dtype
+    if dtype in _HALF_TYPES and all(x.dtype == dtype for x in xs):
+        return dtype
+    return torch.float32
+
+
+def _check_same_shape(op: str, names: str, xs: tuple[Tensor, ...], dims: int) -> None:
+    shape = xs[0].shape
+    if len(shape) != dims or any(x.shape != shape for x in xs):
+        got = ", ".join(f"{n}{tuple(x.shape)}" for n, x in zip(names.split(","), xs))
+        raise ValueError(f"{op}: {names} must share one {dims}-d shape, got {got}")
+
+
+def _check_state(op: str, state: Tensor, shape: tuple[int, ...]) -> Tensor:
+    if tuple(state.shape) != shape:
+        raise ValueError(f"{op}: state must have shape {shape}, got {tuple(state.shape)}")
+    return state.float().contiguous()
+
+
+def _check_device(op: str, device: torch.device, xs: tuple[Tensor, ...]) -> None:
+    if any(x.device != device for x in xs):
+        raise ValueError(f"{op}: all tensors must be on one device, got "
+                         f"{sorted({str(x.device) for x in xs})}")
+
+
+def _head_size_for_cuda(n: int) -> int:
+    if not 1 <= n <= build.CUDA_MAX_HEAD_SIZE:
+        raise ValueError(f"the CUDA WKV kernels support head sizes 1..{build.CUDA_MAX_HEAD_SIZE} (one thread "
+                         f"per state row), got N={n}; use backend='torch' for larger heads")
+    return n
+
+
+# --------------------------------------------------------------------------------------------------
+# the compiled ops
+
+
+def _wkv4_compiled(device_type: str) -> Op:
+    def wkv4_compiled(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        _check_same_shape("wkv4", "k,v", (k, v), 3)
+        B, _, C = k.shape
+        _check_device("wkv4", k.device, (w, u, v, state))
+        if w.numel() != C or u.numel() != C:
+            raise ValueError(f"wkv4: w and u must have C={C} elements, got {w.numel()} and {u.numel()}")
+        state = _check_state("wkv4", state, (B, 3, C))
+        w, u = w.float().reshape(C).contiguous(), u.float().reshape(C).contiguous()
+        if device_type == "cpu":
+            ext = build.load_cpu()
+            y, s = ext.wkv4(w, u, _rows(k, torch.float32), _rows(v, torch.float32), state)
+        else:
+            ext = build.load_cuda_wkv4()
+            dtype = _common_dtype((k, v))
+            y, s = ext.wkv4(w, u, _rows(k, dtype), _rows(v, dtype), state)
+        return y.to(k.dtype), s
+
+    return wkv4_compiled
+
+
+def _wkv6_compiled(device_type: str) -> Op:
+    def wkv6_compiled(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor,
+                      state: Tensor) -> tuple[Tensor, Tensor]:
+        _check_same_shape("wkv6", "r,k,v,w", (r, k, v, w), 4)
+        B, _, H, N = r.shape
+        _check_device("wkv6", r.device, (k, v, w, u, state))
+        if u.numel() != H * N:
+            raise ValueError(f"wkv6: u must have shape ({H}, {N}), got {tuple(u.shape)}")
+        state = _check_state("wkv6", state, (B, H, N, N))
+        u = u.float().reshape(H, N).contiguous()
+        w = _rows(w, torch.float32)  # the decay is always fp32; an expanded (stride-0) view stays a view
+        if device_type == "cpu":
+            ext = build.load_cpu()
+            f32 = torch.float32
+            y, s = ext.wkv6(_rows(r, f32), _rows(k, f32), _rows(v, f32), w, u, state)
+        else:
+            ext = build.load_cuda(_head_size_for_cuda(N))
+            dtype = _common_dtype((r, k, v))
+            y, s = ext.wkv6(_rows(r, dtype), _rows(k, dtype), _rows(v, dtype), w, u, state)
+        return y.to(r.dtype), s
+
+    return wkv6_compiled
+
+
+def _wkv7_compiled(device_type: str) -> Op:
+    def wkv7_compiled(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
+                      state: Tensor) -> tuple[Tensor, Tensor]:
+        _check_same_shape("wkv7", "r,w,k,v,a,b", (r, w, k, v, a, b), 4)
+        B, _, H, N = r.shape
+        _check_device("wkv7", r.device, (w, k, v, a, b, state))
+        state = _check_state("wkv7", state, (B, H, N, N))
+        w = _rows(w, torch.float32)
+        if device_type == "cpu":
+            ext = build.load_cpu()
+            f32 = torch.float32
+            y, s = ext.wkv7(_rows(r, f32), w, _rows(k, f32), _rows(v, f32), _rows(a, f32), _rows(b, f32), state)
+        else:
+            ext = build.load_cuda(_head_size_for_cuda(N))
+            dtype = _common_dtype((r, k, v, a, b))
+            y, s = ext.wkv7(_rows(r, dtype), w, _rows(k, dtype), _rows(v, dtype), _rows(a, dtype),
+                            _rows(b, dtype), state)
+        return y.to(r.dtype), s
+
+    return wkv7_compiled
+
+
+_COMPILED: dict[str, dict[str, Op]] = {
+    device: {"wkv4": _wkv4_compiled(device), "wkv6": _wkv6_compiled(device), "wkv7": _wkv7_compiled(device)}
+    for device in ("cpu", "cuda")
+}
+
+
+def _install_hint(device_type: str) -> str:
+    return build.CPU_INSTALL_HINT if device_type == "cpu" else build.cuda_install_hint()
+
+
+def _warn_fallback(device_type: str, err: build.BuildError) -> None:
+    if device_type in _WARNED:
+        return
+    _WARNED.add(device_type)
+    warnings.warn(
+        f"docstream: could not build the compiled {device_type.upper()} WKV kernels ({err.reason}); using the "
+        f"slow pure-PyTorch reference instead. To enable them, {_install_hint(device_type)}. "
+        f"backend={device_type!r} raises the error with the compiler output.",
+        RuntimeWarning, stacklevel=4)
+
+
+def _auto(op: str, device_type: str) -> Op:
+    compiled, ref = _COMPILED[device_type][op], _REFERENCES[op]
+
+    def auto(*args: Tensor) -> tuple[Tensor, Tensor]:
+        if device_type == "cuda" and op != "wkv4" and args[0].dim() == 4 \
+                and args[0].shape[-1] > build.CUDA_MAX_HEAD_SIZE:
+            return ref(*args)  # head size beyond the CUDA kernels: the reference handles it
+        try:
+            return compiled(*args)
+        except build.BuildError as err:  # raised by the loader, before any work was done
+            _warn_fallback(device_type, err)
+            return ref(*args)
+
+    auto.__name__ = f"{op}_auto_{device_type}"
+    return auto
+
+
+_AUTO: dict[str, dict[str, Op]] = {device: {op: _auto(op, device) for op in _REFERENCES}
+                                   for device in ("cpu", "cuda")}
+
+
+def resolve(op: str, backend: str, device_type: str) -> Op:
     """The implementation of ``op`` for ``backend`` on tensors living on ``device_type``."""
     check_backend(backend)
-    if backend in ("auto", "torch"):
+    if op not in _REFERENCES:
+        raise ValueError(f"unknown WKV op {op!r}; expected one of {', '.join(_REFERENCES)}")
+    if backend == "torch":
         return _REFERENCES[op]
-    raise ValueError(f"the compiled {backend!r} WKV backend is not available in this build; "
-                     f"use backend='torch' or 'auto'")
+    if backend == "auto":
+        return _AUTO[device_type][op] if device_type in _AUTO else _REFERENCES[op]
+    if device_type != backend:
+        raise ValueError(f"WKV backend {backend!r} needs {backend.upper()} tensors, got tensors on "
+                         f"{device_type!r}; move them or use backend='auto'")
+    return _COMPILED[backend][op]
+
+
+def _needs_grad(*xs: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+
+
+def _pick(op: str, backend: str, device_type: str, xs: tuple[Tensor, ...]) -> Op:
+    impl = resolve(op, backend, device_type)  # validates the backend and the device first
+    if impl is not _REFERENCES[op] and _needs_grad(*xs):
+        if backend == "auto":
+            return _REFERENCES[op]  # differentiable
+        raise RuntimeError(f"the compiled {backend!r} WKV kernels are forward-only; run under "
+                           f"torch.no_grad() or use backend='torch' (or 'auto') for gradients")
+    return impl
 
 
 def wkv4(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: Tensor,
          backend: str = "auto") -> tuple[Tensor, Tensor]:
     """RWKV-4 WKV; see :func:`docstream.kernels.reference.wkv4_ref` for shapes and maths."""
-    return resolve("wkv4", backend, k.device.type)(w, u, k, v, state)
+    args = (w, u, k, v, state)
+    return _pick("wkv4", backend, k.device.type, args)(*args)
 
 
 def wkv6(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor,
          backend: str = "auto") -> tuple[Tensor, Tensor]:
     """RWKV-5.2/6 WKV; see :func:`docstream.kernels.reference.wkv6_ref` for shapes and maths."""
-    return resolve("wkv6", backend, r.device.type)(r, k, v, w, u, state)
+    args = (r, k, v, w, u, state)
+    return _pick("wkv6", backend, r.device.type, args)(*args)
 
 
 def wkv7(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor,
          backend: str = "auto") -> tuple[Tensor, Tensor]:
     """RWKV-7 WKV; see :func:`docstream.kernels.reference.wkv7_ref` for shapes and maths."""
-    return resolve("wkv7", backend, r.device.type)(r, w, k, v, a, b, state)
+    args = (r, w, k, v, a, b, state)
+    return _pick("wkv7", backend, r.device.type, args)(*args)
