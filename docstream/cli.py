@@ -45,6 +45,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from docstream.demo import run_demo
+
+    return run_demo(args.out, quiet=args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="docstream", description="Long-document streaming over RWKV models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--backend", choices=["auto", "cpu", "cuda", "torch"])
     rn.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     rn.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", help="stream the bundled sample corpus end to end (random-weight model)")
+    demo.add_argument("--out", default="docstream-demo", help="output directory (default ./docstream-demo)")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=_cmd_demo)
 
     st = sub.add_parser("selftest", help="check chunked, token-by-token and split streaming agree on random "
                                          "checkpoints of every RWKV version, and time them")

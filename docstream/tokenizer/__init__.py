@@ -1,7 +1,7 @@
 """Tokenizers for RWKV models: the World vocabulary and Hugging Face JSON files.
 
 Use :func:`load_tokenizer` to load either kind from its file, or
-:func:`default_world_vocab_path` for the World vocabulary shipped in ``rwkv``.
+:func:`default_world_vocab_path` for the World vocabulary bundled with docstream.
 """
 
 from docstream.tokenizer.base import Tokenizer
@@ -13,6 +13,7 @@ from docstream.tokenizer.world import (
     WorldTokenizer,
     default_world_vocab_path,
     parse_world_vocab,
+    rwkv_package_vocab_path,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "default_world_vocab_path",
     "load_tokenizer",
     "parse_world_vocab",
+    "rwkv_package_vocab_path",
 ]

@@ -40,9 +40,20 @@ _NO_MATCH: tuple[int, _Children] = (0, {})
 
 
 def default_world_vocab_path() -> Path:
-    """The World vocabulary file shipped inside the installed ``rwkv`` package.
+    """The World vocabulary file: docstream's bundled copy (identical to the one in the ``rwkv``
+    package, Apache-2.0, from BlinkDL's RWKV-LM), else the installed ``rwkv`` package's copy.
 
-    The ``rwkv`` package is located without being imported.
+    Raises:
+        FileNotFoundError: neither copy is present.
+    """
+    bundled = Path(__file__).resolve().parent / "data" / WORLD_VOCAB_FILENAME
+    if bundled.is_file():
+        return bundled
+    return rwkv_package_vocab_path()
+
+
+def rwkv_package_vocab_path() -> Path:
+    """The World vocabulary file shipped inside the installed ``rwkv`` package (located, not imported).
 
     Raises:
         FileNotFoundError: ``rwkv`` is not installed, or its copy of the file is missing.

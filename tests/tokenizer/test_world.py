@@ -18,6 +18,7 @@ from docstream.tokenizer import (
     Tokenizer,
     WorldTokenizer,
     default_world_vocab_path,
+    rwkv_package_vocab_path,
 )
 
 rwkv_tokenizer = pytest.importorskip("rwkv.rwkv_tokenizer", reason="the reference tokenizer ships in 'rwkv'")
@@ -41,17 +42,22 @@ def vocab_path() -> Path:
 
 
 @pytest.fixture(scope="module")
+def reference_vocab_path() -> Path:
+    return rwkv_package_vocab_path()
+
+
+@pytest.fixture(scope="module")
 def world(vocab_path: Path) -> WorldTokenizer:
     return WorldTokenizer(vocab_path)
 
 
 @pytest.fixture(scope="module")
-def reference(vocab_path: Path):
+def reference(reference_vocab_path: Path):
     """The reference tokenizer; the GC is paused while it builds its large trie (3x faster)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return rwkv_tokenizer.TRIE_TOKENIZER(str(vocab_path))
+        return rwkv_tokenizer.TRIE_TOKENIZER(str(reference_vocab_path))
     finally:
         if was_enabled:
             gc.enable()
@@ -258,13 +264,13 @@ def test_unencodable_byte_is_reported(tmp_path: Path) -> None:
         tokenizer.encode("z")
 
 
-def test_default_path_points_into_rwkv_package(vocab_path: Path) -> None:
-    assert vocab_path.name == WORLD_VOCAB_FILENAME
-    assert vocab_path.parent.name == "rwkv"
-    assert vocab_path.is_file()
+def test_bundled_vocab_is_the_rwkv_package_file(vocab_path: Path, reference_vocab_path: Path) -> None:
+    assert vocab_path.name == WORLD_VOCAB_FILENAME and vocab_path.parent.name == "data"
+    assert reference_vocab_path.parent.name == "rwkv"
+    assert vocab_path.read_bytes() == reference_vocab_path.read_bytes()
 
 
-def test_default_path_without_rwkv_explains_where_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rwkv_path_without_rwkv_explains_where_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install rwkv.*ChatRWKV and RWKV-LM"):
-        default_world_vocab_path()
+        rwkv_package_vocab_path()
