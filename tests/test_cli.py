@@ -1,0 +1,39 @@
+"""The command line as the README shows it: demo, selftest, info."""
+import subprocess
+import sys
+from pathlib import Path
+
+from docstream.model.synthetic import save_random_checkpoint
+from docstream.stream import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "docstream.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_demo_streams_the_sample_corpus_and_resumes(tmp_path):
+    out = tmp_path / "demo"
+    first = _cli("demo", "--out", str(out), "--quiet")
+    assert first.returncode == 0, first.stderr
+    assert "documents processed 6" in first.stdout
+    store = RunStore(out)
+    assert store.read_table("documents").num_rows == 6
+    assert store.read_table("embeddings").num_rows > 6
+    again = _cli("demo", "--out", str(out), "--quiet")
+    assert again.returncode == 0 and "already done 6" in again.stdout
+
+
+def test_selftest_reports_agreement():
+    result = _cli("selftest", "--versions", "4,7", "--tokens", "64")
+    assert result.returncode == 0, result.stderr
+    assert "all streaming paths agree" in result.stdout
+
+
+def test_info_describes_a_checkpoint_and_errors_are_clean(tmp_path):
+    path = save_random_checkpoint(tmp_path / "m.pth", "6", n_layer=2, n_embd=64, head_size=16, vocab_size=100)
+    info = _cli("info", "--model", str(path))
+    assert info.returncode == 0 and "RWKV-6" in info.stdout and "heads      4 x 16" in info.stdout
+    missing = _cli("info", "--model", str(tmp_path / "absent.pth"))
+    assert missing.returncode == 2 and "absent.pth" in missing.stderr and "Traceback" not in missing.stderr
