@@ -11,13 +11,13 @@ from docstream.model.config import ModelConfig
 from docstream.model.v4 import ChannelMix4
 
 
-class TimeMix5(nn.Module):
+class GatedHeadMix(nn.Module):
+    """What RWKV-5.2 and RWKV-6 time mixes share: r/k/v/gate projections into heads, the WKV with
+    per-channel decay, a per-head group norm, the SiLU gate and the output projection."""
+
     def __init__(self, n_embd: int, dim_att: int, head_size: int):
         super().__init__()
         self.n_head, self.head_size = dim_att // head_size, head_size
-        self.time_mix_k, self.time_mix_v = mix_param(n_embd), mix_param(n_embd)
-        self.time_mix_r, self.time_mix_g = mix_param(n_embd), mix_param(n_embd)
-        self.time_decay = nn.Parameter(torch.empty(self.n_head, head_size))
         self.time_faaaa = nn.Parameter(torch.empty(self.n_head, head_size))
         self.receptance = Linear(n_embd, dim_att)
         self.key = Linear(n_embd, dim_att)
@@ -26,23 +26,37 @@ class TimeMix5(nn.Module):
         self.output = Linear(dim_att, n_embd)
         self.ln_x = nn.GroupNorm(self.n_head, dim_att, eps=64e-5)
 
+    def attend(self, rx: Tensor, kx: Tensor, vx: Tensor, gx: Tensor, w: Tensor, wkv: Tensor,
+               backend: str) -> tuple[Tensor, Tensor]:
+        """Mixed inputs [B, T, C] and decay w [B, T, H, N] -> (output [B, T, C], new WKV state)."""
+        heads = w.shape
+        r = self.receptance(rx).float().view(heads)
+        k = self.key(kx).float().view(heads)
+        v = self.value(vx).float().view(heads)
+        g = F.silu(self.gate(gx))
+        y, wkv = wkv6(r, k, v, w, self.time_faaaa.float(), wkv, backend=backend)
+        y = group_norm_heads(y, self.ln_x).to(rx.dtype)
+        return self.output(y * g), wkv
+
+
+class TimeMix5(GatedHeadMix):
+    def __init__(self, n_embd: int, dim_att: int, head_size: int):
+        super().__init__(n_embd, dim_att, head_size)
+        self.time_mix_k, self.time_mix_v = mix_param(n_embd), mix_param(n_embd)
+        self.time_mix_r, self.time_mix_g = mix_param(n_embd), mix_param(n_embd)
+        self.time_decay = nn.Parameter(torch.empty(self.n_head, head_size))
+
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
                 backend: str) -> tuple[Tensor, Tensor, Tensor | None]:
         b, t, _ = xx.shape
-        heads = (b, t, self.n_head, self.head_size)
         sx = token_shift(xx, shift)
         kx = xx * self.time_mix_k + sx * (1 - self.time_mix_k)
         vx = xx * self.time_mix_v + sx * (1 - self.time_mix_v)
         rx = xx * self.time_mix_r + sx * (1 - self.time_mix_r)
         gx = xx * self.time_mix_g + sx * (1 - self.time_mix_g)
-        r = self.receptance(rx).float().view(heads)
-        k = self.key(kx).float().view(heads)
-        v = self.value(vx).float().view(heads)
-        g = F.silu(self.gate(gx))
-        w = torch.exp(-torch.exp(self.time_decay.float())).expand(heads)
-        y, wkv = wkv6(r, k, v, w, self.time_faaaa.float(), wkv, backend=backend)
-        y = group_norm_heads(y, self.ln_x).to(xx.dtype)
-        return self.output(y * g), wkv, v_first
+        w = torch.exp(-torch.exp(self.time_decay.float())).expand(b, t, self.n_head, self.head_size)
+        out, wkv = self.attend(rx, kx, vx, gx, w, wkv, backend)
+        return out, wkv, v_first
 
 
 class RWKV5(RWKVModel):

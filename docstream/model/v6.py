@@ -5,15 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from docstream.kernels import wkv6
-from docstream.model.base import Linear, RWKVModel, matmul, count_layers, group_norm_heads, mix_param, token_shift
+from docstream.model.base import Linear, RWKVModel, count_layers, matmul, mix_param, token_shift
 from docstream.model.config import ModelConfig
+from docstream.model.v5 import GatedHeadMix
 
 
-class TimeMix6(nn.Module):
+class TimeMix6(GatedHeadMix):
     def __init__(self, n_embd: int, dim_att: int, head_size: int, d_mix: int, d_decay: int):
-        super().__init__()
-        self.n_head, self.head_size = dim_att // head_size, head_size
+        super().__init__(n_embd, dim_att, head_size)
         self.time_maa_x, self.time_maa_w, self.time_maa_k = mix_param(n_embd), mix_param(n_embd), mix_param(n_embd)
         self.time_maa_v, self.time_maa_r, self.time_maa_g = mix_param(n_embd), mix_param(n_embd), mix_param(n_embd)
         self.time_maa_w1 = nn.Parameter(torch.empty(n_embd, 5 * d_mix))
@@ -21,18 +20,10 @@ class TimeMix6(nn.Module):
         self.time_decay = nn.Parameter(torch.empty(1, 1, dim_att))
         self.time_decay_w1 = nn.Parameter(torch.empty(n_embd, d_decay))
         self.time_decay_w2 = nn.Parameter(torch.empty(d_decay, dim_att))
-        self.time_faaaa = nn.Parameter(torch.empty(self.n_head, head_size))
-        self.receptance = Linear(n_embd, dim_att)
-        self.key = Linear(n_embd, dim_att)
-        self.value = Linear(n_embd, dim_att)
-        self.gate = Linear(n_embd, dim_att)
-        self.output = Linear(dim_att, n_embd)
-        self.ln_x = nn.GroupNorm(self.n_head, dim_att, eps=64e-5)
 
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
                 backend: str) -> tuple[Tensor, Tensor, Tensor | None]:
         b, t, c = xx.shape
-        heads = (b, t, self.n_head, self.head_size)
         sx = token_shift(xx, shift) - xx
         lora = torch.tanh(matmul(xx + sx * self.time_maa_x, self.time_maa_w1)).view(b, t, 5, -1)
         mw, mk, mv, mr, mg = (matmul(lora[:, :, f], self.time_maa_w2[f]) for f in range(5))
@@ -41,15 +32,10 @@ class TimeMix6(nn.Module):
         vx = xx + sx * (self.time_maa_v + mv)
         rx = xx + sx * (self.time_maa_r + mr)
         gx = xx + sx * (self.time_maa_g + mg)
-        r = self.receptance(rx).float().view(heads)
-        k = self.key(kx).float().view(heads)
-        v = self.value(vx).float().view(heads)
-        g = F.silu(self.gate(gx))
         w = self.time_decay.float() + matmul(torch.tanh(matmul(wx, self.time_decay_w1)), self.time_decay_w2).float()
-        w = torch.exp(-torch.exp(w)).view(heads)
-        y, wkv = wkv6(r, k, v, w, self.time_faaaa.float(), wkv, backend=backend)
-        y = group_norm_heads(y, self.ln_x).to(xx.dtype)
-        return self.output(y * g), wkv, v_first
+        w = torch.exp(-torch.exp(w)).view(b, t, self.n_head, self.head_size)
+        out, wkv = self.attend(rx, kx, vx, gx, w, wkv, backend)
+        return out, wkv, v_first
 
 
 class ChannelMix6(nn.Module):
