@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
 
+    from docstream.tasks.search import add_search_command
+
+    add_search_command(sub)
+
     st = sub.add_parser("selftest", help="check chunked, token-by-token and split streaming agree on random "
                                          "checkpoints of every RWKV version, and time them")
     st.add_argument("--versions", default="4,5.2,6,7", help="comma-separated RWKV versions (default: all)")

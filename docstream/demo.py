@@ -10,6 +10,7 @@ from pathlib import Path
 
 from docstream.model.synthetic import save_random_checkpoint
 from docstream.stream import RunStore, build_config, run
+from docstream.tasks.search import format_hits, search
 from docstream.tokenizer import default_world_vocab_path
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "data" / "sample_corpus"
@@ -35,5 +36,9 @@ def run_demo(out: str | Path, quiet: bool = False) -> int:
     docs = store.read_table("documents").to_pylist()
     for doc in sorted(docs, key=lambda d: d["doc_id"]):
         print(f"  {doc['doc_id']:<28} {doc['n_tokens']:>5} tokens in {doc['n_chunks']} chunks")
-    print("model weights are random: run `docstream run --model <a BlinkDL .pth>` for real results")
+    query = "how do gardeners make compost"
+    print(f'\nsearch "{query}" (FAISS Flat index over the last-token embeddings):')
+    print(format_hits(search(out, query, k=3)))
+    print("\nmodel weights are random, so rankings are chance: run `docstream run --model <a BlinkDL .pth>` "
+          "for real results")
     return 0

@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
 extra=""
-[ "${1:-}" = "test" ] && extra="[test,faiss]"
+[ "${1:-}" = "test" ] && extra="[test]"
 "$PY" -m pip install -q -e ".${extra}"

@@ -1,0 +1,150 @@
+"""Read-only views of a run's committed outputs, for the task heads in :mod:`docstream.tasks`.
+
+Everything here reads through :class:`~docstream.stream.store.RunStore`'s commit records, so only
+committed rows are ever seen, and a run still writing the directory does no harm: a reader works on
+the commits that existed when it listed them. Embedding rows come back as NumPy arrays, so callers
+never depend on the storage format.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from docstream.stream.config import RunConfig
+from docstream.stream.pooling import POOLINGS
+from docstream.stream.store import SCHEMAS, RunStore
+
+#: the embeddings-table column that holds each pooling's vectors
+EMBEDDING_COLUMNS = {"last": "embedding", "mean": "embedding_mean", "state": "embedding_state"}
+#: the columns that identify a chunk
+ID_COLUMNS = ("doc_id", "chunk_index", "token_start", "token_end")
+
+
+def check_pooling(pooling: str) -> str:
+    """``pooling`` if it is one of :data:`~docstream.stream.pooling.POOLINGS`, else ``ValueError``."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(map(repr, POOLINGS))}")
+    return pooling
+
+
+@dataclass(frozen=True)
+class EmbeddingRows:
+    """Committed chunk vectors of one pooling, one row per chunk, in commit order.
+
+    ``doc_id`` is an object array of strings; ``vectors`` is float32 ``[n, dimension]``.
+    """
+
+    doc_id: np.ndarray
+    chunk_index: np.ndarray
+    token_start: np.ndarray
+    token_end: np.ndarray
+    vectors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.doc_id)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @classmethod
+    def empty(cls, dimension: int = 0) -> EmbeddingRows:
+        """No rows (``dimension`` wide)."""
+        return cls(np.empty(0, dtype=object), np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64),
+                   np.empty((0, dimension), np.float32))
+
+    @classmethod
+    def concat(cls, parts: list[EmbeddingRows]) -> EmbeddingRows:
+        """The rows of ``parts``, in order (an empty result when there are none)."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(p, name) for p in parts])
+                     for name in ("doc_id", "chunk_index", "token_start", "token_end", "vectors")))
+
+
+@dataclass(frozen=True)
+class CommittedEmbeddings:
+    """The embedding rows of the commits with ``after_seq < seq <= last_seq``."""
+
+    rows: EmbeddingRows
+    after_seq: int
+    last_seq: int
+
+
+def read_run_config(out: str | Path) -> dict[str, Any]:
+    """The run's ``config.json`` (``identity``, ``settings``, ``docstream_version``)."""
+    config = RunStore(out).read_config()
+    if config is None:
+        raise FileNotFoundError(f"{str(out)!r} has no config.json, so it is not the output directory of a "
+                                f"docstream run; pass the --out directory of `docstream run`")
+    return config
+
+
+def run_settings(out: str | Path) -> RunConfig:
+    """The settings the run was started with, as a :class:`RunConfig`."""
+    return RunConfig(**read_run_config(out)["settings"])
+
+
+def last_seq(out: str | Path) -> int:
+    """The sequence number of the run's latest commit (0 when nothing is committed)."""
+    return max((record["seq"] for record in RunStore(out).commit_records()), default=0)
+
+
+def finished_documents(out: str | Path) -> set[str]:
+    """Ids of the documents the run has finished (all their chunks are committed)."""
+    return RunStore(out).progress().finished
+
+
+def document_rows(out: str | Path) -> list[dict[str, Any]]:
+    """One dict per finished document: doc_id, source, n_tokens, n_chunks and the repair counts."""
+    return RunStore(out).read_table("documents").to_pylist()
+
+
+def read_embeddings(out: str | Path, pooling: str = "last", after_seq: int = 0,
+                    upto_seq: int | None = None) -> CommittedEmbeddings:
+    """The committed chunk vectors of ``pooling`` from commits with ``after_seq < seq <= upto_seq``.
+
+    ``upto_seq`` defaults to the latest commit when the commit records are listed, which is
+    returned as ``last_seq``: reading again with ``after_seq=last_seq`` gives exactly the rows
+    committed since, each chunk once.
+    """
+    check_pooling(pooling)
+    records = list(RunStore(out).commit_records())
+    newest = max((r["seq"] for r in records), default=0)
+    upto = newest if upto_seq is None else upto_seq
+    if after_seq < 0 or upto < after_seq:
+        raise ValueError(f"commit range must satisfy 0 <= after_seq <= upto_seq, got after_seq={after_seq}, "
+                         f"upto_seq={upto}")
+    parts = [_read_part(Path(out) / r["files"]["embeddings"]["path"], EMBEDDING_COLUMNS[pooling])
+             for r in records if after_seq < r["seq"] <= upto and "embeddings" in r["files"]]
+    return CommittedEmbeddings(EmbeddingRows.concat(parts), after_seq, upto)
+
+
+def _read_part(path: Path, column: str) -> EmbeddingRows:
+    """The id columns and one vector column of an embeddings part file."""
+    table = pq.read_table(path, columns=[*ID_COLUMNS, column], schema=SCHEMAS["embeddings"])
+    return EmbeddingRows(np.asarray(table.column("doc_id").to_pylist(), dtype=object),
+                         table.column("chunk_index").to_numpy().astype(np.int32),
+                         table.column("token_start").to_numpy().astype(np.int64),
+                         table.column("token_end").to_numpy().astype(np.int64),
+                         _matrix(table.column(column), path))
+
+
+def _matrix(column: pa.ChunkedArray, path: Path) -> np.ndarray:
+    """A list<float32> column as a float32 ``[rows, width]`` matrix (every list must have the same width)."""
+    lists = column.combine_chunks() if column.num_chunks else pa.array([], pa.list_(pa.float32()))
+    rows = len(lists)
+    if rows == 0:
+        return np.empty((0, 0), np.float32)
+    lengths = lists.value_lengths().to_numpy(zero_copy_only=False)
+    if lengths.min() != lengths.max():
+        raise ValueError(f"{path} holds vectors of different lengths ({lengths.min()} to {lengths.max()}); "
+                         f"the output directory is damaged")
+    values = lists.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return values.reshape(rows, int(lengths[0]))

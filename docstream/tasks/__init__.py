@@ -1,0 +1,43 @@
+"""Task heads over a run's outputs: embeddings, FAISS indexes and semantic search.
+
+Tasks read a run only through :class:`~docstream.stream.store.RunStore` (via
+:mod:`docstream.stream.reader`), never its files directly. Names are imported on first use, so
+importing this package (as the command line does) loads neither torch nor FAISS.
+
+Python use::
+
+    from docstream.tasks import document_vectors, update_index, search
+
+    docs = document_vectors("out/", pooling="mean")        # one L2-normalized vector per document
+    update_index("out/", pooling="last", factory="Flat")   # adds only commits not indexed yet
+    for hit in search("out/", "query text", k=5):
+        print(hit.rank, hit.score, hit.doc_id, hit.chunk_index, hit.snippet)
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "docstream.tasks.embed": ("DocumentVectors", "QueryEmbedder", "chunk_vectors", "document_vectors", "embed_text",
+                              "l2_normalize"),
+    "docstream.tasks.index": ("ChunkId", "IdTable", "IndexMeta", "LoadedIndex", "UpdateResult", "build_index",
+                              "load_index", "read_meta", "update_index"),
+    "docstream.tasks.search": ("Hit", "Searcher", "add_search_command", "search"),
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``name`` from its module on first use (PEP 562)."""
+    if name not in _HOME:
+        raise AttributeError(f"module 'docstream.tasks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,184 @@
+"""FAISS indexes of a run: round trip, id mapping, training limits, exactly-once incremental updates."""
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from docstream.stream.pooling import POOLINGS
+from docstream.stream.reader import last_seq
+from docstream.tasks import index as index_module
+from docstream.tasks.embed import chunk_vectors
+from docstream.tasks.index import (IdTable, build_index, index_dir, load_index, read_meta, search_index,
+                                   training_minimum, update_index)
+from tests.tasks import DIM, make_model, run_corpus, write_corpus
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory, model):
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(root, 6, seed=21, min_words=5, max_words=50)
+    return run_corpus(model, root, tmp_path_factory.mktemp("run") / "out")
+
+
+def _files(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_round_trip_and_id_mapping(out, pooling):
+    result = update_index(out, pooling)
+    rows = chunk_vectors(out, pooling)
+    meta = result.meta
+    assert (meta.factory, meta.metric, meta.pooling, meta.dimension) == ("Flat", "cosine", pooling, DIM)
+    assert meta.seq == last_seq(out) and meta.count == result.added == len(rows)
+    assert _files(result.path) == sorted([".lock", "meta.json", meta.index_file, meta.ids_file])
+    loaded = load_index(out, pooling)
+    assert loaded.index.ntotal == len(loaded.ids) == len(rows)
+    # faiss id i is row i of the embeddings, and maps back to its chunk
+    for i in range(len(rows)):
+        chunk = loaded.ids.row(i)
+        assert (chunk.doc_id, chunk.chunk_index, chunk.token_start, chunk.token_end) == (
+            rows.doc_id[i], rows.chunk_index[i], rows.token_start[i], rows.token_end[i])
+    # each stored vector finds itself first, with cosine 1
+    hits = loaded.search(rows.vectors, k=3)
+    assert [h[0][0] for h in hits] == list(range(len(rows)))
+    np.testing.assert_allclose([h[0][1] for h in hits], 1.0, atol=1e-5)
+    # the same results as an index built in memory from the same vectors
+    fresh = search_index(build_index(rows.vectors), rows.vectors, k=3)
+    assert [[i for i, _ in h] for h in hits] == [[i for i, _ in h] for h in fresh]
+    with pytest.raises(IndexError, match="outside the id table"):
+        loaded.ids.row(len(rows))
+
+
+def test_update_twice_adds_nothing(out):
+    first = update_index(out, "last")
+    before = _files(first.path)
+    again = update_index(out, "last")
+    assert again.added == 0 and again.meta == first.meta and _files(again.path) == before
+
+
+def test_factory_mismatch_needs_rebuild(out):
+    update_index(out, "mean")
+    with pytest.raises(ValueError, match=r"'Flat'.*not 'HNSW32'.*rebuild=True"):
+        update_index(out, "mean", factory="HNSW32")
+    rebuilt = update_index(out, "mean", factory="HNSW32", rebuild=True)
+    assert rebuilt.meta.factory == "HNSW32" and rebuilt.meta.count == len(chunk_vectors(out, "mean"))
+    assert rebuilt.meta.generation > 1 and len(list(rebuilt.path.glob("index-*.faiss"))) == 1
+    loaded = load_index(out, "mean")
+    assert isinstance(faiss.downcast_index(loaded.index), faiss.IndexHNSWFlat)
+    with pytest.raises(ValueError, match="metric 'cosine', not 'HNSW32' with metric 'l2'"):
+        update_index(out, "mean", factory="HNSW32", metric="l2")
+
+
+def test_ivf_on_a_run_with_too_few_vectors_is_refused(out):
+    n = len(chunk_vectors(out, "state"))
+    with pytest.raises(ValueError, match=rf"'IVF64,Flat' needs training on at least 2496 vectors .* only {n}"):
+        update_index(out, "state", factory="IVF64,Flat", rebuild=True)
+
+
+def test_training_limits_with_synthetic_vectors():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((700, DIM)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"'IVF16,Flat' needs training on at least 624 vectors .* only 100"):
+        build_index(vectors[:100], "IVF16,Flat")
+    ivf = build_index(vectors, "IVF16,Flat")
+    assert ivf.is_trained and ivf.ntotal == 700
+    hits = search_index(ivf, vectors[:5], k=1, params="nprobe=16")
+    assert [h[0][0] for h in hits] == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match=r"'IVF16,PQ8' needs training on at least 9984 vectors .* only 700"):
+        build_index(vectors, "IVF16,PQ8")
+    assert build_index(vectors, "IVF16,PQ8x4").ntotal == 700
+    assert training_minimum(faiss.index_factory(DIM, "HNSW32")) == 0
+    assert training_minimum(faiss.index_factory(DIM, "OPQ8,IVF32,PQ8x4")) == 39 * 32
+
+
+def test_bad_factory_metric_and_params_are_clear():
+    vectors = np.eye(4, DIM, dtype=np.float32)
+    with pytest.raises(ValueError, match="cannot build index factory 'Bogus9'"):
+        build_index(vectors, "Bogus9")
+    with pytest.raises(ValueError, match="unknown metric 'dot'"):
+        build_index(vectors, metric="dot")
+    with pytest.raises(ValueError, match="do not apply"):
+        search_index(build_index(vectors), vectors, k=1, params="nonsense=3")
+    with pytest.raises(ValueError, match="dimension 3"):
+        search_index(build_index(vectors), np.ones((1, 3)), k=1)
+
+
+def test_l2_and_ip_metrics(out):
+    rows = chunk_vectors(out, "last")
+    for metric in ("l2", "ip"):
+        hits = search_index(build_index(rows.vectors, metric=metric), rows.vectors[:4], k=1, metric=metric)
+        assert [h[0][0] for h in hits] == [0, 1, 2, 3]
+
+
+def test_no_index_yet_and_not_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        update_index(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"identity": {}, "settings": {}}))
+    with pytest.raises(ValueError, match="no committed embeddings yet"):
+        update_index(tmp_path)
+    with pytest.raises(FileNotFoundError, match="docstream index --run"):
+        load_index(tmp_path)
+
+
+def test_resumed_run_adds_only_new_commits_exactly_once(model, tmp_path):
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, 4, seed=31, min_words=5, max_words=40)
+    out = run_corpus(model, corpus, tmp_path / "out")
+    first = update_index(out)
+    assert first.added == first.meta.count == len(chunk_vectors(out)) and first.meta.seq == last_seq(out)
+    assert update_index(out).added == 0
+    # more documents arrive; the run resumes on the same directory and commits only them
+    write_corpus(corpus, 3, seed=32, min_words=5, max_words=40, first=4)
+    run_corpus(model, corpus, out)
+    rows = chunk_vectors(out)
+    second = update_index(out)
+    assert second.meta.seq == last_seq(out) > first.meta.seq
+    assert second.added == len(rows) - first.meta.count > 0 and second.meta.count == len(rows)
+    loaded = load_index(out)
+    keys = [(loaded.ids.doc_id[i], loaded.ids.chunk_index[i]) for i in range(len(loaded.ids))]
+    assert len(set(keys)) == len(keys) == len(rows)
+    assert set(keys) == set(zip(rows.doc_id, rows.chunk_index))
+    assert {k[0] for k in keys[first.meta.count:]} == {f"doc{i:03d}.txt" for i in range(4, 7)}
+    assert update_index(out).added == 0 and load_index(out).index.ntotal == len(rows)
+
+
+def test_crash_before_the_meta_keeps_the_old_index(model, tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, 3, seed=41, min_words=5, max_words=30)
+    out = run_corpus(model, corpus, tmp_path / "out")
+    old = update_index(out).meta
+    write_corpus(corpus, 2, seed=42, min_words=5, max_words=30, first=3)
+    run_corpus(model, corpus, out)
+
+    def crash(path, data):
+        raise OSError("simulated crash before the meta is written")
+
+    monkeypatch.setattr(index_module, "atomic_write_bytes", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        update_index(out)
+    monkeypatch.undo()
+    # the new generation's files exist, but the meta still names the old ones, which still load
+    directory = index_dir(out)
+    assert any(p.name.startswith("index-") and p.name != old.index_file for p in directory.iterdir())
+    assert read_meta(out) == old and load_index(out).index.ntotal == old.count
+    # the next update adds the missed commits once and removes the orphaned files
+    new = update_index(out)
+    assert new.meta.count == len(chunk_vectors(out)) and new.added == new.meta.count - old.count
+    assert _files(directory) == sorted([".lock", "meta.json", new.meta.index_file, new.meta.ids_file])
+
+
+def test_id_table_round_trip(tmp_path):
+    ids = IdTable(np.array(["a", "b"], dtype=object), np.array([0, 3], np.int32), np.array([0, 48], np.int64),
+                  np.array([16, 60], np.int64))
+    ids.write(tmp_path / "ids.parquet")
+    back = IdTable.read(tmp_path / "ids.parquet")
+    assert [back.row(i) for i in range(2)] == [ids.row(i) for i in range(2)]
