@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from docstream.stream.config import RunConfig
-from docstream.stream.pooling import POOLINGS
+from docstream.stream.pooling import DEFAULT_POOLING, POOLINGS
 from docstream.stream.store import SCHEMAS, RunStore
 
 #: the embeddings-table column that holds each pooling's vectors
@@ -106,7 +106,7 @@ def document_rows(out: str | Path) -> list[dict[str, Any]]:
     return RunStore(out).read_table("documents").to_pylist()
 
 
-def read_embeddings(out: str | Path, pooling: str = "last", after_seq: int = 0,
+def read_embeddings(out: str | Path, pooling: str = DEFAULT_POOLING, after_seq: int = 0,
                     upto_seq: int | None = None) -> CommittedEmbeddings:
     """The committed chunk vectors of ``pooling`` from commits with ``after_seq < seq <= upto_seq``.
 

@@ -23,7 +23,7 @@ from docstream.checksum import sha256_file
 from docstream.model import load_model
 from docstream.stream.corpus import Document, Rejected
 from docstream.stream.engine import ChunkRecord, Stream, StreamTask
-from docstream.stream.pooling import POOLINGS
+from docstream.stream.pooling import DEFAULT_POOLING, POOLINGS
 from docstream.stream.reader import (EmbeddingRows, check_pooling, finished_documents, read_embeddings,
                                      read_run_config, run_settings)
 from docstream.tokenizer import Tokenizer, load_tokenizer
@@ -43,7 +43,7 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return x
 
 
-def chunk_vectors(out: str | Path, pooling: str = "last") -> EmbeddingRows:
+def chunk_vectors(out: str | Path, pooling: str = DEFAULT_POOLING) -> EmbeddingRows:
     """Every committed chunk vector of ``pooling`` in the run at ``out``, with the chunks' ids."""
     return read_embeddings(out, pooling).rows
 
@@ -77,7 +77,7 @@ def mean_by_document(rows: EmbeddingRows) -> DocumentVectors:
     return DocumentVectors([str(d) for d in doc_ids], counts.astype(np.int64), l2_normalize(sums / counts[:, None]))
 
 
-def document_vectors(out: str | Path, pooling: str = "last", finished_only: bool = True) -> DocumentVectors:
+def document_vectors(out: str | Path, pooling: str = DEFAULT_POOLING, finished_only: bool = True) -> DocumentVectors:
     """Per-document vectors of the run at ``out``: the L2-normalized mean of each document's chunk vectors.
 
     With ``finished_only`` (the default) documents the run has not finished yet are left out, since
@@ -124,12 +124,12 @@ class QueryEmbedder:
         """Every pooling of ``text``'s final chunk, as float32 vectors (not normalized)."""
         return {name: vectors[0] for name, vectors in self.embed_batch([text], batch_size=1).items()}
 
-    def embed(self, text: str, pooling: str = "last") -> np.ndarray:
+    def embed(self, text: str, pooling: str = DEFAULT_POOLING) -> np.ndarray:
         """The ``pooling`` vector of ``text``'s final chunk (float32, not normalized)."""
         check_pooling(pooling)
         return self.embed_all(text)[pooling]
 
-    def embed_many(self, texts: Sequence[str], pooling: str = "last", batch_size: int = 8,
+    def embed_many(self, texts: Sequence[str], pooling: str = DEFAULT_POOLING, batch_size: int = 8,
                    progress: bool = False) -> np.ndarray:
         """``[len(texts), dimension]`` float32 vectors of ``pooling`` (see :meth:`embed_batch`)."""
         check_pooling(pooling)
@@ -155,7 +155,7 @@ class QueryEmbedder:
                 if tasks else np.empty((0, self.dimension), np.float32) for name in POOLINGS}
 
 
-def embed_text(out: str | Path, text: str, pooling: str = "last", **options) -> np.ndarray:
+def embed_text(out: str | Path, text: str, pooling: str = DEFAULT_POOLING, **options) -> np.ndarray:
     """``text`` embedded the way the run at ``out`` embeds a chunk (loads the model: for many texts keep
     a :class:`QueryEmbedder`). ``options`` go to :class:`QueryEmbedder`."""
     return QueryEmbedder(out, **options).embed(text, pooling)

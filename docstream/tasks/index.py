@@ -44,6 +44,7 @@ except ImportError as _err:
 from docstream.stream.reader import EmbeddingRows, check_pooling, read_embeddings, read_run_config
 from docstream.stream.store import atomic_write_bytes
 from docstream.tasks.embed import l2_normalize
+from docstream.stream.pooling import DEFAULT_POOLING
 
 __all__ = ["ChunkId", "DEFAULT_FACTORY", "IdTable", "IndexMeta", "LoadedIndex", "METRICS", "UpdateResult",
            "build_index", "index_dir", "load_index", "new_index", "prepare_vectors", "read_meta", "train_index",
@@ -302,12 +303,12 @@ def _faiss_message(err: RuntimeError) -> str:
 # Index generations on disk
 
 
-def index_dir(out: str | Path, pooling: str = "last") -> Path:
+def index_dir(out: str | Path, pooling: str = DEFAULT_POOLING) -> Path:
     """``OUT/index/<pooling>``."""
     return Path(out) / "index" / check_pooling(pooling)
 
 
-def read_meta(out: str | Path, pooling: str = "last") -> IndexMeta | None:
+def read_meta(out: str | Path, pooling: str = DEFAULT_POOLING) -> IndexMeta | None:
     """The current index description of ``pooling``, or None when there is no index yet."""
     path = index_dir(out, pooling) / META_NAME
     if not path.exists():
@@ -315,7 +316,7 @@ def read_meta(out: str | Path, pooling: str = "last") -> IndexMeta | None:
     return IndexMeta.from_json(path.read_bytes(), path)
 
 
-def load_index(out: str | Path, pooling: str = "last") -> LoadedIndex:
+def load_index(out: str | Path, pooling: str = DEFAULT_POOLING) -> LoadedIndex:
     """The current index of ``pooling`` in the run at ``out`` (only the files ``meta.json`` names)."""
     directory = index_dir(out, pooling)
     if not (directory / META_NAME).exists():
@@ -331,7 +332,7 @@ def load_index(out: str | Path, pooling: str = "last") -> LoadedIndex:
     return LoadedIndex(meta, index, ids)
 
 
-def update_index(out: str | Path, pooling: str = "last", factory: str = DEFAULT_FACTORY, metric: str = "cosine",
+def update_index(out: str | Path, pooling: str = DEFAULT_POOLING, factory: str = DEFAULT_FACTORY, metric: str = "cosine",
                  rebuild: bool = False, progress: bool = False) -> UpdateResult:
     """Bring the ``pooling`` index of the run at ``out`` up to the run's latest commit.
 

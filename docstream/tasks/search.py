@@ -34,8 +34,10 @@ __all__ = ["Hit", "SNIPPET_CHARS", "Searcher", "add_search_command", "format_hit
 
 # Registering the commands must stay cheap (no torch, no FAISS: `docstream --help` imports this module), so
 # the heavy modules are imported where they are used and the CLI's choices are spelled out here; the tests
-# check they equal docstream.stream.pooling.POOLINGS, docstream.tasks.index.METRICS and DEFAULT_FACTORY.
+# check they equal docstream.stream.pooling.POOLINGS and DEFAULT_POOLING, docstream.tasks.index.METRICS and
+# DEFAULT_FACTORY.
 POOLING_CHOICES = ("last", "mean", "state")
+DEFAULT_POOLING = "mean"
 METRIC_CHOICES = ("cosine", "ip", "l2")
 DEFAULT_FACTORY = "Flat"
 
@@ -70,7 +72,7 @@ class Searcher:
     parameters (``"nprobe=8"``, ``"efSearch=64"``); ``embedder_options`` go to :class:`QueryEmbedder`.
     """
 
-    def __init__(self, out: str | Path, pooling: str = "last", factory: str | None = None,
+    def __init__(self, out: str | Path, pooling: str = DEFAULT_POOLING, factory: str | None = None,
                  metric: str | None = None, *, update: bool = True, params: str | None = None,
                  embedder: QueryEmbedder | None = None, **embedder_options):
         from docstream.stream.reader import check_pooling
@@ -99,7 +101,7 @@ class Searcher:
         return read_snippets(corpus, self.embedder.tokenizer, chunks)
 
 
-def search(out: str | Path, query: str, k: int = 10, pooling: str = "last", factory: str | None = None,
+def search(out: str | Path, query: str, k: int = 10, pooling: str = DEFAULT_POOLING, factory: str | None = None,
            **options) -> list[Hit]:
     """The ``k`` chunks of the run at ``out`` nearest to ``query`` (see :class:`Searcher` for ``options``)."""
     return Searcher(out, pooling, factory, **options).search(query, k)
@@ -212,7 +214,7 @@ def add_search_command(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--run", dest="run_dir", required=True, metavar="OUT", help="output directory of a run")
     sp.add_argument("query", help="query text")
     sp.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    sp.add_argument("--pooling", choices=POOLING_CHOICES, default="last", help="chunk vectors to search (default last)")
+    sp.add_argument("--pooling", choices=POOLING_CHOICES, default=DEFAULT_POOLING, help=f"chunk vectors to search (default {DEFAULT_POOLING})")
     sp.add_argument("--index", dest="factory", metavar="FACTORY",
                     help="FAISS index factory (default: the existing index's, else Flat)")
     sp.add_argument("--metric", choices=METRIC_CHOICES, help="for a new index: cosine (default), ip or l2")
@@ -226,7 +228,7 @@ def add_search_command(subparsers: argparse._SubParsersAction) -> None:
 
     ix = subparsers.add_parser("index", help="build or update the FAISS index of a run's chunk vectors")
     ix.add_argument("--run", dest="run_dir", required=True, metavar="OUT", help="output directory of a run")
-    ix.add_argument("--pooling", choices=POOLING_CHOICES, default="last", help="chunk vectors to index (default last)")
+    ix.add_argument("--pooling", choices=POOLING_CHOICES, default=DEFAULT_POOLING, help=f"chunk vectors to index (default {DEFAULT_POOLING})")
     ix.add_argument("--factory", default=DEFAULT_FACTORY,
                     help="FAISS index factory: Flat (default), IVF64,Flat, HNSW32, IVF16,PQ8, ...")
     ix.add_argument("--metric", choices=METRIC_CHOICES, default="cosine", help="cosine (default), ip or l2")

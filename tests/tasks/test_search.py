@@ -131,10 +131,11 @@ def test_cli_rejects_bad_k_and_pooling(out, capsys):
 
 
 def test_cli_choices_match_the_library():
-    from docstream.stream.pooling import POOLINGS
+    from docstream.stream.pooling import DEFAULT_POOLING, POOLINGS
     from docstream.tasks import index, search as search_module
 
     assert search_module.POOLING_CHOICES == POOLINGS
+    assert search_module.DEFAULT_POOLING == DEFAULT_POOLING
     assert search_module.METRIC_CHOICES == index.METRICS
     assert search_module.DEFAULT_FACTORY == index.DEFAULT_FACTORY
 
