@@ -85,9 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
 
+    from docstream.tasks.recall import add_probe_command
     from docstream.tasks.search import add_search_command
+    from docstream.tasks.summarize import add_summarize_command
 
     add_search_command(sub)
+    add_summarize_command(sub)
+    add_probe_command(sub)
 
     st = sub.add_parser("selftest", help="check chunked, token-by-token and split streaming agree on random "
                                          "checkpoints of every RWKV version, and time them")
