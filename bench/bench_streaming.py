@@ -87,7 +87,7 @@ def docstream_decode(model, batch: int, steps: int, device: str) -> float:
     _sync(device)
     start = time.perf_counter()
     for t in range(1, steps + 1):
-        _, state = model.forward(tokens[:, t:t + 1].to(device), state)
+        _, state = model.step(tokens[:, t].to(device), state)
     _sync(device)
     return batch * steps / (time.perf_counter() - start)
 

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from docstream.kernels import wkv4
-from docstream.model.base import Linear, RWKVModel, count_layers, mix_param, token_shift
+from docstream.model.base import Linear, RWKVModel, count_layers, mix_param, squared_relu, token_shift
 from docstream.model.config import ModelConfig
 
 
@@ -24,9 +23,8 @@ class TimeMix4(nn.Module):
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
                 backend: str) -> tuple[Tensor, Tensor, Tensor | None]:
         sx = token_shift(xx, shift)
-        kx = xx * self.time_mix_k + sx * (1 - self.time_mix_k)
-        vx = xx * self.time_mix_v + sx * (1 - self.time_mix_v)
-        rx = xx * self.time_mix_r + sx * (1 - self.time_mix_r)
+        # lerp(sx, xx, m) = xx * m + sx * (1 - m), one pass instead of four
+        kx, vx, rx = (torch.lerp(sx, xx, m) for m in (self.time_mix_k, self.time_mix_v, self.time_mix_r))
         r = torch.sigmoid(self.receptance(rx))
         k, v = self.key(kx).float(), self.value(vx).float()
         y, wkv = wkv4(-torch.exp(self.time_decay.float()), self.time_first.float(), k, v, wkv, backend=backend)
@@ -45,9 +43,8 @@ class ChannelMix4(nn.Module):
 
     def forward(self, xx: Tensor, shift: Tensor) -> Tensor:
         sx = token_shift(xx, shift)
-        kx = xx * self.time_mix_k + sx * (1 - self.time_mix_k)
-        rx = xx * self.time_mix_r + sx * (1 - self.time_mix_r)
-        return torch.sigmoid(self.receptance(rx)) * self.value(F.relu(self.key(kx)).square())
+        kx, rx = torch.lerp(sx, xx, self.time_mix_k), torch.lerp(sx, xx, self.time_mix_r)
+        return torch.sigmoid(self.receptance(rx)) * self.value(squared_relu(self.key(kx)))
 
 
 class RWKV4(RWKVModel):

@@ -50,10 +50,8 @@ class TimeMix5(GatedHeadMix):
                 backend: str) -> tuple[Tensor, Tensor, Tensor | None]:
         b, t, _ = xx.shape
         sx = token_shift(xx, shift)
-        kx = xx * self.time_mix_k + sx * (1 - self.time_mix_k)
-        vx = xx * self.time_mix_v + sx * (1 - self.time_mix_v)
-        rx = xx * self.time_mix_r + sx * (1 - self.time_mix_r)
-        gx = xx * self.time_mix_g + sx * (1 - self.time_mix_g)
+        kx, vx, rx, gx = (torch.lerp(sx, xx, m) for m in
+                          (self.time_mix_k, self.time_mix_v, self.time_mix_r, self.time_mix_g))
         w = torch.exp(-torch.exp(self.time_decay.float())).expand(b, t, self.n_head, self.head_size)
         out, wkv = self.attend(rx, kx, vx, gx, w, wkv, backend)
         return out, wkv, v_first

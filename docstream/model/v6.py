@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from docstream.model.base import Linear, RWKVModel, count_layers, matmul, mix_param, token_shift
+from docstream.model.base import Linear, RWKVModel, count_layers, matmul, mix_param, squared_relu, token_shift
 from docstream.model.config import ModelConfig
 from docstream.model.v5 import GatedHeadMix
 
@@ -24,14 +23,14 @@ class TimeMix6(GatedHeadMix):
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
                 backend: str) -> tuple[Tensor, Tensor, Tensor | None]:
         b, t, c = xx.shape
-        sx = token_shift(xx, shift) - xx
-        lora = torch.tanh(matmul(xx + sx * self.time_maa_x, self.time_maa_w1)).view(b, t, 5, -1)
+        sx = token_shift(xx, shift)  # xx + (sx - xx) * m = lerp(xx, sx, m)
+        lora = torch.tanh(matmul(torch.lerp(xx, sx, self.time_maa_x), self.time_maa_w1)).view(b, t, 5, -1)
         mw, mk, mv, mr, mg = (matmul(lora[:, :, f], self.time_maa_w2[f]) for f in range(5))
-        wx = xx + sx * (self.time_maa_w + mw)
-        kx = xx + sx * (self.time_maa_k + mk)
-        vx = xx + sx * (self.time_maa_v + mv)
-        rx = xx + sx * (self.time_maa_r + mr)
-        gx = xx + sx * (self.time_maa_g + mg)
+        wx = torch.lerp(xx, sx, self.time_maa_w + mw)
+        kx = torch.lerp(xx, sx, self.time_maa_k + mk)
+        vx = torch.lerp(xx, sx, self.time_maa_v + mv)
+        rx = torch.lerp(xx, sx, self.time_maa_r + mr)
+        gx = torch.lerp(xx, sx, self.time_maa_g + mg)
         w = self.time_decay.float() + matmul(torch.tanh(matmul(wx, self.time_decay_w1)), self.time_decay_w2).float()
         w = torch.exp(-torch.exp(w)).view(b, t, self.n_head, self.head_size)
         out, wkv = self.attend(rx, kx, vx, gx, w, wkv, backend)
@@ -49,10 +48,9 @@ class ChannelMix6(nn.Module):
         self.value = Linear(dim_ffn, n_embd)
 
     def forward(self, xx: Tensor, shift: Tensor) -> Tensor:
-        sx = token_shift(xx, shift) - xx
-        kx = xx + sx * self.time_maa_k
-        rx = xx + sx * self.time_maa_r
-        return torch.sigmoid(self.receptance(rx)) * self.value(F.relu(self.key(kx)).square())
+        sx = token_shift(xx, shift)
+        kx, rx = torch.lerp(xx, sx, self.time_maa_k), torch.lerp(xx, sx, self.time_maa_r)
+        return torch.sigmoid(self.receptance(rx)) * self.value(squared_relu(self.key(kx)))
 
 
 class RWKV6(RWKVModel):

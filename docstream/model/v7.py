@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from docstream.kernels import wkv7
-from docstream.model.base import Linear, RWKVModel, matmul, count_layers, group_norm_heads, mix_param, token_shift
+from docstream.model.base import (Linear, RWKVModel, count_layers, group_norm_heads, matmul, mix_param,
+                                  squared_relu, token_shift)
 from docstream.model.config import ModelConfig
 
 _DECAY_SCALE = 0.606531  # exp(-0.5): the decay is exp(-exp(-0.5) * sigmoid(.)), in (exp(-0.607), 1)
@@ -44,9 +45,9 @@ class TimeMix7(nn.Module):
                 backend: str) -> tuple[Tensor, Tensor, Tensor]:
         b, t, c = xx.shape
         heads = (b, t, self.n_head, self.head_size)
-        sx = token_shift(xx, shift) - xx
-        xr, xw, xk = xx + sx * self.x_r, xx + sx * self.x_w, xx + sx * self.x_k
-        xv, xa, xg = xx + sx * self.x_v, xx + sx * self.x_a, xx + sx * self.x_g
+        sx = token_shift(xx, shift)  # xx + (sx - xx) * m = lerp(xx, sx, m), one pass instead of three
+        xr, xw, xk, xv, xa, xg = (torch.lerp(xx, sx, m) for m in
+                                  (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
         r = self.receptance(xr)
         w = matmul(torch.tanh(matmul(xw, self.w1)), self.w2)
         k = self.key(xk)
@@ -54,11 +55,11 @@ class TimeMix7(nn.Module):
         a = torch.sigmoid(self.a0 + matmul(matmul(xa, self.a1), self.a2))
         g = matmul(torch.sigmoid(matmul(xg, self.g1)), self.g2)
         kk = F.normalize((k * self.k_k).view(heads), dim=-1, p=2.0)
-        k = k * (1 + (a - 1) * self.k_a)
+        k = k * torch.addcmul(1 - self.k_a, a, self.k_a)  # k * (1 + (a - 1) * k_a)
         if self.layer_id == 0:
             v_first = v
         else:
-            v = v + (v_first - v) * torch.sigmoid(self.v0 + matmul(matmul(xv, self.v1), self.v2))
+            v = torch.lerp(v, v_first, torch.sigmoid(self.v0 + matmul(matmul(xv, self.v1), self.v2)))
         w = torch.exp(-_DECAY_SCALE * torch.sigmoid((self.w0 + w).float()))
         y, wkv = wkv7(r.view(heads), w.view(heads), k.view(heads), v.view(heads), -kk,
                       kk * a.view(heads), wkv, backend=backend)
@@ -77,8 +78,8 @@ class ChannelMix7(nn.Module):
         self.value = Linear(dim_ffn, n_embd)
 
     def forward(self, xx: Tensor, shift: Tensor) -> Tensor:
-        k = xx + (token_shift(xx, shift) - xx) * self.x_k
-        return self.value(F.relu(self.key(k)).square())
+        k = torch.lerp(xx, token_shift(xx, shift), self.x_k)
+        return self.value(squared_relu(self.key(k)))
 
 
 class RWKV7(RWKVModel):

@@ -233,8 +233,8 @@ def generate(model: RWKVModel, tokenizer: Tokenizer, states: State, prompts: Seq
         if len(keep) < len(active):
             state = state.select(keep)
         active = [active[j] for j in keep]
-        tokens = torch.tensor([[chosen[j]] for j in keep], dtype=torch.long)
-        logits, state = model.forward(tokens, state)
+        tokens = torch.tensor([chosen[j] for j in keep], dtype=torch.long)
+        logits, state = model.step(tokens, state)
     return [_result(r) for r in rows]
 
 

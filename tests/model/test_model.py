@@ -157,3 +157,15 @@ def test_parameters_round_trip_to_the_checkpoint_layout():
     for name, tensor in sd.items():
         assert out[name].shape == tensor.shape, name
         assert torch.equal(out[name], tensor), name
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_step_matches_forward_to_float_tolerance(model, batch):
+    toks = _tokens(model, batch, 6, seed=8)
+    _, state = model.forward(toks[:, :5])
+    want, want_state = model.forward(toks[:, 5:], state)
+    got, got_state = model.step(toks[:, 5], state)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_state.wkv, want_state.wkv, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one token per sequence"):
+        model.step(toks[:, :2], state)

@@ -126,12 +126,19 @@ def test_eos_ends_a_row(lm):
         def __init__(self):
             self.calls = 0
 
-        def forward(self, tokens, state=None, all_logits=False):
-            logits, state = model.forward(tokens, state, all_logits)
+        def _count(self, logits):
             self.calls += 1
             if self.calls == 3:
                 logits[..., EOS_ID] = 1e9
-            return logits, state
+            return logits
+
+        def forward(self, tokens, state=None, all_logits=False):
+            logits, state = model.forward(tokens, state, all_logits)
+            return self._count(logits), state
+
+        def step(self, tokens, state=None):
+            logits, state = model.step(tokens, state)
+            return self._count(logits), state
 
     g = generate(EosOnThirdStep(), tok, model.init_state(1), [tok.encode("Hi")], SamplingConfig(max_tokens=20))[0]
     assert g.finish_reason == "eos" and len(g.tokens) == 2 and EOS_ID not in g.tokens

@@ -54,6 +54,10 @@ class CountingModel:
         self.fed += torch.as_tensor(tokens).numel()
         return self.model.forward(tokens, state, all_logits)
 
+    def step(self, tokens, state=None):
+        self.fed += torch.as_tensor(tokens).numel()
+        return self.model.step(tokens, state)
+
     def __getattr__(self, name):
         return getattr(self.model, name)
 
