@@ -42,6 +42,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = run(config)
     if not config.quiet:
         print("\n".join(summary.lines(config.out)))
+    if not args.no_index:
+        from docstream.tasks.index import read_meta, update_index
+
+        meta = read_meta(config.out)
+        result = update_index(config.out, factory=meta.factory if meta else "Flat",
+                              metric=meta.metric if meta else "cosine")
+        if not config.quiet:
+            print(f"index {result.path}: {result.meta.count} vectors ({result.added} new, "
+                  f"{result.meta.factory}, {result.meta.pooling} pooling)")
     return 0
 
 
@@ -78,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--device", help="cpu or cuda[:N]")
     rn.add_argument("--backend", choices=["auto", "cpu", "cuda", "torch"])
     rn.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    rn.add_argument("--no-index", action="store_true",
+                    help="do not bring the run's FAISS index up to date at the end (docstream index does it later)")
     rn.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="stream the bundled sample corpus end to end (random-weight model)")
