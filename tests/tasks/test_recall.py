@@ -20,13 +20,7 @@ from tests.tasks.test_generate import byte_tokenizer_file, tiny_model_file
 GRID = dict(lengths=[320, 480], depths=[0, 40, 100], trials=2, chunk_len=64, batch_size=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and leave the other cores to other work)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

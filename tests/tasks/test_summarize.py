@@ -7,7 +7,6 @@ import random
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from docstream.model import load_model
 from docstream.stream.chunker import iter_tokens
@@ -25,13 +24,7 @@ CHUNK = 16
 SAMPLING = SamplingConfig(temperature=1.0, max_tokens=10, seed=5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and leave the other cores to other work)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
