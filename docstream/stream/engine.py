@@ -136,7 +136,8 @@ class Stream:
         tokens = torch.tensor([row.pending.tokens for row in batch], dtype=torch.long)
         state = batch[0].state if len(batch) == 1 else State.stack([row.state for row in batch])
         hidden = self.model.forward_hidden(tokens, state)
-        pooled = {name: v.cpu().numpy() for name, v in pool(hidden.last, hidden.state).items()}
+        # copies: a view would keep the whole [B, T, C] hidden tensor alive while its row waits to commit
+        pooled = {name: v.cpu().numpy().copy() for name, v in pool(hidden.last, hidden.state).items()}
         for i, row in enumerate(batch):
             row.state = hidden.state.select(i)
             row.vectors = {name: v[i] for name, v in pooled.items()}
