@@ -175,9 +175,6 @@ class RunStore:
         record = {"seq": seq, "files": files, "finished": finished, "rejected_sources": rejected_sources,
                   "in_flight": {d: vars(ref) for d, ref in in_flight.items()}}
         atomic_write_bytes(self.out / "commits" / f"{seq:08d}.json", json.dumps(record, sort_keys=True).encode())
-        # Arrow's allocator keeps freed pages for reuse; a long run would carry the high-water mark of
-        # its biggest commit for good, so hand them back (measured: bench/bench_long_document.py)
-        pa.default_memory_pool().release_unused()
 
     def _write_part(self, path: Path, name: str, table: pa.Table) -> str:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
