@@ -80,7 +80,10 @@ class _CommitWriter:
                                             detail=event.detail))
             self.rejected_sources.append(event.source)
             self._held.pop(event.doc_id, None)
-        if self.chunks >= self.commit_every:
+        # a document's last chunk and its DocumentDone (which the engine emits right after it) go into
+        # one commit: committed final embeddings without "finished" would be redone on resume
+        last_chunk = isinstance(event, ChunkRecord) and event.is_last
+        if self.chunks >= self.commit_every and not last_chunk:
             self.flush()
 
     def _add_chunk(self, rec: ChunkRecord) -> None:
