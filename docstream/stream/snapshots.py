@@ -14,24 +14,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from docstream.model import State
-from docstream.stream.config import RunConfig
 from docstream.stream.store import SCHEMAS, RunStore, SnapshotRef
 
 _INFO_COLUMNS = ["doc_id", "chunk_index", "token_start", "token_end", "is_final", "model_fingerprint"]
-
-
-def run_config(out: str | Path) -> RunConfig:
-    """The settings the run at ``out`` was started with."""
-    config = RunStore(out).read_config()
-    if config is None:
-        raise FileNotFoundError(f"{str(out)!r} has no config.json, so it is not the output directory of a "
-                                f"docstream run; pass the --out directory of `docstream run`")
-    return RunConfig(**config["settings"])
-
-
-def finished_document_ids(out: str | Path) -> list[str]:
-    """Ids of the documents the run at ``out`` has finished, in commit order."""
-    return RunStore(out).read_table("documents").column("doc_id").to_pylist()
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ from docstream.model import RWKVModel, State, load_model
 from docstream.stream.chunker import iter_chunks
 from docstream.stream.config import RunConfig
 from docstream.stream.corpus import Document, iter_corpus
-from docstream.stream.snapshots import (SnapshotInfo, final_snapshot, finished_document_ids, list_snapshots,
-                                        load_snapshot, run_config, snapshot_at)
+from docstream.stream.reader import document_rows, run_settings
+from docstream.stream.snapshots import SnapshotInfo, final_snapshot, list_snapshots, load_snapshot, snapshot_at
 from docstream.stream.store import atomic_write_bytes
 from docstream.tasks.generate import Generation, SamplingConfig, generate
 from docstream.tokenizer import Tokenizer, load_tokenizer
@@ -234,7 +234,7 @@ def summarize(out_dir: str | Path, doc_ids: Sequence[str] | None = None, at_chun
         raise ValueError("doc_ids is empty; pass None to summarize every finished document")
     if at_chunk is not None and at_chunk < 0:
         raise ValueError(f"at_chunk must be a chunk index (0 or more), got {at_chunk}")
-    settings = run_config(out)
+    settings = run_settings(out)
     prompt = build_prompt(template, instruction, instruction_first)
     config = _with_stops(sampling or DEFAULT_SAMPLING, prompt)
     targets = _targets(out, doc_ids, at_chunk, instruction_first)
@@ -274,7 +274,7 @@ def _targets(out: Path, doc_ids: Sequence[str] | None, at_chunk: int | None,
              instruction_first: bool) -> list[_Target]:
     """The documents to summarize and the snapshot (or, with instruction_first, the chunk) of each."""
     if instruction_first:
-        ids = list(dict.fromkeys(doc_ids)) if doc_ids is not None else finished_document_ids(out)
+        ids = list(dict.fromkeys(doc_ids)) if doc_ids is not None else [row["doc_id"] for row in document_rows(out)]
         if not ids:
             raise ValueError(f"the run at {out} has finished no documents yet; name documents with doc_ids")
         return [_Target(d, None, at_chunk) for d in ids]
