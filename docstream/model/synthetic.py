@@ -260,12 +260,8 @@ def _decay_v5(r: _Rand, n: int, slowest: float = 0.999, fastest: float = 0.3) ->
     return r.ramp(n, math.log(-math.log(slowest)), math.log(-math.log(fastest)), noise=0.1)
 
 
-def _att_v5_2(put: _Put, r: _Rand, C: int, H: int, N: int, out_gain: float) -> None:
-    put("time_mix_k", r.mix(C))
-    put("time_mix_v", r.mix(C))
-    put("time_mix_r", r.mix(C))
-    put("time_mix_g", r.mix(C))
-    put("time_decay", _decay_v5(r, C).reshape(H, N))
+def _gated_heads(put: _Put, r: _Rand, C: int, H: int, N: int, out_gain: float) -> None:
+    """What RWKV-5.2 and RWKV-6 attention share, in checkpoint key order: bonus, projections, ln_x."""
     put("time_faaaa", r.uniform(H, N, low=-0.2, high=1.0))
     put("receptance.weight", r.matrix(C, C))
     put("key.weight", r.matrix(C, C))
@@ -275,6 +271,15 @@ def _att_v5_2(put: _Put, r: _Rand, C: int, H: int, N: int, out_gain: float) -> N
     w, b = r.ln(C)
     put("ln_x.weight", w)
     put("ln_x.bias", b)
+
+
+def _att_v5_2(put: _Put, r: _Rand, C: int, H: int, N: int, out_gain: float) -> None:
+    put("time_mix_k", r.mix(C))
+    put("time_mix_v", r.mix(C))
+    put("time_mix_r", r.mix(C))
+    put("time_mix_g", r.mix(C))
+    put("time_decay", _decay_v5(r, C).reshape(H, N))
+    _gated_heads(put, r, C, H, N, out_gain)
 
 
 def _att_v6(put: _Put, r: _Rand, C: int, H: int, N: int, dims: dict[str, int], out_gain: float) -> None:
@@ -289,15 +294,7 @@ def _att_v6(put: _Put, r: _Rand, C: int, H: int, N: int, dims: dict[str, int], o
     put("time_decay", _decay_v5(r, C, fastest=0.4).reshape(1, 1, C))
     put("time_decay_w1", r.normal(C, d_decay, std=1.0 / math.sqrt(C)))
     put("time_decay_w2", r.normal(d_decay, C, std=0.25 / math.sqrt(d_decay * _E_TANH2)))
-    put("time_faaaa", r.uniform(H, N, low=-0.2, high=1.0))
-    put("receptance.weight", r.matrix(C, C))
-    put("key.weight", r.matrix(C, C))
-    put("value.weight", r.matrix(C, C))
-    put("output.weight", r.matrix(C, C, out_gain * _GAIN_ATT_V5))
-    put("gate.weight", r.matrix(C, C))
-    w, b = r.ln(C)
-    put("ln_x.weight", w)
-    put("ln_x.bias", b)
+    _gated_heads(put, r, C, H, N, out_gain)
 
 
 def _att_v7(put: _Put, r: _Rand, layer: int, C: int, H: int, N: int, dims: dict[str, int], out_gain: float) -> None:
