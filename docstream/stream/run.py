@@ -20,7 +20,7 @@ import docstream
 from docstream.checksum import sha256_bytes, sha256_file
 from docstream.model import State, load_model
 from docstream.stream.config import RunConfig
-from docstream.stream.corpus import Document, Rejected, iter_corpus
+from docstream.stream.corpus import SUFFIXES, Document, Rejected, iter_corpus
 from docstream.stream.engine import ChunkRecord, DocumentDone, Stream, StreamTask
 from docstream.stream.store import SCHEMAS, Progress, RunStore, SnapshotRef
 from docstream.tokenizer import load_tokenizer
@@ -164,7 +164,7 @@ def count_documents(config: RunConfig) -> int | None:
     """Cheap document count for the progress bar's ETA (None when it would need a real pass)."""
     path = Path(config.input)
     if path.is_dir() and config.input_format in ("auto", "text"):
-        return sum(1 for p in path.rglob("*") if p.suffix.lower() in (".txt", ".md") and p.is_file())
+        return sum(1 for p in path.rglob("*") if p.suffix.lower() in SUFFIXES["text"] and p.is_file())
     if path.suffix.lower() == ".jsonl":
         with open(path, "rb") as f:
             return sum(1 for line in f if line.strip())
