@@ -1,5 +1,8 @@
 """Pure-PyTorch WKV references: the readable maths every compiled kernel is checked against.
 
+They are differentiable (outputs are gathered per token and stacked, not written into a
+preallocated tensor, which would make autograd copy the whole output once per token).
+
 Each op takes an initial state and returns ``(out, final_state)``. Inputs may be fp32, bf16 or fp16;
 the recurrence always runs in fp32 and the output is returned in the dtype of the inputs. States are
 fp32 and are never modified in place.
@@ -25,18 +28,18 @@ def wkv4_ref(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: Tensor) -> tuple
     w, u = w.float(), u.float()
     kf, vf = k.float(), v.float()
     a, b, p = (s.clone() for s in state.float().unbind(1))
-    y = torch.empty_like(kf)
+    ys = []
     for t in range(k.shape[1]):
         kt, vt = kf[:, t], vf[:, t]
         ww = u + kt
         q = torch.maximum(p, ww)
         e1, e2 = torch.exp(p - q), torch.exp(ww - q)
-        y[:, t] = (e1 * a + e2 * vt) / (e1 * b + e2)
+        ys.append((e1 * a + e2 * vt) / (e1 * b + e2))
         ww = w + p
         q = torch.maximum(ww, kt)
         e1, e2 = torch.exp(ww - q), torch.exp(kt - q)
         a, b, p = e1 * a + e2 * vt, e1 * b + e2, q
-    return y.to(k.dtype), torch.stack((a, b, p), dim=1)
+    return torch.stack(ys, dim=1).to(k.dtype), torch.stack((a, b, p), dim=1)
 
 
 def wkv6_ref(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
@@ -51,12 +54,12 @@ def wkv6_ref(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tenso
     """
     rf, kf, vf, wf, uf = r.float(), k.float(), v.float(), w.float(), u.float()
     s = state.float().clone()
-    y = torch.empty_like(rf)
+    ys = []
     for t in range(r.shape[1]):
         kv = kf[:, t, :, :, None] * vf[:, t, :, None, :]  # [B, H, N, N]
-        y[:, t] = (rf[:, t, :, :, None] * (uf[:, :, None] * kv + s)).sum(dim=2)
+        ys.append((rf[:, t, :, :, None] * (uf[:, :, None] * kv + s)).sum(dim=2))
         s = wf[:, t, :, :, None] * s + kv
-    return y.to(r.dtype), s
+    return torch.stack(ys, dim=1).to(r.dtype), s
 
 
 def wkv7_ref(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
@@ -72,10 +75,10 @@ def wkv7_ref(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
     """
     rf, wf, kf, vf, af, bf = (x.float() for x in (r, w, k, v, a, b))
     s = state.float().clone()
-    y = torch.empty_like(rf)
+    ys = []
     for t in range(r.shape[1]):
         sa = (s * af[:, t, :, None, :]).sum(dim=-1, keepdim=True)  # [B, H, N, 1]
         s = (s * wf[:, t, :, None, :] + sa * bf[:, t, :, None, :]
              + vf[:, t, :, :, None] * kf[:, t, :, None, :])
-        y[:, t] = (s * rf[:, t, :, None, :]).sum(dim=-1)
-    return y.to(r.dtype), s
+        ys.append((s * rf[:, t, :, None, :]).sum(dim=-1))
+    return torch.stack(ys, dim=1).to(r.dtype), s
