@@ -99,10 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     from docstream.tasks.recall import add_probe_command
     from docstream.tasks.search import add_search_command
     from docstream.tasks.summarize import add_summarize_command
+    from docstream.train.command import add_train_command
 
     add_search_command(sub)
     add_summarize_command(sub)
     add_probe_command(sub)
+    add_train_command(sub)
 
     st = sub.add_parser("selftest", help="check chunked, token-by-token and split streaming agree on random "
                                          "checkpoints of every RWKV version, and time them")

@@ -1,0 +1,27 @@
+"""The built-in default model: a small RWKV-7 trained by ``docstream train`` that ships inside the package.
+
+Its files live in ``docstream/data/default_model/``: ``model.pth`` (BlinkDL layout), ``tokenizer.json``
+(byte-level BPE, Hugging Face ``tokenizers``) and ``MODEL_CARD.md``, which says how it was made.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "data" / "default_model"
+
+
+def default_model_path() -> Path:
+    """The shipped checkpoint; ``FileNotFoundError`` naming the path if the package lacks it."""
+    return _existing(DEFAULT_MODEL_DIR / "model.pth")
+
+
+def default_tokenizer_path() -> Path:
+    """The shipped model's tokenizer (``tokenizer.json``)."""
+    return _existing(DEFAULT_MODEL_DIR / "tokenizer.json")
+
+
+def _existing(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"the built-in default model file {path} is missing; reinstall docstream "
+                                "or pass --model and --tokenizer")
+    return path

@@ -1,0 +1,81 @@
+"""Typed settings of ``docstream train``, read from YAML/TOML/JSON files and overridden by flags."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from docstream.stream.config import read_config_file
+
+#: settings that decide the loss curve: resuming a training directory with other values is refused
+CURVE_FIELDS = ("data", "heldout", "tokenizer", "vocab_size", "init_from", "n_layer", "n_embd", "head_size",
+                "dim_ffn", "ctx_len", "batch_size", "lr", "lr_final", "warmup_steps", "max_steps",
+                "weight_decay", "betas", "grad_clip", "seed", "dtype")
+
+
+class TrainConfig(BaseModel):
+    """Settings of one training run (from scratch, or fine-tuning ``init_from``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: list[Path] = Field(min_length=1, description="training text: .txt/.md files or directories of them")
+    heldout: list[Path] = Field(min_length=1, description="held-out text for evaluation (never trained on)")
+    out: Path = Field(description="training directory: checkpoints, log, tokens (re-running resumes)")
+    tokenizer: Path | None = Field(None, description="tokenizer to use; None trains a byte-level BPE on `data`")
+    vocab_size: int = Field(4096, ge=260, description="vocabulary of a newly trained BPE tokenizer")
+    init_from: Path | None = Field(None, description="BlinkDL .pth to fine-tune (any version); None: a new RWKV-7")
+    n_layer: int = Field(6, ge=1)
+    n_embd: int = Field(256, ge=16)
+    head_size: int = Field(64, ge=8)
+    dim_ffn: int | None = Field(None, description="feed-forward width (default 4 x n_embd)")
+    ctx_len: int = Field(256, ge=2, description="tokens per training sequence")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(6e-4, gt=0)
+    lr_final: float = Field(6e-5, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    max_steps: int = Field(1000, ge=1)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_every: int = Field(100, ge=1, description="evaluate held-out bits per byte every this many steps")
+    eval_bytes: int = Field(200_000, ge=1, description="held-out text evaluated each time (the first N bytes)")
+    save_every: int = Field(100, ge=1, description="write a resumable checkpoint every this many steps")
+    save_dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype of the exported model.pth")
+    seed: int = 0
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="compute dtype; bf16 autocasts on CUDA")
+    device: str = "cpu"
+    backend: Literal["auto", "cpu", "cuda", "torch"] = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's choice)")
+    quiet: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.init_from is None and self.n_embd % self.head_size:
+            raise ValueError(f"n_embd {self.n_embd} is not a multiple of head_size {self.head_size}")
+        if self.lr_final > self.lr:
+            raise ValueError(f"lr_final {self.lr_final} is above lr {self.lr}; the schedule only decays")
+        if self.dtype == "bf16" and not self.device.startswith("cuda"):
+            raise ValueError("dtype bf16 trains with CUDA autocast; on device 'cpu' use dtype fp32")
+        return self
+
+    def curve_settings(self) -> dict[str, Any]:
+        """What a resumed run must share with the one that started the directory."""
+        data = self.model_dump(mode="json")
+        for key in ("data", "heldout"):
+            data[key] = [str(Path(p).resolve()) for p in data[key]]
+        for key in ("tokenizer", "init_from"):
+            if data[key] is not None:
+                data[key] = str(Path(data[key]).resolve())
+        return {k: data[k] for k in CURVE_FIELDS}
+
+
+def build_train_config(file: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """A validated config: the file's settings, then every override that is not None."""
+    data = read_config_file(file) if file else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"invalid training settings: {problems}") from err

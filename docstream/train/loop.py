@@ -1,0 +1,254 @@
+"""``docstream train``: RWKV-7 from scratch, or fine-tuning any supported version, with autograd.
+
+A training directory holds::
+
+    settings.json        the settings that decide the loss curve (a resume must match them)
+    tokenizer.json       the byte-level BPE trained on the data (unless a tokenizer was given)
+    train_tokens.npy     the training text, tokenized once
+    train_state.pt       the resumable checkpoint: model, optimizer, step, log (written atomically)
+    model.pth            the latest weights in BlinkDL's layout (loads in docstream and the rwkv package)
+    log.jsonl            one line per step: loss, learning rate, tokens, seconds, held-out bits per byte
+
+Re-running on a directory resumes from ``train_state.pt``. The batch of each step is decided by the
+step alone and the checkpoint restores the optimizer exactly, so a resumed run follows the loss curve
+an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from docstream.model.base import RWKVModel
+from docstream.model.loader import build_model, read_checkpoint
+from docstream.model.synthetic import make_random_checkpoint
+from docstream.stream.store import atomic_write_bytes
+from docstream.tokenizer import load_tokenizer
+from docstream.tokenizer.base import Tokenizer
+from docstream.train.bpe import train_bpe
+from docstream.train.config import TrainConfig
+from docstream.train.data import DOC_SEPARATOR, Batches, heldout_bytes, tokenize_to_file
+from docstream.train.init import init_rwkv7_
+
+#: parameters trained at twice the base learning rate (the decay base of RWKV-7, as its authors do)
+DOUBLE_LR = ("att.w0",)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    steps: int
+    tokens: int
+    seconds: float
+    loss: float
+    heldout_bpb: float | None
+    model_path: Path
+
+
+class TrainingLockedError(RuntimeError):
+    """Another process is training in the same directory."""
+
+
+@contextlib.contextmanager
+def _directory_lock(out: Path) -> Iterator[None]:
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise TrainingLockedError(f"{out} is being trained in by another process (its lock "
+                                          f"{out / '.lock'} is held); wait for it to finish") from err
+            raise
+        yield
+    finally:
+        os.close(fd)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then a cosine from ``lr`` down to ``lr_final``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.max_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return config.lr_final + 0.5 * (config.lr - config.lr_final) * (1 + math.cos(math.pi * progress))
+
+
+def new_rwkv7(config: TrainConfig, vocab_size: int) -> RWKVModel:
+    """A new RWKV-7 of the configured shape, initialized as the RWKV authors initialize one."""
+    sd = make_random_checkpoint(version="7", n_layer=config.n_layer, n_embd=config.n_embd,
+                                head_size=config.head_size, vocab_size=vocab_size,
+                                ffn_dim=config.dim_ffn or 4 * config.n_embd, seed=config.seed)
+    model = build_model(sd, source="new RWKV-7")
+    return init_rwkv7_(model, seed=config.seed)
+
+
+def make_optimizer(model: RWKVModel, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only and the decay base at twice the learning rate."""
+    groups: dict[str, list[torch.nn.Parameter]] = {"decay": [], "plain": [], "double": []}
+    for name, p in model.named_parameters():
+        if any(name.endswith(s) for s in DOUBLE_LR):
+            groups["double"].append(p)
+        elif name.endswith(".weight") and p.squeeze().dim() >= 2:
+            groups["decay"].append(p)
+        else:
+            groups["plain"].append(p)
+    params = [
+        {"params": groups["decay"], "weight_decay": config.weight_decay, "lr_scale": 1.0},
+        {"params": groups["plain"], "weight_decay": 0.0, "lr_scale": 1.0},
+        {"params": groups["double"], "weight_decay": 0.0, "lr_scale": 2.0},
+    ]
+    return torch.optim.AdamW([g for g in params if g["params"]], lr=config.lr, betas=config.betas, eps=1e-8)
+
+
+def export_blinkdl(model: RWKVModel, path: Path, dtype: str = "fp32") -> Path:
+    """Save the weights as a BlinkDL ``.pth`` (a flat dict of tensors under BlinkDL's names), atomically."""
+    target = torch.bfloat16 if dtype == "bf16" else torch.float32
+    sd = {k: v.detach().to("cpu", target).contiguous() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+@torch.no_grad()
+def heldout_bits_per_byte(model: RWKVModel, tokenizer: Tokenizer, text: bytes, chunk_len: int = 1024) -> float:
+    """Bits per byte of ``text`` under the model: every token predicted from all before it (the text
+    starts after a document separator), streamed in chunks with the state carried."""
+    ids = tokenizer.encode(text.decode("utf-8"))
+    if not ids:
+        raise ValueError("the held-out text is empty")
+    inputs = torch.tensor([[DOC_SEPARATOR] + ids[:-1]])
+    targets = torch.tensor([ids])
+    nats, state = 0.0, None
+    for start in range(0, inputs.shape[1], chunk_len):
+        logits, state = model.forward(inputs[:, start:start + chunk_len].to(model.device), state, all_logits=True)
+        nats += F.cross_entropy(logits[0].float(), targets[0, start:start + chunk_len].to(model.device),
+                                reduction="sum").item()
+    return nats / math.log(2) / len(text)
+
+
+def _check_settings(config: TrainConfig) -> None:
+    path = config.out / "settings.json"
+    settings = config.curve_settings()
+    if path.exists():
+        saved = json.loads(path.read_text())
+        differing = sorted(k for k in settings if saved.get(k) != settings[k])
+        if differing:
+            detail = "; ".join(f"{k}: {saved.get(k)!r} there, {settings[k]!r} now" for k in differing)
+            raise ValueError(f"{config.out} holds a training run with other settings ({detail}); "
+                             f"use a new --out or the same settings to resume")
+    else:
+        atomic_write_bytes(path, json.dumps(settings, indent=2).encode())
+
+
+def _tokenizer(config: TrainConfig) -> Tokenizer:
+    if config.tokenizer is not None:
+        return load_tokenizer(config.tokenizer)
+    path = config.out / "tokenizer.json"
+    if not path.exists():
+        train_bpe(config.data, config.vocab_size, path)
+    return load_tokenizer(path)
+
+
+def _model(config: TrainConfig, tokenizer: Tokenizer) -> RWKVModel:
+    if config.init_from is None:
+        model = new_rwkv7(config, tokenizer.vocab_size)
+    else:
+        model = build_model(read_checkpoint(config.init_from), source=repr(str(config.init_from)))
+        if model.config.vocab_size < tokenizer.vocab_size:
+            raise ValueError(f"{config.init_from} has a vocabulary of {model.config.vocab_size} ids but the "
+                             f"tokenizer has {tokenizer.vocab_size}; fine-tune with the model's own tokenizer")
+    model = model.to(config.device).set_backend(config.backend)
+    return model.train().requires_grad_(True)
+
+
+def _save(config: TrainConfig, model: RWKVModel, optimizer: torch.optim.Optimizer, step: int,
+          elapsed: float, log: list[dict[str, Any]]) -> None:
+    """Write the resumable checkpoint, then the exported model and log (a crash between them is
+    harmless: the next run resumes from the checkpoint and rewrites both)."""
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "elapsed": elapsed, "log": log}, buf)
+    atomic_write_bytes(config.out / "train_state.pt", buf.getvalue())
+    export_blinkdl(model, config.out / "model.pth", config.save_dtype)
+    atomic_write_bytes(config.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log).encode())
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train (or resume training) as ``config`` says; returns where it ended."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    with _directory_lock(config.out):
+        _check_settings(config)
+        tokenizer = _tokenizer(config)
+        tokens = tokenize_to_file(tokenizer, config.data, config.out / "train_tokens.npy")
+        batches = Batches(tokens, config.ctx_len, config.batch_size, config.seed)
+        heldout = heldout_bytes(config.heldout, config.eval_bytes)
+        model = _model(config, tokenizer)
+        optimizer = make_optimizer(model, config)
+        step, elapsed, log = 0, 0.0, []
+        state_path = config.out / "train_state.pt"
+        if state_path.exists():
+            saved = torch.load(state_path, map_location=config.device, weights_only=True)
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            step, elapsed, log = saved["step"], saved["elapsed"], saved["log"]
+        return _loop(config, model, optimizer, tokenizer, batches, heldout, step, elapsed, log)
+
+
+def _loop(config: TrainConfig, model: RWKVModel, optimizer: torch.optim.Optimizer, tokenizer: Tokenizer,
+          batches: Batches, heldout: bytes, step: int, elapsed: float, log: list[dict[str, Any]]) -> TrainResult:
+    tokens_per_step = config.batch_size * config.ctx_len
+    vocab = model.config.vocab_size
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.dtype == "bf16"
+                else contextlib.nullcontext())
+    bar = tqdm(total=config.max_steps, initial=step, desc="train", unit="step", disable=config.quiet)
+    bpb = next((r["heldout_bpb"] for r in reversed(log) if "heldout_bpb" in r), None)
+    loss_value = log[-1]["loss"] if log else float("nan")
+    while step < config.max_steps:
+        started = time.perf_counter()
+        lr = learning_rate(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        inputs, targets = batches.batch(step)
+        with autocast:
+            logits, _ = model.forward_train(inputs.to(config.device))
+        loss = F.cross_entropy(logits.float().view(-1, vocab), targets.to(config.device).reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
+        optimizer.step()
+        step += 1
+        seconds = time.perf_counter() - started
+        elapsed += seconds
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise RuntimeError(f"training diverged at step {step}: loss {loss_value}; lower lr (now {config.lr}) "
+                               f"and resume from the last checkpoint in {config.out}")
+        record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                                  "tokens": step * tokens_per_step, "seconds": round(elapsed, 3)}
+        if step % config.eval_every == 0 or step == config.max_steps:
+            bpb = heldout_bits_per_byte(model, tokenizer, heldout)
+            record["heldout_bpb"] = bpb
+        log.append(record)
+        if step % config.save_every == 0 or step == config.max_steps:
+            _save(config, model, optimizer, step, elapsed, log)
+        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step / seconds:,.0f}",
+                        **({"bpb": f"{bpb:.3f}"} if bpb is not None else {}))
+        bar.update(1)
+    bar.close()
+    return TrainResult(config.out, step, step * tokens_per_step, elapsed, loss_value, bpb, config.out / "model.pth")
