@@ -8,8 +8,9 @@ checkpoint layout and a checkpoint loads with ``load_state_dict`` as it is. Each
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,6 @@ from torch import Tensor, nn
 from docstream.kernels.dispatch import check_backend
 from docstream.model.config import ModelConfig
 from docstream.model.state import State
-
 
 #: matrix products get their row count padded with zero rows up to a multiple of this: the BLAS behind
 #: torch computes the rows of a short remainder block with other kernels, so without padding a row's
@@ -174,7 +174,7 @@ class RWKVModel(nn.Module):
     def device(self) -> torch.device:
         return self.emb.weight.device
 
-    def set_backend(self, backend: str) -> "RWKVModel":
+    def set_backend(self, backend: str) -> RWKVModel:
         """Choose the WKV implementation: "auto", "cuda", "cpu" or "torch"."""
         self.backend = check_backend(backend)
         return self

@@ -6,8 +6,8 @@ Byte-level means every string encodes (no unknown tokens) and decodes back exact
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from docstream.train.data import read_texts
 

@@ -50,7 +50,7 @@ class TrainConfig(BaseModel):
     quiet: bool = False
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.init_from is None and self.n_embd % self.head_size:
             raise ValueError(f"n_embd {self.n_embd} is not a multiple of head_size {self.head_size}")
         if self.lr_final > self.lr:
