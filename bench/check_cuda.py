@@ -1,9 +1,12 @@
 """Check the CUDA WKV kernels in one call.
 
 1. Compile-only (any machine with nvcc, no GPU needed): ``nvcc -c`` of every ``.cu`` file for sm_80 and
-   sm_90 with torch's include paths and nvcc flags, and a ``-fsyntax-only`` pass of the C++ bindings.
+   sm_90 with torch's include paths and nvcc flags (the RWKV-7 training kernels of
+   ``wkv7_train_cuda.cu`` included, at head sizes 16/64/128), and a ``-fsyntax-only`` pass of the C++
+   bindings.
 2. With a GPU (skipped otherwise): build the extensions the way docstream does at run time, run
-   ``pytest -m gpu tests/kernels``, and time the CUDA ops against the PyTorch reference on the GPU.
+   ``pytest -m gpu tests/kernels``, and time the CUDA ops against the PyTorch reference on the GPU
+   (inference, and forward + backward of RWKV-7).
 
     python bench/check_cuda.py                 # everything this machine can do
     python bench/check_cuda.py --compile-only  # step 1 only
@@ -25,13 +28,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from torch.utils import cpp_extension  # noqa: E402
+import torch
+from torch.utils import cpp_extension
 
-from docstream.kernels import build  # noqa: E402
+from docstream.kernels import build
 
 ARCHS = ("80", "90")
 HEAD_SIZES = (64, 24, 128)  # the common size, an odd one, the largest released one
+TRAIN_HEAD_SIZES = (16, 64, 128)  # the sizes the RWKV-7 training kernels are checked at
 
 
 def find_nvcc() -> str | None:
@@ -43,7 +47,7 @@ def find_nvcc() -> str | None:
 
 def run(cmd: list[str], what: str) -> bool:
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     ok = proc.returncode == 0
     print(f"  {'ok  ' if ok else 'FAIL'} {what} ({time.perf_counter() - t0:.1f} s)")
     if not ok:
@@ -57,7 +61,7 @@ def compile_only(nvcc: str) -> bool:
     candidates += [Path(nvcc).resolve().parents[1] / "include", Path("/usr/local/cuda/include")]
     cuda_include = next((c for c in candidates if (c / "cuda_runtime.h").exists()), candidates[-1])
     print(f"compile-only check with {nvcc} "
-          f"({subprocess.run([nvcc, '--version'], capture_output=True, text=True).stdout.strip().splitlines()[-1]})")
+          f"({subprocess.run([nvcc, '--version'], capture_output=True, text=True, check=False).stdout.strip().splitlines()[-1]})")
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         for arch in ARCHS:
@@ -69,6 +73,10 @@ def compile_only(nvcc: str) -> bool:
                           f"wkv_cuda.cu  sm_{arch} N={n}")
             ok &= run([*base, str(build.CSRC / "wkv4_cuda.cu"), "-o", f"{tmp}/wkv4_{arch}.o"],
                       f"wkv4_cuda.cu sm_{arch}")
+            for n in TRAIN_HEAD_SIZES:
+                ok &= run([*base, f"-DWKV_N={n}", f"-DWKV_CHUNK={build.TRAIN_CHUNK}",
+                           str(build.CSRC / "wkv7_train_cuda.cu"), "-o", f"{tmp}/wkv7_train_{n}_{arch}.o"],
+                          f"wkv7_train_cuda.cu sm_{arch} N={n} K={build.TRAIN_CHUNK}")
         # the bindings, as the host compiler sees them (a CPU-only torch lacks one generated header)
         stub = Path(tmp) / "stub"
         macros = "c10/cuda/impl/cuda_cmake_macros.h"
@@ -76,7 +84,7 @@ def compile_only(nvcc: str) -> bool:
             (stub / macros).parent.mkdir(parents=True)
             (stub / macros).write_text("#pragma once\n")
         cxx = os.environ.get("CXX", "c++")
-        for src in ("wkv_cuda.cpp", "wkv4_cuda.cpp"):
+        for src in ("wkv_cuda.cpp", "wkv4_cuda.cpp", "wkv7_train_cuda.cpp"):
             ok &= run([cxx, "-std=c++20", "-fsyntax-only", "-DTORCH_EXTENSION_NAME=check", *includes,
                        f"-I{sysconfig.get_paths()['include']}", f"-I{cuda_include}", f"-I{stub}",
                        str(build.CSRC / src)], f"{src} (host compiler, syntax only)")
@@ -104,7 +112,7 @@ def time_cuda_ops() -> None:
     def in7(B, T, H, N, dtype):
         kk = F.normalize(torch.randn(B, T, H, N, device=dev), dim=-1)
         w = torch.exp(-0.606531 * torch.rand(B, T, H, N, device=dev))
-        cast = lambda x: x.to(dtype)  # noqa: E731
+        cast = lambda x: x.to(dtype)
         return (cast(torch.randn(B, T, H, N, device=dev)), w, cast(torch.randn(B, T, H, N, device=dev) * 0.5),
                 cast(torch.randn(B, T, H, N, device=dev)), cast(-kk), cast(kk * 0.5),
                 torch.randn(B, H, N, N, device=dev) * 0.1)
@@ -131,9 +139,24 @@ def time_cuda_ops() -> None:
                 (f"wkv6 B=1 T=1024 H=12 N=64 {tag}", wkv6, wkv6_ref, in6(1, 1024, 12, 64, dtype)),
                 (f"wkv4 B=1 T=1024 C=768 {tag}", wkv4, wkv4_ref, in4(1, 1024, 768, dtype))):
             with torch.no_grad():
-                fast = best_ms(lambda: op(*xs, backend="cuda"))
-                slow = best_ms(lambda: ref(*xs), repeat=3) if ref is not None else float("nan")
+                fast = best_ms(lambda op=op, xs=xs: op(*xs, backend="cuda"))
+                slow = best_ms(lambda ref=ref, xs=xs: ref(*xs), repeat=3) if ref is not None else float("nan")
             print(f"{name:<40}{fast:>10.3f}{slow:>12.1f}")
+
+    print(f"\nRWKV-7 forward + backward (ms, best of 20; reference best of 3)\n{'op':<40}{'cuda':>10}{'reference':>12}")
+    for dtype in (torch.float32, torch.bfloat16):
+        tag = str(dtype).replace("torch.", "")
+        for B, T, H, with_ref in ((8, 256, 4, True), (8, 4096, 32, False)):
+            xs = [x.requires_grad_(True) for x in in7(B, T, H, 64, dtype)]
+            dy, ds = torch.randn_like(xs[0]), torch.randn_like(xs[-1])
+
+            def train(op, xs=xs, dy=dy, ds=ds):
+                y, s = op(*xs)
+                torch.autograd.backward((y, s), (dy, ds))
+
+            fast = best_ms(lambda: train(lambda *a: wkv7(*a, backend="cuda")))
+            slow = best_ms(lambda: train(wkv7_ref), repeat=3) if with_ref else float("nan")
+            print(f"{f'wkv7 fwd+bwd B={B} T={T} H={H} N=64 {tag}':<40}{fast:>10.3f}{slow:>12.1f}")
 
 
 def main() -> int:
@@ -156,6 +179,7 @@ def main() -> int:
     print(f"\nbuilding the extensions (torch {torch.__version__}, CUDA {torch.version.cuda})")
     loaders = [("wkv4", build.load_cuda_wkv4)]
     loaders += [(f"wkv6/wkv7 N={n}", lambda n=n: build.load_cuda(n)) for n in (64, 16, 24, 13)]
+    loaders += [(f"wkv7 training N={n}", lambda n=n: build.load_cuda_train(n)) for n in (64, 16, 128)]
     for what, load in loaders:
         t0 = time.perf_counter()
         try:
@@ -167,7 +191,7 @@ def main() -> int:
 
     print("\npytest -m gpu tests/kernels")
     rc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "tests/kernels"],
-                        cwd=ROOT).returncode
+                        cwd=ROOT, check=False).returncode
     time_cuda_ops()
     return rc
 

@@ -5,6 +5,10 @@ Shapes are those of a 169M model (C=768: RWKV-5/6/7 with H=12 heads of N=64): on
 one layer on the same chunk (4 C x C projections + the 4C feed-forward), the work the WKV op sits
 next to.
 
+Training: forward + backward of RWKV-7 (B=8, T=256, H=4, N=64; gradients of r, w, k, v, a, b and the
+initial state, with a gradient flowing into y and into the final state): the compiled backward
+(docstream.kernels.autograd) against autograd through the reference.
+
     python bench/kernels_cpu.py [--threads 2] [--repeat 10]
 """
 from __future__ import annotations
@@ -52,6 +56,21 @@ def inputs4(B, T, C):
     return w, torch.randn(C, generator=g), torch.randn(B, T, C, generator=g), torch.randn(B, T, C, generator=g), state
 
 
+def train_ms(op, xs, repeat: int) -> float:
+    """Best time of one forward + backward of ``op`` from fresh leaves (grads of every input)."""
+    leaves = [x.clone().requires_grad_(True) for x in xs]
+    g = torch.Generator().manual_seed(3)
+    dy, ds = torch.randn(xs[0].shape, generator=g), torch.randn(xs[-1].shape, generator=g)
+
+    def run():
+        for x in leaves:
+            x.grad = None
+        y, s = op(*leaves)
+        torch.autograd.backward((y, s), (dy, ds))
+
+    return best_ms(run, repeat)
+
+
 def layer_matmul_ms(T: int, C: int, repeat: int) -> float:
     x = torch.randn(T, C)
     h = torch.randn(T, 4 * C)
@@ -92,8 +111,8 @@ def main() -> None:
     for name, op, ref, xs, ref_repeat in cases:
         repeat = args.repeat * 10 if "T=1 " in name else args.repeat
         with torch.no_grad():
-            fast = best_ms(lambda: op(*xs, backend="cpu"), repeat)
-            slow = best_ms(lambda: ref(*xs), ref_repeat)
+            fast = best_ms(lambda op=op, xs=xs: op(*xs, backend="cpu"), repeat)
+            slow = best_ms(lambda ref=ref, xs=xs: ref(*xs), ref_repeat)
         print(f"{name:<28}{fast:>13.3f}{slow:>15.3f}{slow / fast:>9.1f}x")
 
     mm = layer_matmul_ms(1024, C, args.repeat)
@@ -104,6 +123,16 @@ def main() -> None:
         w7 = best_ms(lambda: wkv7(*cases[0][3], backend="cpu"), args.repeat)
         w4 = best_ms(lambda: wkv4(*cases[2][3], backend="cpu"), args.repeat)
     print(f"WKV share of (matmuls + WKV): v7 {100 * w7 / (mm + w7):.1f}%, v4 {100 * w4 / (mm + w4):.1f}%")
+
+    B, T, H = 8, 256, 4
+    xs = inputs7(B, T, H, N)
+    fast = train_ms(lambda *a: wkv7(*a, backend="cpu"), xs, args.repeat)
+    slow = train_ms(wkv7_ref, xs, max(1, args.repeat // 5))
+    with torch.no_grad():
+        fwd = best_ms(lambda: wkv7(*xs, backend="cpu"), args.repeat)
+    print(f"\nwkv7 forward + backward B={B} T={T} H={H} N={N} (grads of r, w, k, v, a, b, state):")
+    print(f"  compiled {fast:.1f} ms (inference forward alone {fwd:.1f} ms), reference autograd {slow:.1f} ms: "
+          f"{slow / fast:.1f}x")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,15 @@ Every op follows one contract: it takes an initial state and returns ``(out, fin
 passed in is never modified. ``backend`` picks the implementation: ``"auto"`` (compiled kernel for the
 tensors' device, falling back to the reference with one warning when it cannot be built), ``"cuda"``,
 ``"cpu"`` or ``"torch"`` (the reference).
+
+Gradients: ``wkv7`` is differentiable with every backend; with ``"auto"``, ``"cpu"`` and ``"cuda"`` it
+runs a compiled backward (:func:`wkv7_train`: the forward checkpoints the state every few tokens, the
+backward recomputes within a block) and returns gradients for r, w, k, v, a, b and the initial state.
+``wkv4`` and ``wkv6`` take their gradients through the reference (``"auto"`` / ``"torch"``).
+Nothing is compiled at import time.
 """
+from docstream.kernels.autograd import wkv7_train
 from docstream.kernels.dispatch import BACKENDS, wkv4, wkv6, wkv7
 from docstream.kernels.reference import wkv4_ref, wkv6_ref, wkv7_ref
 
-__all__ = ["BACKENDS", "wkv4", "wkv6", "wkv7", "wkv4_ref", "wkv6_ref", "wkv7_ref"]
+__all__ = ["BACKENDS", "wkv4", "wkv4_ref", "wkv6", "wkv6_ref", "wkv7", "wkv7_ref", "wkv7_train"]

@@ -10,6 +10,9 @@ call returns the loaded module, or raises the same :class:`BuildError` again wit
 * :func:`load_cuda` -- ``wkv6`` and ``wkv7`` for CUDA tensors with head size ``N`` baked in at
   compile time (one extension per head size and GPU architecture, both in its name).
 * :func:`load_cuda_wkv4` -- ``wkv4`` for CUDA tensors.
+* :func:`load_cpu_train` / :func:`load_cuda_train` -- the RWKV-7 training kernels (a forward that
+  saves state checkpoints, and the backward) used by :mod:`docstream.kernels.autograd`: separate
+  extensions, so that inference never builds them.
 """
 from __future__ import annotations
 
@@ -20,9 +23,9 @@ import os
 import platform
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 
@@ -40,7 +43,7 @@ def cuda_install_hint() -> str:
     try:
         import torch
         version = torch.version.cuda
-    except Exception:  # pragma: no cover - torch is a hard dependency
+    except Exception:  # noqa: BLE001 # pragma: no cover - torch is a hard dependency
         version = None
     if version is None:
         return ("install a CUDA build of PyTorch, plus the CUDA toolkit (nvcc) of the same version "
@@ -96,7 +99,7 @@ def _memoized(key: str, build: Callable[[], ModuleType], hint: str) -> ModuleTyp
                      key)
             try:
                 found = build()
-            except Exception as exc:  # ninja missing, compiler missing or failing, nvcc not found, ...
+            except Exception as exc:  # noqa: BLE001 - ninja missing, compiler missing or failing, nvcc not found, ...
                 reason, output = _reason(exc), _tail(str(exc))
                 found = BuildError(
                     f"could not build the compiled WKV extension {key!r} ({reason}). To use it, {hint}.\n"
@@ -117,7 +120,7 @@ def _build_directory(name: str) -> str | None:
     return str(path)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cpu_tag() -> str:
     """A short tag of this CPU (architecture + feature flags): ``-march=native`` builds are not portable."""
     flags = ""
@@ -163,6 +166,19 @@ def load_cpu() -> ModuleType:
     return _memoized(name, build, CPU_INSTALL_HINT)
 
 
+def load_cpu_train() -> ModuleType:
+    """The CPU RWKV-7 training extension (``wkv7_forward_train``, ``wkv7_backward``; fp32 and fp64)."""
+    name = f"docstream_wkv7_train_cpu_{_cpu_tag()}"
+
+    def build() -> ModuleType:
+        from torch.utils.cpp_extension import load
+        cflags, ldflags = cpu_flags()
+        return load(name=name, sources=[str(CSRC / "wkv7_train_cpu.cpp")], extra_cflags=cflags,
+                    extra_ldflags=ldflags, build_directory=_build_directory(name), verbose=False)
+
+    return _memoized(name, build, CPU_INSTALL_HINT)
+
+
 def cuda_flags() -> list[str]:
     """nvcc flags shared by the CUDA extensions (architectures come from torch / TORCH_CUDA_ARCH_LIST)."""
     return ["-O3", "-res-usage", "--extra-device-vectorization", "-Xptxas", "-O3"]
@@ -187,7 +203,7 @@ def _cuda_arch_tag() -> str:
         return "a" + hashlib.sha1(arch_list.encode()).hexdigest()[:6]
     try:
         caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-    except Exception:
+    except Exception:  # noqa: BLE001 - no driver, no device: the name says "smx"
         caps = []
     return "_".join(f"sm{major}{minor}" for major, minor in caps) or "smx"
 
@@ -211,5 +227,23 @@ def load_cuda_wkv4() -> ModuleType:
 
     def build() -> ModuleType:
         return _load_cuda_extension(name, [str(CSRC / "wkv4_cuda.cpp"), str(CSRC / "wkv4_cuda.cu")], [])
+
+    return _memoized(name, build, cuda_install_hint())
+
+
+#: Tokens between two state checkpoints of the RWKV-7 training kernels (compiled into the CUDA one).
+TRAIN_CHUNK = 16
+
+
+def load_cuda_train(head_size: int) -> ModuleType:
+    """The CUDA RWKV-7 training extension (``wkv7_forward_train``, ``wkv7_backward``) for head size
+    ``head_size``, checkpointing every :data:`TRAIN_CHUNK` tokens."""
+    if not 1 <= head_size <= CUDA_MAX_HEAD_SIZE:
+        raise ValueError(f"the CUDA WKV kernels support head sizes 1..{CUDA_MAX_HEAD_SIZE}, got {head_size}")
+    name = f"docstream_wkv7_train_cuda_n{head_size}_k{TRAIN_CHUNK}_{_cuda_arch_tag()}"
+
+    def build() -> ModuleType:
+        return _load_cuda_extension(name, [str(CSRC / "wkv7_train_cuda.cpp"), str(CSRC / "wkv7_train_cuda.cu")],
+                                    [f"-DWKV_N={head_size}", f"-DWKV_CHUNK={TRAIN_CHUNK}"])
 
     return _memoized(name, build, cuda_install_hint())

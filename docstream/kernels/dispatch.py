@@ -9,8 +9,14 @@
   install and quotes the compiler's last lines.
 * ``"auto"`` -- the compiled kernel for the tensors' device; when it cannot be built, the reference,
   after one ``warnings.warn`` per process and device type naming what to install. The reference is
-  also used for other device types and when autograd needs the op's gradient (the compiled kernels
-  are forward-only).
+  also used for other device types.
+
+Gradients: when autograd needs the op's gradient (``torch.is_grad_enabled()`` and an input requires
+grad), ``wkv7`` runs the compiled training kernels, a forward that checkpoints the state and a compiled
+backward (:func:`docstream.kernels.autograd.wkv7_train`), with ``"auto"``, ``"cpu"`` and ``"cuda"``
+alike; ``"auto"`` falls back to the reference when they cannot be built. The compiled ``wkv4`` and
+``wkv6`` kernels are forward-only: ``"auto"`` uses the differentiable reference for them, an explicit
+``"cpu"`` / ``"cuda"`` raises ``RuntimeError``.
 
 The compiled ops have the references' contract: same arguments, output in the input dtype, a new
 fp32 state (the one passed in is never modified), any ``T >= 1`` and ``B >= 1``.
@@ -18,12 +24,12 @@ fp32 state (the one passed in is never modified), any ``T >= 1`` and ``B >= 1``.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from docstream.kernels import build, reference
+from docstream.kernels import autograd, build, reference
 
 BACKENDS = ("auto", "cuda", "cpu", "torch")
 
@@ -176,12 +182,13 @@ def _install_hint(device_type: str) -> str:
     return build.CPU_INSTALL_HINT if device_type == "cpu" else build.cuda_install_hint()
 
 
-def _warn_fallback(device_type: str, err: build.BuildError) -> None:
-    if device_type in _WARNED:
+def _warn_fallback(device_type: str, err: build.BuildError, what: str = "WKV kernels") -> None:
+    key = device_type if what == "WKV kernels" else f"{device_type} {what}"
+    if key in _WARNED:
         return
-    _WARNED.add(device_type)
+    _WARNED.add(key)
     warnings.warn(
-        f"docstream: could not build the compiled {device_type.upper()} WKV kernels ({err.reason}); using the "
+        f"docstream: could not build the compiled {device_type.upper()} {what} ({err.reason}); using the "
         f"slow pure-PyTorch reference instead. To enable them, {_install_hint(device_type)}. "
         f"backend={device_type!r} raises the error with the compiler output.",
         RuntimeWarning, stacklevel=4)
@@ -227,14 +234,36 @@ def _needs_grad(*xs: Tensor) -> bool:
     return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
 
 
+def _wkv7_grad(backend: str, device_type: str) -> Op:
+    """wkv7 with the compiled backward; for "auto", the reference when it cannot be built or run."""
+    def wkv7_grad(*args: Tensor) -> tuple[Tensor, Tensor]:
+        if backend != "auto":
+            return autograd.wkv7_train(*args, backend=backend)
+        if device_type == "cuda" and args[0].dim() == 4 and args[0].shape[-1] > build.CUDA_MAX_HEAD_SIZE:
+            return reference.wkv7_ref(*args)
+        try:
+            return autograd.wkv7_train(*args, backend=device_type)
+        except build.BuildError as err:  # raised by the loader, before any work was done
+            _warn_fallback(device_type, err, "RWKV-7 training kernels")
+            return reference.wkv7_ref(*args)
+
+    return wkv7_grad
+
+
+_GRAD: dict[tuple[str, str], Op] = {(backend, device): _wkv7_grad(backend, device)
+                                    for backend in ("auto", "cpu", "cuda") for device in ("cpu", "cuda")}
+
+
 def _pick(op: str, backend: str, device_type: str, xs: tuple[Tensor, ...]) -> Op:
     impl = resolve(op, backend, device_type)  # validates the backend and the device first
-    if impl is not _REFERENCES[op] and _needs_grad(*xs):
-        if backend == "auto":
-            return _REFERENCES[op]  # differentiable
-        raise RuntimeError(f"the compiled {backend!r} WKV kernels are forward-only; run under "
-                           f"torch.no_grad() or use backend='torch' (or 'auto') for gradients")
-    return impl
+    if impl is _REFERENCES[op] or not _needs_grad(*xs):
+        return impl
+    if op == "wkv7":
+        return _GRAD[backend, device_type]
+    if backend == "auto":
+        return _REFERENCES[op]  # differentiable
+    raise RuntimeError(f"the compiled {backend!r} {op} kernels are forward-only; run under torch.no_grad() "
+                       f"or use backend='torch' (or 'auto') for gradients")
 
 
 def wkv4(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: Tensor,
@@ -253,6 +282,10 @@ def wkv6(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor,
 
 def wkv7(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor,
          backend: str = "auto") -> tuple[Tensor, Tensor]:
-    """RWKV-7 WKV; see :func:`docstream.kernels.reference.wkv7_ref` for shapes and maths."""
+    """RWKV-7 WKV; see :func:`docstream.kernels.reference.wkv7_ref` for shapes and maths.
+
+    Differentiable wrt every input and ``state`` with every backend; the compiled backends take the
+    compiled backward (:func:`docstream.kernels.autograd.wkv7_train`) when autograd needs it.
+    """
     args = (r, w, k, v, a, b, state)
     return _pick("wkv7", backend, r.device.type, args)(*args)

@@ -330,12 +330,18 @@ def test_cuda_head_size_limit_is_a_clear_error():
 
 
 def test_compiled_ops_are_forward_only():
+    """wkv4/wkv6 compiled kernels are forward-only; wkv7 has a compiled backward (tests/kernels/test_backward.py)."""
     backend = backend_for("cpu")
+    r6, k6, v6, w6, u6, s6 = inputs6(1, 4, 1, 8, seed=0)
+    r6.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="forward-only"):
+        wkv6(r6, k6, v6, w6, u6, s6, backend=backend)
+    y6, _ = wkv6(r6, k6, v6, w6, u6, s6, backend="auto")  # the differentiable reference
+    y6.sum().backward()
+    assert r6.grad is not None
     r, w, k, v, a, b, s = inputs7(1, 4, 1, 8, seed=0)
     r.requires_grad_(True)
-    with pytest.raises(RuntimeError, match="forward-only"):
-        wkv7(r, w, k, v, a, b, s, backend=backend)
-    y, _ = wkv7(r, w, k, v, a, b, s, backend="auto")  # the differentiable reference
+    y, _ = wkv7(r, w, k, v, a, b, s, backend=backend)
     y.sum().backward()
     assert r.grad is not None
     with torch.no_grad():
