@@ -25,3 +25,14 @@ def _existing(path: Path) -> Path:
         raise FileNotFoundError(f"the built-in default model file {path} is missing; reinstall docstream "
                                 "or pass --model and --tokenizer")
     return path
+
+
+def resolve_model_files(model: str | Path | None, tokenizer: str | Path | None) -> tuple[Path, Path]:
+    """The checkpoint and tokenizer to use: the built-in model when ``model`` is None (with its own
+    tokenizer unless one is given); a given model needs its tokenizer named too."""
+    if model is None:
+        return default_model_path(), Path(tokenizer) if tokenizer is not None else default_tokenizer_path()
+    if tokenizer is None:
+        raise ValueError(f"model {str(model)!r} needs its tokenizer: pass --tokenizer (the World vocabulary "
+                         f".txt for RWKV-5/6/7 World models, 20B_tokenizer.json for RWKV-4 Pile models)")
+    return Path(model), Path(tokenizer)

@@ -17,12 +17,13 @@ def test_demo_streams_the_sample_corpus_and_resumes(tmp_path):
     out = tmp_path / "demo"
     first = _cli("demo", "--out", str(out), "--quiet")
     assert first.returncode == 0, first.stderr
-    assert "documents processed 6" in first.stdout
+    assert "documents processed 9" in first.stdout
+    assert "summary of plays/the-tempest.txt" in first.stdout and "search" in first.stdout
     store = RunStore(out)
-    assert store.read_table("documents").num_rows == 6
+    assert store.read_table("documents").num_rows == 9
     assert store.read_table("embeddings").num_rows > 6
     again = _cli("demo", "--out", str(out), "--quiet")
-    assert again.returncode == 0 and "already done 6" in again.stdout
+    assert again.returncode == 0 and "already done 9" in again.stdout
 
 
 def test_selftest_reports_agreement():

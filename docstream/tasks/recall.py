@@ -512,8 +512,8 @@ def add_probe_command(subparsers) -> argparse.ArgumentParser:
     """Register ``docstream probe`` on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
     p = subparsers.add_parser("probe", help="recall probe (passkey / needle in a haystack) over context lengths "
                                             "and needle depths, with a heatmap")
-    p.add_argument("--model", required=True, help="BlinkDL .pth checkpoint")
-    p.add_argument("--tokenizer", required=True, help="World vocabulary .txt or Hugging Face tokenizer .json")
+    p.add_argument("--model", help="BlinkDL .pth checkpoint (default: the built-in model)")
+    p.add_argument("--tokenizer", help="World vocabulary .txt or Hugging Face tokenizer .json (needed with --model)")
     p.add_argument("--task", default="passkey", choices=["passkey", "needle"])
     p.add_argument("--lengths", default="512,1k,2k,4k", help="context lengths in tokens, e.g. 512,4k,1M")
     p.add_argument("--depths", default="0,25,50,75,100", help="needle depths in %%")
@@ -540,17 +540,19 @@ def add_probe_command(subparsers) -> argparse.ArgumentParser:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
+    from docstream.defaults import resolve_model_files
     from docstream.model import load_model
     from docstream.tokenizer import load_tokenizer
 
+    model_path, tokenizer_path = resolve_model_files(args.model, args.tokenizer)
     config = ProbeConfig(task=args.task, lengths=parse_lengths(args.lengths), depths=parse_depths(args.depths),
                          trials=args.trials, seed=args.seed, haystack=args.haystack,
                          haystack_format=args.haystack_format, id_field=args.id_field, text_field=args.text_field,
                          needle=args.needle, question=args.question, answer=args.answer,
                          snap_to_sentence=not args.no_snap, chunk_len=args.chunk_len, batch_size=args.batch_size)
-    tokenizer = load_tokenizer(args.tokenizer)
-    model = load_model(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
-    name = Path(args.model).stem
+    tokenizer = load_tokenizer(tokenizer_path)
+    model = load_model(model_path, device=args.device, dtype=args.dtype, backend=args.backend)
+    name = "default" if args.model is None else model_path.stem
     out = Path(args.out) if args.out else Path("probes") / f"{name}-{args.task}-{datetime.now():%Y%m%d-%H%M%S}"
     result = probe(model, tokenizer, config, model_name=name, progress=not args.quiet)
     files = write_results(result, out, args.metric)

@@ -70,6 +70,7 @@ class CardFacts:
     licence: str
     command: str
     hardware: str
+    notes: str = ""
 
 
 def model_card(facts: CardFacts, config: dict[str, Any], model_config: dict[str, Any], n_params: int,
@@ -95,17 +96,19 @@ def model_card(facts: CardFacts, config: dict[str, Any], model_config: dict[str,
         f"| optimizer | AdamW, lr {config['lr']:g} to {config['lr_final']:g} (warm-up {config['warmup_steps']} "
         f"steps, cosine), betas {tuple(config['betas'])}, weight decay {config['weight_decay']:g}, "
         f"gradient clip {config['grad_clip']:g} |",
-        f"| training time | {last['seconds'] / 60:.1f} min |",
+        f"| training time | {last['seconds'] / 60:.1f} min of optimizer steps (evaluations and checkpoints "
+        f"not counted) |",
         f"| hardware | {facts.hardware} |",
         f"| final training loss | {last['loss']:.4f} nats / token |",
         "| files | " + ", ".join(f"`{k}` {v / 1e6:.1f} MB" for k, v in file_sizes.items()) + " |",
         "", "## Held-out bits per byte", "",
-        f"Measured on the first {heldout['bytes']:,} bytes of held-out text never used in training "
-        "(nor to train the tokenizer); lower is better.", "",
+        f"Measured on {heldout['bytes']:,} bytes of held-out text never used in training (nor to train the "
+        "tokenizer), with the weights exactly as shipped; lower is better.", "",
         "| | bits per byte |", "|---|---|",
         f"| this model | **{heldout['model']:.3f}** |",
         f"| gzip -9 | {heldout['gzip']:.3f} |",
         f"| byte unigram entropy | {heldout['unigram']:.3f} |",
+        *(["", facts.notes] if facts.notes else []),
         "", "![loss curve](loss_curve.png)", "",
         "## Reproduce", "", "```", facts.command, "```", "",
     ]
