@@ -7,8 +7,11 @@ from typing import Sequence
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from docstream.defaults import default_model_path
     from docstream.model import load_model
 
+    if args.model is None:
+        args.model = default_model_path()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     c = model.config
     n_params = sum(p.numel() for p in model.parameters())
@@ -32,14 +35,20 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from docstream.stream.config import build_config
+    from docstream.stream.ray_engine import RayUnavailableError, WorkerFailedError
     from docstream.stream.run import run
 
     overrides = {name: getattr(args, name) for name in
                  ("model", "tokenizer", "input", "out", "input_format", "id_field", "text_field", "chunk_len",
-                  "batch_size", "snapshot_every", "commit_every", "dtype", "device", "backend")}
+                  "batch_size", "snapshot_every", "commit_every", "dtype", "device", "backend", "engine",
+                  "address", "workers")}
     overrides["quiet"] = True if args.quiet else None
     config = build_config(args.config, overrides)
-    summary = run(config)
+    try:
+        summary = run(config)
+    except (RayUnavailableError, WorkerFailedError) as err:
+        print(f"docstream: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, RayUnavailableError) else 4
     if not config.quiet:
         print("\n".join(summary.lines(config.out)))
     if not args.no_index:
@@ -65,13 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="describe an RWKV checkpoint")
-    info.add_argument("--model", required=True, help="BlinkDL .pth checkpoint")
+    info.add_argument("--model", help="BlinkDL .pth checkpoint (default: the built-in model)")
     info.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     info.add_argument("--device", default="cpu")
     info.set_defaults(func=_cmd_info)
 
     rn = sub.add_parser("run", help="stream a corpus through a model into OUT (re-run to resume)")
-    rn.add_argument("--model", help="BlinkDL .pth checkpoint")
+    rn.add_argument("--model", help="BlinkDL .pth checkpoint (default: the built-in model)")
     rn.add_argument("--tokenizer", help="World vocabulary .txt or Hugging Face tokenizer .json")
     rn.add_argument("--input", help="a directory of .txt/.md files, a .jsonl or a .parquet file")
     rn.add_argument("--out", help="output directory; re-running on it resumes")
@@ -86,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
     rn.add_argument("--device", help="cpu or cuda[:N]")
     rn.add_argument("--backend", choices=["auto", "cpu", "cuda", "torch"])
+    rn.add_argument("--engine", choices=["local", "ray"],
+                    help="local (default): this process; ray: shard documents across Ray workers")
+    rn.add_argument("--address", help="with --engine ray: the Ray cluster to join (host:port, or auto); "
+                                      "default: start a local Ray instance")
+    rn.add_argument("--workers", type=int, help="with --engine ray: workers, one model each "
+                                                "(default 2; one GPU each on cuda)")
     rn.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     rn.add_argument("--no-index", action="store_true",
                     help="do not bring the run's FAISS index up to date at the end (docstream index does it later)")

@@ -38,3 +38,19 @@ def test_info_describes_a_checkpoint_and_errors_are_clean(tmp_path):
     assert info.returncode == 0 and "RWKV-6" in info.stdout and "heads      4 x 16" in info.stdout
     missing = _cli("info", "--model", str(tmp_path / "absent.pth"))
     assert missing.returncode == 2 and "absent.pth" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_run_and_info_use_the_built_in_model_when_none_is_given(tmp_path):
+    from docstream.defaults import default_model_path, default_tokenizer_path
+    from docstream.stream.reader import run_settings
+
+    notes = ROOT / "docstream" / "data" / "sample_corpus" / "notes"
+    result = _cli("run", "--input", str(notes), "--out", str(tmp_path / "out"), "--quiet", "--no-index")
+    assert result.returncode == 0, result.stderr
+    settings = run_settings(tmp_path / "out")
+    assert settings.model == default_model_path() and settings.tokenizer == default_tokenizer_path()
+    assert RunStore(tmp_path / "out").read_table("documents").num_rows == 2
+    info = _cli("info")
+    assert info.returncode == 0 and "RWKV-7" in info.stdout and "vocabulary 4096" in info.stdout
+    lone = _cli("probe", "--model", str(default_model_path()), "--lengths", "64", "--quiet")
+    assert lone.returncode == 2 and "needs its tokenizer" in lone.stderr

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 #: settings that change what a run writes: resuming with other values would mix incompatible results
 RESULT_FIELDS = ("input", "input_format", "id_field", "text_field", "chunk_len", "snapshot_every", "dtype")
+#: Ray workers a ``--engine ray`` run starts when ``workers`` is not given
+DEFAULT_RAY_WORKERS = 2
 
 
 class RunConfig(BaseModel):
@@ -33,6 +35,29 @@ class RunConfig(BaseModel):
     device: str = "cpu"
     backend: Literal["auto", "cpu", "cuda", "torch"] = "auto"
     quiet: bool = False
+    engine: Literal["local", "ray"] = Field("local", description="local: one process; ray: shard documents "
+                                                                 "across Ray workers (pip install docstream[ray])")
+    address: str | None = Field(None, description="Ray cluster to join (host:port or 'auto'); "
+                                                  "none starts a local Ray instance")
+    workers: int | None = Field(None, ge=1, description=f"Ray workers, one model each "
+                                                        f"(default {DEFAULT_RAY_WORKERS}; one GPU each on cuda)")
+
+    @model_validator(mode="after")
+    def _check_engine_settings(self) -> RunConfig:
+        if self.engine == "local":
+            given = [f"{name}={getattr(self, name)!r}" for name in ("address", "workers")
+                     if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to engine 'ray'; add --engine ray or drop them")
+        elif self.device.startswith("cuda:"):
+            raise ValueError(f"device {self.device!r}: with engine 'ray' each worker gets its own GPU from Ray; "
+                             f"pass device 'cuda'")
+        return self
+
+    @property
+    def ray_workers(self) -> int:
+        """How many Ray workers the run uses."""
+        return self.workers if self.workers is not None else DEFAULT_RAY_WORKERS
 
     def result_settings(self) -> dict[str, Any]:
         """The settings a resumed run must share with the one that started the directory."""
@@ -65,9 +90,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(file: str | Path | None, overrides: dict[str, Any]) -> RunConfig:
-    """A validated config: the file's settings, then every override that is not None."""
+    """A validated config: the file's settings, then every override that is not None. Without a model,
+    the built-in default model and its tokenizer are used."""
     data = read_config_file(file) if file else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
+    if data.get("model") is None:
+        from docstream.defaults import resolve_model_files
+
+        data["model"], data["tokenizer"] = resolve_model_files(None, data.get("tokenizer"))
     try:
         return RunConfig(**data)
     except ValidationError as err:

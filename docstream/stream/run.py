@@ -23,7 +23,7 @@ from docstream.stream.config import RunConfig
 from docstream.stream.corpus import SUFFIXES, Document, Rejected, iter_corpus
 from docstream.stream.engine import ChunkRecord, DocumentDone, Stream, StreamTask
 from docstream.stream.store import SCHEMAS, Progress, RunStore, SnapshotRef
-from docstream.tokenizer import load_tokenizer
+from docstream.tokenizer import Tokenizer, load_tokenizer
 
 
 @dataclass
@@ -36,6 +36,7 @@ class RunSummary:
     rejected: Counter = field(default_factory=Counter)
     invalid_utf8_bytes: int = 0
     nul_chars: int = 0
+    worker_restarts: int = 0
 
     def lines(self, out: Path) -> list[str]:
         rate = self.tokens / self.seconds if self.seconds else 0.0
@@ -47,6 +48,9 @@ class RunSummary:
         if self.invalid_utf8_bytes or self.nul_chars:
             lines.append(f"repaired: {self.invalid_utf8_bytes} invalid UTF-8 bytes replaced, "
                          f"{self.nul_chars} NUL characters removed")
+        if self.worker_restarts:
+            lines.append(f"workers replaced after dying: {self.worker_restarts} (their unfinished documents "
+                         f"went on from their last committed snapshot)")
         lines.append(f"outputs in {out}")
         return lines
 
@@ -79,7 +83,8 @@ class _CommitWriter:
             self.rows["errors"].append(dict(doc_id=event.doc_id, source=event.source, reason=event.reason,
                                             detail=event.detail))
             self.rejected_sources.append(event.source)
-            self._held.pop(event.doc_id, None)
+            if event.reason != "duplicate_id":  # a duplicate's id belongs to its first occurrence, still streaming
+                self._held.pop(event.doc_id, None)
         # a document's last chunk and its DocumentDone (which the engine emits right after it) go into
         # one commit: committed final embeddings without "finished" would be redone on resume
         last_chunk = isinstance(event, ChunkRecord) and event.is_last
@@ -102,6 +107,10 @@ class _CommitWriter:
         held.clear()
         if not rec.is_last:
             self.in_flight[rec.doc_id] = (rec.chunk_index, rec.token_end)
+
+    def discard(self, doc_id: str) -> None:
+        """Forget ``doc_id``'s embedding rows that no snapshot covers yet (they will be computed again)."""
+        self._held.pop(doc_id, None)
 
     def flush(self) -> None:
         """Commit what is buffered (a no-op when nothing is)."""
@@ -176,8 +185,16 @@ def count_documents(config: RunConfig) -> int | None:
 
 
 def run(config: RunConfig) -> RunSummary:
-    """Stream ``config.input`` into ``config.out``; resumes what an earlier run on ``out`` left."""
+    """Stream ``config.input`` into ``config.out``; resumes what an earlier run on ``out`` left.
+
+    ``config.engine`` picks where the model runs: ``"local"`` in this process, ``"ray"`` on Ray workers
+    (:mod:`docstream.stream.ray_engine`); both write the same outputs through the same commits.
+    """
     check_inputs(config)
+    if config.engine == "ray":
+        from docstream.stream.ray_engine import require_ray
+
+        require_ray(config.address)
     store = RunStore(config.out)
     store.acquire()
     try:
@@ -186,7 +203,65 @@ def run(config: RunConfig) -> RunSummary:
         store.release()
 
 
-def _run_locked(config: RunConfig, store: RunStore) -> RunSummary:
+class _Recorder:
+    """Where an engine delivers its events: committed through a :class:`_CommitWriter` and counted in
+    the summary and the progress bar.
+
+    An engine delivers each document's events in order and never stops between a document's last
+    chunk and its ``DocumentDone`` (the engine emits them together), so a commit can fall between any
+    two deliveries.
+    """
+
+    def __init__(self, store: RunStore, writer: _CommitWriter, summary: RunSummary, bar: tqdm, fingerprint: str):
+        self.store, self.writer, self.summary, self.bar, self.fingerprint = store, writer, summary, bar, fingerprint
+        self.start = time.perf_counter()
+
+    def add(self, event: ChunkRecord | DocumentDone | Rejected) -> None:
+        self.writer.add(event)
+        summary = self.summary
+        if isinstance(event, ChunkRecord):
+            summary.tokens += event.token_end - event.token_start
+            elapsed = time.perf_counter() - self.start
+            self.bar.set_postfix(tokens=summary.tokens, tok_s=f"{summary.tokens / max(elapsed, 1e-9):.0f}",
+                                 refresh=False)
+        elif isinstance(event, DocumentDone):
+            summary.processed += 1
+            summary.invalid_utf8_bytes += event.stats.invalid_utf8_bytes
+            summary.nul_chars += event.stats.nul_chars
+            self.bar.update(1)
+        elif isinstance(event, Rejected):
+            summary.rejected[event.reason] += 1
+            self.bar.update(1)
+
+    def worker_lost(self, docs: list[Document]) -> list[StreamTask]:
+        """Tasks that take over ``docs`` from a worker that died with their events partly delivered.
+
+        Commits everything delivered so far, forgets each document's rows that no snapshot covers
+        (they are computed again), and returns a task for each document neither finished nor
+        rejected: from its last committed snapshot, or from its start when it has none.
+        """
+        self.writer.flush()
+        progress = self.store.progress()
+        tasks = []
+        for doc in docs:
+            self.writer.discard(doc.doc_id)
+            if doc.doc_id in progress.finished or doc.source in progress.rejected_sources:
+                continue
+            ref = progress.in_flight.get(doc.doc_id)
+            tasks.append(StreamTask(doc) if ref is None else _resume_task(doc, self.store, ref, self.fingerprint))
+        self.summary.worker_restarts += 1
+        return tasks
+
+    def close(self) -> None:
+        """Commit what is left and stop the clock."""
+        self.writer.flush()
+        self.bar.close()
+        self.summary.seconds = time.perf_counter() - self.start
+
+
+def _open_output(config: RunConfig, store: RunStore) -> tuple[Tokenizer, str]:
+    """The run's tokenizer and model fingerprint, after checking that ``store`` may be resumed with
+    ``config`` (or recording ``config`` in a new one)."""
     tokenizer = load_tokenizer(config.tokenizer)
     fingerprint = sha256_file(config.model)
     identity = dict(config.result_settings(), model_fingerprint=fingerprint,
@@ -197,29 +272,28 @@ def _run_locked(config: RunConfig, store: RunStore) -> RunSummary:
     else:
         store.write_config({"identity": identity, "settings": config.model_dump(mode="json"),
                             "docstream_version": docstream.__version__})
-    model = load_model(config.model, device=config.device, dtype=config.dtype, backend=config.backend)
+    return tokenizer, fingerprint
+
+
+def _run_locked(config: RunConfig, store: RunStore) -> RunSummary:
+    tokenizer, fingerprint = _open_output(config, store)
+    model = None
+    if config.engine == "local":
+        model = load_model(config.model, device=config.device, dtype=config.dtype, backend=config.backend)
     progress = store.progress()
     summary = RunSummary()
     writer = _CommitWriter(store, progress.last_seq, fingerprint, config.commit_every)
-    stream = Stream(model, tokenizer, config.chunk_len, config.batch_size, config.snapshot_every)
     bar = tqdm(total=count_documents(config), unit="doc", desc="docstream run", disable=config.quiet,
                initial=len(progress.finished) + len(progress.rejected_sources))
-    start = time.perf_counter()
-    for event in stream.run(_tasks(config, store, progress, fingerprint, summary)):
-        writer.add(event)
-        if isinstance(event, ChunkRecord):
-            summary.tokens += event.token_end - event.token_start
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(tokens=summary.tokens, tok_s=f"{summary.tokens / max(elapsed, 1e-9):.0f}", refresh=False)
-        elif isinstance(event, DocumentDone):
-            summary.processed += 1
-            summary.invalid_utf8_bytes += event.stats.invalid_utf8_bytes
-            summary.nul_chars += event.stats.nul_chars
-            bar.update(1)
-        elif isinstance(event, Rejected):
-            summary.rejected[event.reason] += 1
-            bar.update(1)
-    writer.flush()
-    bar.close()
-    summary.seconds = time.perf_counter() - start
+    recorder = _Recorder(store, writer, summary, bar, fingerprint)
+    tasks = _tasks(config, store, progress, fingerprint, summary)
+    if model is None:
+        from docstream.stream.ray_engine import stream_on_ray
+
+        stream_on_ray(config, tasks, recorder, fingerprint, tokenizer.fingerprint())
+    else:
+        stream = Stream(model, tokenizer, config.chunk_len, config.batch_size, config.snapshot_every)
+        for event in stream.run(tasks):
+            recorder.add(event)
+    recorder.close()
     return summary
