@@ -179,6 +179,20 @@ def test_jsonl_duplicates_and_bad_lines_are_recorded(model_path, tmp_path):
     assert sorted(e["reason"] for e in t["errors"]) == sorted(["bad_json", "duplicate_id", "missing_field"])
 
 
+def test_a_duplicate_id_keeps_every_chunk_of_the_still_streaming_first_document(model_path, tmp_path):
+    rng = random.Random(5)
+    docs = [("1", _text(rng, 300)), ("2", "short"), ("1", "the duplicate"), ("3", _text(rng, 60))]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs))
+    run(_config(model_path, path, tmp_path / "out", batch_size=2, snapshot_every=4))
+    t = _tables(tmp_path / "out")
+    assert [e["reason"] for e in t["errors"]] == ["duplicate_id"]
+    chunks = {d["doc_id"]: d["n_chunks"] for d in t["documents"]}
+    assert chunks["1"] > 4  # still streaming when its duplicate arrives
+    for doc_id, n in chunks.items():
+        assert [e["chunk_index"] for e in t["embeddings"] if e["doc_id"] == doc_id] == list(range(n))
+
+
 def test_resume_with_other_settings_or_model_is_refused(model_path, tmp_path):
     corpus = _corpus(tmp_path / "corpus", 2, seed=4)
     run(_config(model_path, corpus, tmp_path / "out"))
