@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from docstream.train.config import TrainConfig  # noqa: E402
-from docstream.train.loop import make_optimizer, new_rwkv7  # noqa: E402
+from docstream.train.config import TrainConfig
+from docstream.train.loop import make_optimizer, new_rwkv7
 
 
 def time_steps(config: TrainConfig, backend: str, steps: int, vocab: int) -> float:
