@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+M = TypeVar("M", bound=BaseModel)
 
 #: settings that change what a run writes: resuming with other values would mix incompatible results
 RESULT_FIELDS = ("input", "input_format", "id_field", "text_field", "chunk_len", "snapshot_every", "dtype")
@@ -98,8 +100,13 @@ def build_config(file: str | Path | None, overrides: dict[str, Any]) -> RunConfi
         from docstream.defaults import resolve_model_files
 
         data["model"], data["tokenizer"] = resolve_model_files(None, data.get("tokenizer"))
+    return validated(RunConfig, data, "run")
+
+
+def validated(cls: type[M], data: dict[str, Any], what: str) -> M:
+    """``cls(**data)``, with pydantic's complaints turned into one ``ValueError`` naming each setting."""
     try:
-        return RunConfig(**data)
+        return cls(**data)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"invalid run settings: {problems}") from err
+        raise ValueError(f"invalid {what} settings: {problems}") from err

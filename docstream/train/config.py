@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from docstream.stream.config import read_config_file
+from docstream.stream.config import read_config_file, validated
 
 #: settings that decide the loss curve: resuming a training directory with other values is refused
 CURVE_FIELDS = ("data", "heldout", "tokenizer", "vocab_size", "init_from", "n_layer", "n_embd", "head_size",
@@ -74,8 +74,4 @@ def build_train_config(file: str | Path | None, overrides: dict[str, Any]) -> Tr
     """A validated config: the file's settings, then every override that is not None."""
     data = read_config_file(file) if file else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig(**data)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"invalid training settings: {problems}") from err
+    return validated(TrainConfig, data, "training")

@@ -127,13 +127,15 @@ def test_exported_model_matches_the_official_package(uninterrupted):
         assert (logits[0] - ref["all"]).abs().max().item() <= 1e-4
 
 
-def test_fine_tuning_an_rwkv4_checkpoint_keeps_its_version_and_changes_its_weights(corpus, tmp_path):
-    base = save_random_checkpoint(tmp_path / "v4.pth", "4", n_layer=2, n_embd=32, vocab_size=300, seed=3)
+@pytest.mark.parametrize("version", ["4", "5.2", "6"])
+def test_fine_tuning_keeps_the_version_and_changes_the_weights(corpus, tmp_path, version):
+    base = save_random_checkpoint(tmp_path / "base.pth", version, n_layer=2, n_embd=32, head_size=16,
+                                  vocab_size=300, seed=3)
     out = tmp_path / "ft"
     result = train(tiny(corpus, out, init_from=base, tokenizer=None, max_steps=3, eval_every=3))
     tuned = load_model(result.model_path)
     original = load_model(base)
-    assert tuned.version == "4"
+    assert tuned.version == version
     changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, original.state_dict()[k])]
     assert "blocks.0.att.key.weight" in changed and "head.weight" in changed
     assert math.isfinite(result.loss)
