@@ -27,6 +27,7 @@ from docstream.stream.ray_engine import (
 from docstream.stream.run import _Recorder, run
 from docstream.stream.store import RunStore
 from docstream.tokenizer import default_world_vocab_path
+from tests.stream.tables import sorted_tables as _tables
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("river", "stone", "light", "quiet", "morning", "paper", "signal", "garden", "winter", "engine", "memory",
@@ -82,14 +83,6 @@ def _config(model_path, corpus, out, **kw):
                 "chunk_len": 16, "batch_size": 2, "snapshot_every": 2, "commit_every": 3, "backend": "torch",
                 "quiet": True}
     return build_config(None, {**settings, **kw})
-
-
-def _tables(out: Path) -> dict[str, list[dict]]:
-    store = RunStore(out)
-    keys = {"embeddings": ("doc_id", "chunk_index"), "snapshots": ("doc_id", "chunk_index"),
-            "documents": ("doc_id",), "errors": ("source",)}
-    return {name: sorted(store.read_table(name).to_pylist(), key=lambda r, k=k: tuple(r[c] for c in k))
-            for name, k in keys.items()}
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from docstream.stream.config import build_config
 from docstream.stream.run import run
 from docstream.stream.store import RunLockedError, RunStore
 from docstream.tokenizer import default_world_vocab_path
+from tests.stream.tables import sorted_tables as _tables
 
 ROOT = Path(__file__).resolve().parents[2]
 LORA = {"w": 16, "a": 16, "v": 16, "g": 16}  # widths that are multiples of 16, like released models
@@ -57,14 +58,6 @@ def _config(model_path, corpus, out, **kw):
                     chunk_len=16, batch_size=3, snapshot_every=2, commit_every=5, quiet=True)
     settings.update(kw)
     return build_config(None, settings)
-
-
-def _tables(out: Path) -> dict[str, list[dict]]:
-    store = RunStore(out)
-    keys = {"embeddings": ("doc_id", "chunk_index"), "snapshots": ("doc_id", "chunk_index"),
-            "documents": ("doc_id",), "errors": ("source",)}
-    return {name: sorted(store.read_table(name).to_pylist(), key=lambda r, k=k: tuple(r[c] for c in k))
-            for name, k in keys.items()}
 
 
 def test_outputs_are_complete_and_consistent(model_path, tmp_path):
