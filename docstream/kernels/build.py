@@ -155,25 +155,22 @@ def cpu_flags() -> tuple[list[str], list[str]]:
 
 def load_cpu() -> ModuleType:
     """The CPU extension (``wkv4``, ``wkv6``, ``wkv7`` on fp32 tensors); built on first call."""
-    name = f"docstream_wkv_cpu_{_cpu_tag()}"
-
-    def build() -> ModuleType:
-        from torch.utils.cpp_extension import load
-        cflags, ldflags = cpu_flags()
-        return load(name=name, sources=[str(CSRC / "wkv_cpu.cpp")], extra_cflags=cflags,
-                    extra_ldflags=ldflags, build_directory=_build_directory(name), verbose=False)
-
-    return _memoized(name, build, CPU_INSTALL_HINT)
+    return _load_cpu_extension("docstream_wkv_cpu", "wkv_cpu.cpp")
 
 
 def load_cpu_train() -> ModuleType:
     """The CPU RWKV-7 training extension (``wkv7_forward_train``, ``wkv7_backward``; fp32 and fp64)."""
-    name = f"docstream_wkv7_train_cpu_{_cpu_tag()}"
+    return _load_cpu_extension("docstream_wkv7_train_cpu", "wkv7_train_cpu.cpp")
+
+
+def _load_cpu_extension(prefix: str, source: str) -> ModuleType:
+    """The CPU extension built from ``csrc/<source>`` with :func:`cpu_flags`, once per process."""
+    name = f"{prefix}_{_cpu_tag()}"
 
     def build() -> ModuleType:
         from torch.utils.cpp_extension import load
         cflags, ldflags = cpu_flags()
-        return load(name=name, sources=[str(CSRC / "wkv7_train_cpu.cpp")], extra_cflags=cflags,
+        return load(name=name, sources=[str(CSRC / source)], extra_cflags=cflags,
                     extra_ldflags=ldflags, build_directory=_build_directory(name), verbose=False)
 
     return _memoized(name, build, CPU_INSTALL_HINT)
