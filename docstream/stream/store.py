@@ -90,6 +90,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def try_lock(path: Path) -> int | None:
+    """Open ``path`` (created if needed) and take an exclusive ``flock`` on it without waiting: the
+    open descriptor, or None when another process holds the lock. Closing the descriptor, or the
+    process ending, releases it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -109,15 +124,10 @@ class RunStore:
     def acquire(self) -> None:
         """Take the directory's lock (released by :meth:`release` or when the process dies)."""
         self.out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
-            if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise RunLockedError(f"{self.out} is being written by another docstream run "
-                                     f"(its lock {self.out / '.lock'} is held); wait for it to finish") from err
-            raise
+        fd = try_lock(self.out / ".lock")
+        if fd is None:
+            raise RunLockedError(f"{self.out} is being written by another docstream run "
+                                 f"(its lock {self.out / '.lock'} is held); wait for it to finish")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd

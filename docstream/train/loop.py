@@ -16,8 +16,6 @@ an uninterrupted one would.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import io
 import json
 import math
@@ -35,7 +33,7 @@ from tqdm import tqdm
 from docstream.model.base import RWKVModel
 from docstream.model.loader import build_model, read_checkpoint
 from docstream.model.synthetic import make_random_checkpoint
-from docstream.stream.store import atomic_write_bytes
+from docstream.stream.store import atomic_write_bytes, try_lock
 from docstream.tokenizer import load_tokenizer
 from docstream.tokenizer.base import Tokenizer
 from docstream.train.bpe import train_bpe
@@ -65,15 +63,11 @@ class TrainingLockedError(RuntimeError):
 @contextlib.contextmanager
 def _directory_lock(out: Path) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = try_lock(out / ".lock")
+    if fd is None:
+        raise TrainingLockedError(f"{out} is being trained in by another process (its lock {out / '.lock'} "
+                                  f"is held); wait for it to finish")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise TrainingLockedError(f"{out} is being trained in by another process (its lock "
-                                          f"{out / '.lock'} is held); wait for it to finish") from err
-            raise
         yield
     finally:
         os.close(fd)
@@ -125,11 +119,15 @@ def export_blinkdl(model: RWKVModel, path: Path, dtype: str = "fp32") -> Path:
     return path
 
 
-@torch.no_grad()
 def heldout_bits_per_byte(model: RWKVModel, tokenizer: Tokenizer, text: bytes, chunk_len: int = 1024) -> float:
     """Bits per byte of ``text`` under the model: every token predicted from all before it (the text
     starts after a document separator), streamed in chunks with the state carried."""
-    ids = tokenizer.encode(text.decode("utf-8"))
+    return bits_per_byte(model, tokenizer.encode(text.decode("utf-8")), len(text), chunk_len)
+
+
+@torch.no_grad()
+def bits_per_byte(model: RWKVModel, ids: list[int], n_bytes: int, chunk_len: int = 1024) -> float:
+    """:func:`heldout_bits_per_byte` of text already tokenized into ``ids`` (``n_bytes`` UTF-8 bytes)."""
     if not ids:
         raise ValueError("the held-out text is empty")
     inputs = torch.tensor([[DOC_SEPARATOR] + ids[:-1]])
@@ -139,7 +137,7 @@ def heldout_bits_per_byte(model: RWKVModel, tokenizer: Tokenizer, text: bytes, c
         logits, state = model.forward(inputs[:, start:start + chunk_len].to(model.device), state, all_logits=True)
         nats += F.cross_entropy(logits[0].float(), targets[0, start:start + chunk_len].to(model.device),
                                 reduction="sum").item()
-    return nats / math.log(2) / len(text)
+    return nats / math.log(2) / n_bytes
 
 
 def _check_settings(config: TrainConfig) -> None:
@@ -199,6 +197,7 @@ def train(config: TrainConfig) -> TrainResult:
         tokens = tokenize_to_file(tokenizer, config.data, config.out / "train_tokens.npy")
         batches = Batches(tokens, config.ctx_len, config.batch_size, config.seed)
         heldout = heldout_bytes(config.heldout, config.eval_bytes)
+        heldout_ids = tokenizer.encode(heldout.decode("utf-8"))  # once, evaluated many times
         model = _model(config, tokenizer)
         optimizer = make_optimizer(model, config)
         step, elapsed, log = 0, 0.0, []
@@ -208,11 +207,11 @@ def train(config: TrainConfig) -> TrainResult:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             step, elapsed, log = saved["step"], saved["elapsed"], saved["log"]
-        return _loop(config, model, optimizer, tokenizer, batches, heldout, step, elapsed, log)
+        return _loop(config, model, optimizer, batches, (heldout_ids, len(heldout)), step, elapsed, log)
 
 
-def _loop(config: TrainConfig, model: RWKVModel, optimizer: torch.optim.Optimizer, tokenizer: Tokenizer,
-          batches: Batches, heldout: bytes, step: int, elapsed: float, log: list[dict[str, Any]]) -> TrainResult:
+def _loop(config: TrainConfig, model: RWKVModel, optimizer: torch.optim.Optimizer, batches: Batches,
+          heldout: tuple[list[int], int], step: int, elapsed: float, log: list[dict[str, Any]]) -> TrainResult:
     tokens_per_step = config.batch_size * config.ctx_len
     vocab = model.config.vocab_size
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.dtype == "bf16"
@@ -243,7 +242,7 @@ def _loop(config: TrainConfig, model: RWKVModel, optimizer: torch.optim.Optimize
         record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                                   "tokens": step * tokens_per_step, "seconds": round(elapsed, 3)}
         if step % config.eval_every == 0 or step == config.max_steps:
-            bpb = heldout_bits_per_byte(model, tokenizer, heldout)
+            bpb = bits_per_byte(model, *heldout)
             record["heldout_bpb"] = bpb
         log.append(record)
         if step % config.save_every == 0 or step == config.max_steps:
