@@ -49,12 +49,12 @@ def tokenize_to_file(tokenizer: Tokenizer, paths: Iterable[Path], out: Path) -> 
     """All documents tokenized, separated by :data:`DOC_SEPARATOR`, saved to ``out`` (.npy, atomically)
     and returned memory-mapped. An existing ``out`` is reused as it is."""
     if not out.exists():
+        if tokenizer.vocab_size > np.iinfo(np.uint16).max + 1:
+            raise ValueError(f"vocabulary of {tokenizer.vocab_size} ids does not fit the uint16 token file")
         ids: list[int] = []
         for text in read_texts(paths):
             ids.extend(tokenizer.encode(text))
             ids.append(DOC_SEPARATOR)
-        if tokenizer.vocab_size > np.iinfo(np.uint16).max + 1:
-            raise ValueError(f"vocabulary of {tokenizer.vocab_size} ids does not fit the uint16 token file")
         tmp = out.with_suffix(".tmp.npy")
         np.save(tmp, np.asarray(ids, dtype=np.uint16))
         os.replace(tmp, out)
