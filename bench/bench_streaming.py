@@ -35,10 +35,12 @@ SHAPES = {  # the RWKV-4 Pile 169M and RWKV-7 World 0.1B shapes, and the 1.5B sh
 VOCAB = {"4": 50277, "5.2": 65536, "6": 65536, "7": 65536}
 
 
-def checkpoint(version: str, shape: str, out: Path) -> Path:
-    path = out / f"rwkv{version}-{shape}.pth"
+def checkpoint(version: str, shape: str, out: Path, stored: str = "fp32") -> Path:
+    """A random checkpoint of ``shape``, stored in fp32, or in bf16 as BlinkDL releases them."""
+    path = out / (f"rwkv{version}-{shape}.pth" if stored == "fp32" else f"rwkv{version}-{shape}-{stored}.pth")
     if not path.exists():
-        save_random_checkpoint(path, version, vocab_size=VOCAB[version], seed=0, **SHAPES[shape])
+        save_random_checkpoint(path, version, vocab_size=VOCAB[version], seed=0,
+                               dtype=torch.float32 if stored == "fp32" else torch.bfloat16, **SHAPES[shape])
     return path
 
 
@@ -57,6 +59,7 @@ def matmul_flops(model, tokens: int, dtype: torch.dtype, device: str, repeats: i
     flops = sum(2 * tokens * a * b for a, b in shapes)
     best = float("inf")
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         for m in mats:
             x[m.shape[1]] @ m.T if m.shape[1] in x else None
@@ -163,17 +166,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = checkpoint(args.version, args.shape, out)
+    on_gpu = args.device.startswith("cuda")
+    path = checkpoint(args.version, args.shape, out, "bf16" if on_gpu else "fp32")
     model = load_model(path, device=args.device, dtype=args.dtype)
+    gpu = f" ({torch.cuda.get_device_name()})" if on_gpu else ""
     per_token = matrix_params_per_token(model)
     chunks = [int(c) for c in args.chunks.split(",")]
     print(f"RWKV-{args.version} {args.shape} ({per_token / 1e6:.1f} M matrix params/token), {args.device} "
-          f"{args.dtype}, {args.threads} threads, torch {torch.__version__}")
+          f"{args.dtype}{gpu}, {args.threads} threads, torch {torch.__version__}")
 
     rows, plan = [], {}
     for chunk in chunks:
-        limit = matmul_flops(model, chunk, model.dtype, args.device) / (2 * per_token)
         for batch in (int(b) for b in args.batches.split(",")):
+            # the limit at the rows one chunk of the whole batch multiplies at once
+            limit = matmul_flops(model, batch * chunk, model.dtype, args.device,
+                                 repeats=10 if on_gpu else 3) / (2 * per_token)
             rate = docstream_ingest(model, batch, chunk, args.tokens, args.device, args.repeats)
             rows.append(dict(mode="ingest", chunk=chunk, batch=batch, docstream=rate, limit=limit))
         plan[f"ingest-{chunk}"] = ("ingest", chunk, args.tokens)
@@ -182,7 +189,11 @@ def main() -> None:
         rows.append(dict(mode="decode", chunk=1, batch=batch, docstream=rate, limit=None))
     plan["decode"] = ("decode", 1, args.decode_steps)
 
-    strategy = f"{'cuda' if args.device.startswith('cuda') else 'cpu'} {args.dtype}"
+    official_dtype = args.dtype
+    if on_gpu and args.version == "4" and args.dtype == "bf16":
+        official_dtype = "fp16"  # the official RWKV-4 CUDA kernel takes fp16 and fp32 only
+        print("the official package runs RWKV-4 on CUDA in fp16: its WKV kernel has no bf16")
+    strategy = f"{'cuda' if on_gpu else 'cpu'} {official_dtype}"
     official = {} if args.no_official else official_rates(path, args.version, strategy, plan, args.threads,
                                                            args.repeats)
     print(f"{'mode':>7} {'chunk':>6} {'batch':>6} {'docstream tok/s':>16} {'rwkv tok/s':>11} {'ratio':>6} "

@@ -10,6 +10,10 @@
 
     python bench/check_cuda.py                 # everything this machine can do
     python bench/check_cuda.py --compile-only  # step 1 only
+    python bench/check_cuda.py --skip-compile-check --junit out.xml   # on a GPU machine: steps 2 only
+
+On a GPU the extensions are first built side by side in separate processes (each into torch's
+extension cache), so the tests and timings that follow load them without waiting.
 
 Exits non-zero when a step fails.
 """
@@ -159,39 +163,62 @@ def time_cuda_ops() -> None:
             print(f"{f'wkv7 fwd+bwd B={B} T={T} H={H} N=64 {tag}':<40}{fast:>10.3f}{slow:>12.1f}")
 
 
+#: (what, loader expression) for every CUDA extension the GPU tests and timings load
+EXTENSIONS = ([("wkv4", "build.load_cuda_wkv4()")]
+              + [(f"wkv6/wkv7 N={n}", f"build.load_cuda({n})") for n in (64, 16, 24, 13, 32)]
+              + [(f"wkv7 training N={n}", f"build.load_cuda_train({n})") for n in (64, 16, 8, 13, 32, 128)])
+
+
+def prebuild() -> bool:
+    """Build every CUDA extension in parallel processes; True when all built."""
+    t0 = time.perf_counter()
+    procs = [(what, subprocess.Popen(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+                               f"from docstream.kernels import build; {expr}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)) for what, expr in EXTENSIONS]
+    ok = True
+    for what, proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            ok = False
+            print(f"  FAIL {what}\n{out[-4000:]}")
+        else:
+            print(f"  ok   {what}")
+    print(f"  {len(procs)} extensions built side by side in {time.perf_counter() - t0:.1f} s")
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compile-only", action="store_true", help="only the nvcc / host compiler checks")
+    parser.add_argument("--skip-compile-check", action="store_true",
+                        help="skip step 1 (on a GPU machine the builds of step 2 compile the same sources)")
+    parser.add_argument("--junit", help="write the GPU tests' JUnit XML report here")
     args = parser.parse_args()
 
     nvcc = find_nvcc()
     if nvcc is None:
         print("nvcc not found (set CUDA_HOME or put it on PATH)")
         return 1
-    ok = compile_only(nvcc)
-    print(f"compile-only check: {'PASSED' if ok else 'FAILED'}")
-    if not ok or args.compile_only:
-        return 0 if ok else 1
+    if not args.skip_compile_check:
+        ok = compile_only(nvcc)
+        print(f"compile-only check: {'PASSED' if ok else 'FAILED'}")
+        if not ok or args.compile_only:
+            return 0 if ok else 1
     if not torch.cuda.is_available():
         print(f"no usable GPU (torch {torch.__version__}, CUDA {torch.version.cuda}): stopping after the compile check")
         return 0
 
-    print(f"\nbuilding the extensions (torch {torch.__version__}, CUDA {torch.version.cuda})")
-    loaders = [("wkv4", build.load_cuda_wkv4)]
-    loaders += [(f"wkv6/wkv7 N={n}", lambda n=n: build.load_cuda(n)) for n in (64, 16, 24, 13)]
-    loaders += [(f"wkv7 training N={n}", lambda n=n: build.load_cuda_train(n)) for n in (64, 16, 128)]
-    for what, load in loaders:
-        t0 = time.perf_counter()
-        try:
-            load()
-        except build.BuildError as err:
-            print(f"  FAIL {what}\n{err}")
-            return 1
-        print(f"  ok   {what} ({time.perf_counter() - t0:.1f} s)")
+    print(f"\nbuilding the extensions on {torch.cuda.get_device_name()} "
+          f"(torch {torch.__version__}, CUDA {torch.version.cuda})")
+    if not prebuild():
+        return 1
 
-    print("\npytest -m gpu tests/kernels")
-    rc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "tests/kernels"],
-                        cwd=ROOT, check=False).returncode
+    print("\npytest -m gpu tests/kernels tests/model/test_gpu.py", flush=True)
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "tests/kernels", "tests/model/test_gpu.py"]
+    if args.junit:
+        cmd.append(f"--junitxml={args.junit}")
+    rc = subprocess.run(cmd, cwd=ROOT, check=False).returncode
     time_cuda_ops()
     return rc
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Everything docstream checks and times on a GPU machine, in one command from the repository root.
+#
+#   bash bench/gpu_session.sh check   # build every CUDA extension, run the GPU tests, time the kernels
+#   bash bench/gpu_session.sh 169m    # streaming benchmark at the 169M shape, v7 and v4, next to `rwkv`
+#   bash bench/gpu_session.sh 1.5b    # the same at the 1.5B shape
+#   bash bench/gpu_session.sh all     # all three
+#
+# Logs go to $OUT (default bench/out/gpu). Python packages the machine lacks can be carried as wheels
+# in .whl/ (pydantic and its dependencies, rwkv==0.8.32); they are installed into /tmp/site first.
+set -u -o pipefail
+OUT=${OUT:-bench/out/gpu}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site || exit 1
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+rc=0
+
+check() {
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+    python3 bench/check_cuda.py --skip-compile-check --junit "$OUT/junit.xml" 2>&1 | tee "$OUT/check_cuda.log" || rc=1
+}
+
+streaming() {  # $1: shape
+    for version in 7 4; do
+        python3 bench/bench_streaming.py --version "$version" --shape "$1" --device cuda --dtype bf16 \
+            --chunks 1024 --batches 1,16 --decode-batches 1,16 --tokens 4096 --decode-steps 64 --repeats 3 \
+            --threads 8 --out /tmp/docstream-bench 2>&1 | tee -a "$OUT/streaming-$1.log" || rc=1
+    done
+    cp /tmp/docstream-bench/streaming-*.json "$OUT/" 2>/dev/null || true
+}
+
+case "${1:-all}" in
+    check) check ;;
+    169m|1.5b) streaming "$1" ;;
+    all) check; streaming 169m; streaming 1.5b ;;
+    *) echo "usage: bash bench/gpu_session.sh check|169m|1.5b|all" >&2; exit 2 ;;
+esac
+exit $rc
