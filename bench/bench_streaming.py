@@ -87,19 +87,25 @@ def docstream_ingest(model, batch: int, chunk: int, n_tokens: int, device: str, 
     return batch * n_tokens / best
 
 
-def docstream_decode(model, batch: int, steps: int, device: str, repeats: int) -> float:
-    tokens = torch.randint(0, model.config.vocab_size, (batch, steps + 1), generator=torch.Generator().manual_seed(1))
-    _, first = model.forward(tokens[:, :1].to(device))
-    best = float("inf")
+def docstream_decode(model, batches: list[int], steps: int, device: str, repeats: int) -> dict[int, float]:
+    """Tokens/s of ``model.step`` at each batch size; the batch sizes take turns within every repeat,
+    so that a drift of the machine's speed moves all of them alike and their ratio stays fair."""
+    runs = {}
+    for batch in batches:
+        tokens = torch.randint(0, model.config.vocab_size, (batch, steps + 1),
+                               generator=torch.Generator().manual_seed(1)).to(device)
+        runs[batch] = (tokens, model.forward(tokens[:, :1])[1])
+    best = {batch: float("inf") for batch in batches}
     for _ in range(repeats):
-        state = first
-        _sync(device)
-        start = time.perf_counter()
-        for t in range(1, steps + 1):
-            _, state = model.step(tokens[:, t].to(device), state)
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return batch * steps / best
+        for batch, (tokens, first) in runs.items():
+            state = first.clone()
+            _sync(device)
+            start = time.perf_counter()
+            for t in range(1, steps + 1):  # a decoding loop owns its state: step in place
+                _, state = model.step(tokens[:, t], state, inplace=True)
+            _sync(device)
+            best[batch] = min(best[batch], time.perf_counter() - start)
+    return {batch: batch * steps / best[batch] for batch in batches}
 
 
 OFFICIAL = r"""
@@ -184,8 +190,9 @@ def main() -> None:
             rate = docstream_ingest(model, batch, chunk, args.tokens, args.device, args.repeats)
             rows.append(dict(mode="ingest", chunk=chunk, batch=batch, docstream=rate, limit=limit))
         plan[f"ingest-{chunk}"] = ("ingest", chunk, args.tokens)
-    for batch in (int(b) for b in args.decode_batches.split(",")):
-        rate = docstream_decode(model, batch, args.decode_steps, args.device, args.repeats)
+    decode_batches = [int(b) for b in args.decode_batches.split(",")]
+    for batch, rate in docstream_decode(model, decode_batches, args.decode_steps, args.device,
+                                        args.repeats).items():
         rows.append(dict(mode="decode", chunk=1, batch=batch, docstream=rate, limit=None))
     plan["decode"] = ("decode", 1, args.decode_steps)
 

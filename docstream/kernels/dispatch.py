@@ -82,10 +82,25 @@ def _check_same_shape(op: str, names: str, xs: tuple[Tensor, ...], dims: int) ->
         raise ValueError(f"{op}: {names} must share one {dims}-d shape, got {got}")
 
 
-def _check_state(op: str, state: Tensor, shape: tuple[int, ...]) -> Tensor:
+def _check_state(op: str, state: Tensor, shape: tuple[int, ...], device_type: str) -> Tensor:
+    """The state in fp32; the CPU kernels read any batch stride (a layer's slice of a stacked state)."""
     if tuple(state.shape) != shape:
         raise ValueError(f"{op}: state must have shape {shape}, got {tuple(state.shape)}")
-    return state.float().contiguous()
+    state = state.float()
+    return state if device_type == "cpu" else state.contiguous()
+
+
+def _check_out(op: str, out: Tensor | None, state: Tensor) -> None:
+    if out is not None and (out.shape != state.shape or out.dtype != torch.float32 or out.device != state.device
+                            or (out.requires_grad and torch.is_grad_enabled())):
+        raise ValueError(f"{op}: out must be a float32 tensor of the state's shape {tuple(state.shape)} on "
+                         f"{state.device} that needs no gradient, got {out.dtype} {tuple(out.shape)} on {out.device}"
+                         f"{' requiring grad' if out.requires_grad else ''}")
+
+
+def _into(out: Tensor | None, s: Tensor) -> Tensor:
+    """The new state ``s``, copied into ``out`` when one is given."""
+    return s if out is None or s is out else out.copy_(s)
 
 
 def _check_device(op: str, device: torch.device, xs: tuple[Tensor, ...]) -> None:
@@ -106,68 +121,73 @@ def _head_size_for_cuda(n: int) -> int:
 
 
 def _wkv4_compiled(device_type: str) -> Op:
-    def wkv4_compiled(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    def wkv4_compiled(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: Tensor,
+                      out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _check_same_shape("wkv4", "k,v", (k, v), 3)
         B, _, C = k.shape
         _check_device("wkv4", k.device, (w, u, v, state))
         if w.numel() != C or u.numel() != C:
             raise ValueError(f"wkv4: w and u must have C={C} elements, got {w.numel()} and {u.numel()}")
-        state = _check_state("wkv4", state, (B, 3, C))
+        state = _check_state("wkv4", state, (B, 3, C), device_type)
+        _check_out("wkv4", out, state)
         w, u = w.float().reshape(C).contiguous(), u.float().reshape(C).contiguous()
         if device_type == "cpu":
             ext = build.load_cpu()
-            y, s = ext.wkv4(w, u, _rows(k, torch.float32), _rows(v, torch.float32), state)
+            y, s = ext.wkv4(w, u, _rows(k, torch.float32), _rows(v, torch.float32), state, out)
         else:
             ext = build.load_cuda_wkv4()
             dtype = _common_dtype((k, v))
             y, s = ext.wkv4(w, u, _rows(k, dtype), _rows(v, dtype), state)
-        return y.to(k.dtype), s
+        return y.to(k.dtype), _into(out, s)
 
     return wkv4_compiled
 
 
 def _wkv6_compiled(device_type: str) -> Op:
     def wkv6_compiled(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor,
-                      state: Tensor) -> tuple[Tensor, Tensor]:
+                      state: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _check_same_shape("wkv6", "r,k,v,w", (r, k, v, w), 4)
         B, _, H, N = r.shape
         _check_device("wkv6", r.device, (k, v, w, u, state))
         if u.numel() != H * N:
             raise ValueError(f"wkv6: u must have shape ({H}, {N}), got {tuple(u.shape)}")
-        state = _check_state("wkv6", state, (B, H, N, N))
+        state = _check_state("wkv6", state, (B, H, N, N), device_type)
+        _check_out("wkv6", out, state)
         u = u.float().reshape(H, N).contiguous()
         w = _rows(w, torch.float32)  # the decay is always fp32; an expanded (stride-0) view stays a view
         if device_type == "cpu":
             ext = build.load_cpu()
             f32 = torch.float32
-            y, s = ext.wkv6(_rows(r, f32), _rows(k, f32), _rows(v, f32), w, u, state)
+            y, s = ext.wkv6(_rows(r, f32), _rows(k, f32), _rows(v, f32), w, u, state, out)
         else:
             ext = build.load_cuda(_head_size_for_cuda(N))
             dtype = _common_dtype((r, k, v))
             y, s = ext.wkv6(_rows(r, dtype), _rows(k, dtype), _rows(v, dtype), w, u, state)
-        return y.to(r.dtype), s
+        return y.to(r.dtype), _into(out, s)
 
     return wkv6_compiled
 
 
 def _wkv7_compiled(device_type: str) -> Op:
     def wkv7_compiled(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
-                      state: Tensor) -> tuple[Tensor, Tensor]:
+                      state: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _check_same_shape("wkv7", "r,w,k,v,a,b", (r, w, k, v, a, b), 4)
         B, _, H, N = r.shape
         _check_device("wkv7", r.device, (w, k, v, a, b, state))
-        state = _check_state("wkv7", state, (B, H, N, N))
+        state = _check_state("wkv7", state, (B, H, N, N), device_type)
+        _check_out("wkv7", out, state)
         w = _rows(w, torch.float32)
         if device_type == "cpu":
             ext = build.load_cpu()
             f32 = torch.float32
-            y, s = ext.wkv7(_rows(r, f32), w, _rows(k, f32), _rows(v, f32), _rows(a, f32), _rows(b, f32), state)
+            y, s = ext.wkv7(_rows(r, f32), w, _rows(k, f32), _rows(v, f32), _rows(a, f32), _rows(b, f32), state,
+                            out)
         else:
             ext = build.load_cuda(_head_size_for_cuda(N))
             dtype = _common_dtype((r, k, v, a, b))
             y, s = ext.wkv7(_rows(r, dtype), w, _rows(k, dtype), _rows(v, dtype), _rows(a, dtype),
                             _rows(b, dtype), state)
-        return y.to(r.dtype), s
+        return y.to(r.dtype), _into(out, s)
 
     return wkv7_compiled
 
@@ -176,6 +196,23 @@ _COMPILED: dict[str, dict[str, Op]] = {
     device: {"wkv4": _wkv4_compiled(device), "wkv6": _wkv6_compiled(device), "wkv7": _wkv7_compiled(device)}
     for device in ("cpu", "cuda")
 }
+
+
+def linear_rows_kernel(backend: str, x: Tensor, weight: Tensor) -> Op | None:
+    """The compiled few-row product ``x @ weight.T`` for a decoding step on CPU, or None where it does
+    not apply (not fp32 CPU tensors, a weight without contiguous rows, backend 'torch' or 'cuda') or,
+    with backend 'auto', where the CPU extension cannot be built (torch's product is used instead; the
+    WKV ops warn about the build once). ``weight`` is [out, in], as ``nn.Linear`` stores it."""
+    if backend not in ("auto", "cpu") or x.device.type != "cpu" or weight.device.type != "cpu" \
+            or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.requires_grad \
+            or weight.stride(-1) != 1 or x.dim() != 2 or weight.dim() != 2:
+        return None
+    try:
+        return build.load_cpu().linear_rows
+    except build.BuildError:
+        if backend == "cpu":
+            raise
+        return None
 
 
 def _install_hint(device_type: str) -> str:
@@ -197,15 +234,17 @@ def _warn_fallback(device_type: str, err: build.BuildError, what: str = "WKV ker
 def _auto(op: str, device_type: str) -> Op:
     compiled, ref = _COMPILED[device_type][op], _REFERENCES[op]
 
-    def auto(*args: Tensor) -> tuple[Tensor, Tensor]:
+    def auto(*args: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if device_type == "cuda" and op != "wkv4" and args[0].dim() == 4 \
                 and args[0].shape[-1] > build.CUDA_MAX_HEAD_SIZE:
-            return ref(*args)  # head size beyond the CUDA kernels: the reference handles it
+            y, s = ref(*args)  # head size beyond the CUDA kernels: the reference handles it
+            return y, _into(out, s)
         try:
-            return compiled(*args)
+            return compiled(*args, out=out)
         except build.BuildError as err:  # raised by the loader, before any work was done
             _warn_fallback(device_type, err)
-            return ref(*args)
+            y, s = ref(*args)
+            return y, _into(out, s)
 
     auto.__name__ = f"{op}_auto_{device_type}"
     return auto
@@ -254,6 +293,18 @@ _GRAD: dict[tuple[str, str], Op] = {(backend, device): _wkv7_grad(backend, devic
                                     for backend in ("auto", "cpu", "cuda") for device in ("cpu", "cuda")}
 
 
+def _call(op: str, backend: str, device_type: str, args: tuple[Tensor, ...],
+          out: Tensor | None) -> tuple[Tensor, Tensor]:
+    impl = _pick(op, backend, device_type, args)
+    if out is None:
+        return impl(*args)
+    _check_out(op, out, args[-1])
+    if impl is _COMPILED.get(device_type, {}).get(op) or impl is _AUTO.get(device_type, {}).get(op):
+        return impl(*args, out=out)  # the compiled kernels write the new state into out themselves
+    y, s = impl(*args)
+    return y, _into(out, s)
+
+
 def _pick(op: str, backend: str, device_type: str, xs: tuple[Tensor, ...]) -> Op:
     impl = resolve(op, backend, device_type)  # validates the backend and the device first
     if impl is _REFERENCES[op] or not _needs_grad(*xs):
@@ -267,25 +318,27 @@ def _pick(op: str, backend: str, device_type: str, xs: tuple[Tensor, ...]) -> Op
 
 
 def wkv4(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: Tensor,
-         backend: str = "auto") -> tuple[Tensor, Tensor]:
-    """RWKV-4 WKV; see :func:`docstream.kernels.reference.wkv4_ref` for shapes and maths."""
-    args = (w, u, k, v, state)
-    return _pick("wkv4", backend, k.device.type, args)(*args)
+         backend: str = "auto", out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """RWKV-4 WKV; see :func:`docstream.kernels.reference.wkv4_ref` for shapes and maths.
+
+    ``out`` (every op): a float32 tensor of the state's shape that receives the new state, which is
+    then the state returned. It may be a slice of a larger tensor (e.g. one layer of a stacked state)
+    and may be ``state`` itself.
+    """
+    return _call("wkv4", backend, k.device.type, (w, u, k, v, state), out)
 
 
 def wkv6(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor,
-         backend: str = "auto") -> tuple[Tensor, Tensor]:
+         backend: str = "auto", out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """RWKV-5.2/6 WKV; see :func:`docstream.kernels.reference.wkv6_ref` for shapes and maths."""
-    args = (r, k, v, w, u, state)
-    return _pick("wkv6", backend, r.device.type, args)(*args)
+    return _call("wkv6", backend, r.device.type, (r, k, v, w, u, state), out)
 
 
 def wkv7(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor,
-         backend: str = "auto") -> tuple[Tensor, Tensor]:
+         backend: str = "auto", out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """RWKV-7 WKV; see :func:`docstream.kernels.reference.wkv7_ref` for shapes and maths.
 
     Differentiable wrt every input and ``state`` with every backend; the compiled backends take the
     compiled backward (:func:`docstream.kernels.autograd.wkv7_train`) when autograd needs it.
     """
-    args = (r, w, k, v, a, b, state)
-    return _pick("wkv7", backend, r.device.type, args)(*args)
+    return _call("wkv7", backend, r.device.type, (r, w, k, v, a, b, state), out)

@@ -21,13 +21,14 @@ class TimeMix4(nn.Module):
         self.output = Linear(dim_att, n_embd)
 
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
-                backend: str) -> tuple[Tensor, Tensor, Tensor | None]:
+                backend: str, wkv_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         sx = token_shift(xx, shift)
         # lerp(sx, xx, m) = xx * m + sx * (1 - m), one pass instead of four
         kx, vx, rx = (torch.lerp(sx, xx, m) for m in (self.time_mix_k, self.time_mix_v, self.time_mix_r))
         r = torch.sigmoid(self.receptance(rx))
         k, v = self.key(kx).float(), self.value(vx).float()
-        y, wkv = wkv4(-torch.exp(self.time_decay.float()), self.time_first.float(), k, v, wkv, backend=backend)
+        y, wkv = wkv4(-torch.exp(self.time_decay.float()), self.time_first.float(), k, v, wkv, backend=backend,
+                      out=wkv_out)
         return self.output(r * y.to(xx.dtype)), wkv, v_first
 
 

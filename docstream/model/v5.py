@@ -27,14 +27,15 @@ class GatedHeadMix(nn.Module):
         self.ln_x = nn.GroupNorm(self.n_head, dim_att, eps=64e-5)
 
     def attend(self, rx: Tensor, kx: Tensor, vx: Tensor, gx: Tensor, w: Tensor, wkv: Tensor,
-               backend: str) -> tuple[Tensor, Tensor]:
-        """Mixed inputs [B, T, C] and decay w [B, T, H, N] -> (output [B, T, C], new WKV state)."""
+               backend: str, wkv_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Mixed inputs [B, T, C] and decay w [B, T, H, N] -> (output [B, T, C], new WKV state, written
+        into ``wkv_out`` when given)."""
         heads = w.shape
         r = self.receptance(rx).float().view(heads)
         k = self.key(kx).float().view(heads)
         v = self.value(vx).float().view(heads)
         g = F.silu(self.gate(gx))
-        y, wkv = wkv6(r, k, v, w, self.time_faaaa.float(), wkv, backend=backend)
+        y, wkv = wkv6(r, k, v, w, self.time_faaaa.float(), wkv, backend=backend, out=wkv_out)
         y = group_norm_heads(y, self.ln_x).to(rx.dtype)
         return self.output(y * g), wkv
 
@@ -47,13 +48,13 @@ class TimeMix5(GatedHeadMix):
         self.time_decay = nn.Parameter(torch.empty(self.n_head, head_size))
 
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
-                backend: str) -> tuple[Tensor, Tensor, Tensor | None]:
+                backend: str, wkv_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         b, t, _ = xx.shape
         sx = token_shift(xx, shift)
         kx, vx, rx, gx = (torch.lerp(sx, xx, m) for m in
                           (self.time_mix_k, self.time_mix_v, self.time_mix_r, self.time_mix_g))
         w = torch.exp(-torch.exp(self.time_decay.float())).expand(b, t, self.n_head, self.head_size)
-        out, wkv = self.attend(rx, kx, vx, gx, w, wkv, backend)
+        out, wkv = self.attend(rx, kx, vx, gx, w, wkv, backend, wkv_out)
         return out, wkv, v_first
 
 

@@ -21,7 +21,7 @@ class TimeMix6(GatedHeadMix):
         self.time_decay_w2 = nn.Parameter(torch.empty(d_decay, dim_att))
 
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
-                backend: str) -> tuple[Tensor, Tensor, Tensor | None]:
+                backend: str, wkv_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         b, t, c = xx.shape
         sx = token_shift(xx, shift)  # xx + (sx - xx) * m = lerp(xx, sx, m)
         lora = torch.tanh(matmul(torch.lerp(xx, sx, self.time_maa_x), self.time_maa_w1)).view(b, t, 5, -1)
@@ -33,7 +33,7 @@ class TimeMix6(GatedHeadMix):
         gx = torch.lerp(xx, sx, self.time_maa_g + mg)
         w = self.time_decay.float() + matmul(torch.tanh(matmul(wx, self.time_decay_w1)), self.time_decay_w2).float()
         w = torch.exp(-torch.exp(w)).view(b, t, self.n_head, self.head_size)
-        out, wkv = self.attend(rx, kx, vx, gx, w, wkv, backend)
+        out, wkv = self.attend(rx, kx, vx, gx, w, wkv, backend, wkv_out)
         return out, wkv, v_first
 
 

@@ -42,7 +42,7 @@ class TimeMix7(nn.Module):
         self.ln_x = nn.GroupNorm(self.n_head, c, eps=64e-5)
 
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
-                backend: str) -> tuple[Tensor, Tensor, Tensor]:
+                backend: str, wkv_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         b, t, c = xx.shape
         heads = (b, t, self.n_head, self.head_size)
         sx = token_shift(xx, shift)  # xx + (sx - xx) * m = lerp(xx, sx, m), one pass instead of three
@@ -62,7 +62,7 @@ class TimeMix7(nn.Module):
             v = torch.lerp(v, v_first, torch.sigmoid(self.v0 + matmul(matmul(xv, self.v1), self.v2)))
         w = torch.exp(-_DECAY_SCALE * torch.sigmoid((self.w0 + w).float()))
         y, wkv = wkv7(r.view(heads), w.view(heads), k.view(heads), v.view(heads), -kk,
-                      kk * a.view(heads), wkv, backend=backend)
+                      kk * a.view(heads), wkv, backend=backend, out=wkv_out)
         y = group_norm_heads(y, self.ln_x).to(xx.dtype)
         bonus = (r * k * self.r_k.view(c)).view(heads).sum(dim=-1, keepdim=True) * v.view(heads)
         return self.output((y + bonus.view(b, t, c)) * g), wkv, v_first

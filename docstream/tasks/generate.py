@@ -234,7 +234,7 @@ def generate(model: RWKVModel, tokenizer: Tokenizer, states: State, prompts: Seq
             state = state.select(keep)
         active = [active[j] for j in keep]
         tokens = torch.tensor([chosen[j] for j in keep], dtype=torch.long)
-        logits, state = model.step(tokens, state)
+        logits, state = model.step(tokens, state, inplace=True)  # the loop owns `state` (fresh rows)
     return [_result(r) for r in rows]
 
 

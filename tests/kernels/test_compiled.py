@@ -206,6 +206,31 @@ def test_input_state_is_not_modified(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend_kind", ["compiled", "torch"])
+def test_state_read_from_and_written_into_a_stacked_state(device, backend_kind):
+    """The state in and ``out`` may be one layer's slice of a [B, L, ...] state (any batch stride), and
+    ``out`` may be the input state itself: the result is bitwise that of a call on contiguous tensors."""
+    backend = backend_for(device) if backend_kind == "compiled" else "torch"
+    for op, args in ((wkv7, inputs7(3, 9, 2, 16, seed=21, device=device)),
+                     (wkv6, inputs6(3, 9, 2, 16, seed=22, device=device)),
+                     (wkv4, inputs4(3, 9, 40, seed=23, device=device))):
+        *xs, s = args
+        y_ref, s_ref = op(*xs, s, backend=backend)
+        stacked = torch.randn(3, 4, *s.shape[1:], device=device)
+        stacked[:, 1] = s
+        outs = torch.full_like(stacked, float("nan"))
+        y, s_new = op(*xs, stacked[:, 1], backend=backend, out=outs[:, 2])
+        assert s_new.data_ptr() == outs[:, 2].data_ptr(), op.__name__
+        assert torch.equal(y, y_ref) and torch.equal(outs[:, 2], s_ref), op.__name__
+        assert torch.equal(stacked[:, 1], s), f"{op.__name__} modified its input state"
+        assert outs[:, [0, 1, 3]].isnan().all(), f"{op.__name__} wrote outside its slice of out"
+        _, s_same = op(*xs, stacked[:, 1], backend=backend, out=stacked[:, 1])  # in place
+        assert torch.equal(stacked[:, 1], s_ref) and s_same.data_ptr() == stacked[:, 1].data_ptr(), op.__name__
+        with pytest.raises(ValueError, match="out must be a float32 tensor"):
+            op(*xs, s, backend=backend, out=torch.empty(1, *s.shape[1:], device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("split", [1, 13, 40])
 def test_split_with_carried_state_equals_whole(device, split):
     """Bitwise: the per-token arithmetic of every kernel is the same whatever the sequence length."""

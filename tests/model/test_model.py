@@ -169,3 +169,52 @@ def test_step_matches_forward_to_float_tolerance(model, batch):
     torch.testing.assert_close(got_state.wkv, want_state.wkv, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="one token per sequence"):
         model.step(toks[:, :2], state)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_inplace_step_equals_step_and_reuses_the_state(model, backend):
+    model.set_backend(backend)
+    try:
+        toks = _tokens(model, 3, 8, seed=9)
+        _, state = model.forward(toks[:, :4])
+        own = state.clone()
+        tensors = [t.data_ptr() for t in own.parts().values()]
+        for t in range(4, 8):
+            want, state = model.step(toks[:, t], state)
+            got, same = model.step(toks[:, t], own, inplace=True)
+            assert same is own and [x.data_ptr() for x in own.parts().values()] == tensors
+            assert torch.equal(got, want)
+            assert own.equal(state)
+    finally:
+        model.set_backend("auto")
+
+
+def test_inplace_step_refuses_a_state_it_would_have_to_convert(model):
+    _, state = model.forward(_tokens(model, 1, 3))
+    with pytest.raises(ValueError, match="model's device and dtype"):
+        model.step([1], state.to(dtype=torch.float16), inplace=True)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 16, 17])
+def test_step_matrix_products_match_the_stable_path(batch):
+    """The compiled few-row kernel (linear_rows) used by CPU decoding steps, on odd widths too."""
+    from docstream.kernels import build
+    from docstream.model.base import _STEP_MODE, ROWS_KERNEL_MAX, matmul
+    ext = build.load_cpu()
+    g = torch.Generator().manual_seed(batch)
+    for n_in, n_out in ((32, 61), (13, 7), (768, 96)):
+        x, weight = torch.randn(batch, n_in, generator=g), torch.randn(n_out, n_in, generator=g)
+        want = (x.double() @ weight.double().T)
+        tol = dict(atol=1e-6 * want.abs().max().item(), rtol=1e-5)  # fp32 sums of up to 768 products
+        torch.testing.assert_close(ext.linear_rows(x, weight).double(), want, **tol)
+        torch.testing.assert_close(matmul(x, weight.T).double(), want, **tol)
+        reset = _STEP_MODE.set("auto")  # as inside model.step
+        try:
+            stepped = matmul(x, weight.T)
+        finally:
+            _STEP_MODE.reset(reset)
+        torch.testing.assert_close(stepped.double(), want, **tol)
+        if batch <= ROWS_KERNEL_MAX:
+            assert torch.equal(stepped, ext.linear_rows(x, weight))
+    with pytest.raises(RuntimeError, match="contiguous rows"):
+        ext.linear_rows(torch.randn(4, 8).T, torch.randn(3, 4))

@@ -130,8 +130,8 @@ def test_eos_ends_a_row(lm):
             logits, state = model.forward(tokens, state, all_logits)
             return self._count(logits), state
 
-        def step(self, tokens, state=None):
-            logits, state = model.step(tokens, state)
+        def step(self, tokens, state=None, inplace=False):
+            logits, state = model.step(tokens, state, inplace)
             return self._count(logits), state
 
     g = generate(EosOnThirdStep(), tok, model.init_state(1), [tok.encode("Hi")], SamplingConfig(max_tokens=20))[0]

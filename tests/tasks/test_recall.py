@@ -48,9 +48,9 @@ class CountingModel:
         self.fed += torch.as_tensor(tokens).numel()
         return self.model.forward(tokens, state, all_logits)
 
-    def step(self, tokens, state=None):
+    def step(self, tokens, state=None, inplace=False):
         self.fed += torch.as_tensor(tokens).numel()
-        return self.model.step(tokens, state)
+        return self.model.step(tokens, state, inplace)
 
     def __getattr__(self, name):
         return getattr(self.model, name)

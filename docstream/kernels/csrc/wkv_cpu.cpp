@@ -1,9 +1,12 @@
-// Compiled CPU WKV kernels for RWKV-4, RWKV-5.2/6 and RWKV-7: one extension, three ops.
+// Compiled CPU kernels: the WKV recurrences of RWKV-4, RWKV-5.2/6 and RWKV-7, and the few-row matrix
+// product used by single-token decoding (linear_rows, at the end of this file).
 //
 // The maths and the state contract are those of docstream/kernels/reference.py. The Python wrapper
 // (docstream/kernels/dispatch.py) hands over fp32 tensors whose last dimension has stride 1 (other
-// strides are arbitrary, e.g. the stride-0 expanded decay of RWKV-5.2) and a contiguous fp32 state;
-// these functions never write to their inputs and return a freshly allocated output and state.
+// strides are arbitrary, e.g. the stride-0 expanded decay of RWKV-5.2) and an fp32 state whose rows
+// are contiguous (any batch stride: one layer's slice of a stacked state). The ops never write to
+// their inputs; the new state goes to a fresh tensor, or into ``out`` when one is given (which may be
+// the input state itself: every task reads its part of the state before writing it).
 //
 // Parallelism: at::parallel_for over independent (batch, head) pairs (RWKV-5/6/7) or (batch,
 // channel block) pairs (RWKV-4). Inside a task the time loop is sequential and the inner loops run
@@ -86,6 +89,28 @@ void check_f32_rows(const torch::Tensor& x, const char* name, int64_t dim) {
   TORCH_CHECK(x.size(dim - 1) <= 1 || x.stride(dim - 1) == 1, name, " must have a contiguous last dimension");
 }
 
+// A state tensor [B, ...] fp32 whose rows (everything after the batch dimension) are contiguous: the
+// batch stride may be anything, so a layer's slice of a stacked [B, L, ...] state is used in place.
+torch::Tensor state_rows(torch::Tensor s) {
+  int64_t expect = 1;
+  for (int64_t d = s.dim() - 1; d >= 1; --d) {
+    if (s.size(d) != 1 && s.stride(d) != expect) return s.contiguous();
+    expect *= s.size(d);
+  }
+  return s;
+}
+
+// The new state: written into ``out`` when one is given (same shape, fp32, CPU, rows contiguous, not
+// overlapping ``state`` unless it is ``state``'s own storage position), else a fresh tensor.
+torch::Tensor state_out(const c10::optional<torch::Tensor>& out, const torch::Tensor& state) {
+  if (!out.has_value()) return torch::empty(state.sizes(), state.options().memory_format(c10::MemoryFormat::Contiguous));
+  const torch::Tensor& o = *out;
+  TORCH_CHECK(o.device().is_cpu() && o.scalar_type() == torch::kFloat32 && o.sizes() == state.sizes(),
+              "out must be a float32 CPU tensor shaped like the state");
+  TORCH_CHECK(state_rows(o).data_ptr() == o.data_ptr(), "out must have contiguous rows (any batch stride)");
+  return o;
+}
+
 // ---------------------------------------------------------------------------------------------
 // exp() written so that a loop over it vectorizes (no libm call): Cephes' expf polynomial with a
 // two-constant ln2 range reduction, ~1 ulp. Inputs below -87.3 give 0, above 88.7 are clamped.
@@ -163,21 +188,22 @@ WKV_INLINE void wkv4_block(int64_t T, const float* WKV_RESTRICT w, const float* 
 }
 
 std::vector<torch::Tensor> wkv4_forward(torch::Tensor w, torch::Tensor u, torch::Tensor k, torch::Tensor v,
-                                        torch::Tensor state) {
+                                        torch::Tensor state, c10::optional<torch::Tensor> out) {
   check_f32_rows(k, "k", 3);
   check_f32_rows(v, "v", 3);
   TORCH_CHECK(k.sizes() == v.sizes(), "k and v must have the same shape");
   const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
   w = w.contiguous();
   u = u.contiguous();
-  state = state.contiguous();
+  state = state_rows(state);
   TORCH_CHECK(w.scalar_type() == torch::kFloat32 && w.numel() == C, "w must be float32 [C]");
   TORCH_CHECK(u.scalar_type() == torch::kFloat32 && u.numel() == C, "u must be float32 [C]");
   TORCH_CHECK(state.scalar_type() == torch::kFloat32 && state.dim() == 3 && state.size(0) == B &&
                   state.size(1) == 3 && state.size(2) == C,
               "state must be float32 [B, 3, C]");
   auto y = torch::empty({B, T, C}, k.options());
-  auto s_new = torch::empty({B, 3, C}, state.options());
+  auto s_new = state_out(out, state);
+  const int64_t sb_in = state.stride(0), sb_out = s_new.stride(0);
   const float* wp = w.data_ptr<float>();
   const float* up = u.data_ptr<float>();
   const float* sp = state.data_ptr<float>();
@@ -188,8 +214,8 @@ std::vector<torch::Tensor> wkv4_forward(torch::Tensor w, torch::Tensor u, torch:
   at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk, c0 = (task % nblk) * kCB4;
-      const float* s_in = sp + b * 3 * C;
-      float* s_out = op + b * 3 * C;
+      const float* s_in = sp + b * sb_in;
+      float* s_out = op + b * sb_out;
       int64_t c = c0;
       const int64_t c_end = std::min(C, c0 + kCB4);
       if (c_end - c == kCB4) {
@@ -296,19 +322,21 @@ void wkv6_head(int64_t N_, int64_t T, int64_t b, int64_t h, const View& r, const
 }
 
 std::vector<torch::Tensor> wkv6_forward(torch::Tensor r, torch::Tensor k, torch::Tensor v, torch::Tensor w,
-                                        torch::Tensor u, torch::Tensor state) {
+                                        torch::Tensor u, torch::Tensor state, c10::optional<torch::Tensor> out) {
   for (auto* p : {&r, &k, &v, &w}) check_f32_rows(*p, "r/k/v/w", 4);
   TORCH_CHECK(k.sizes() == r.sizes() && v.sizes() == r.sizes() && w.sizes() == r.sizes(),
               "r, k, v, w must have the same shape [B, T, H, N]");
   const int64_t B = r.size(0), T = r.size(1), H = r.size(2), N = r.size(3);
   u = u.contiguous();
-  state = state.contiguous();
+  state = state_rows(state);
   TORCH_CHECK(u.scalar_type() == torch::kFloat32 && u.numel() == H * N, "u must be float32 [H, N]");
   TORCH_CHECK(state.scalar_type() == torch::kFloat32 && state.dim() == 4 && state.size(0) == B &&
                   state.size(1) == H && state.size(2) == N && state.size(3) == N,
               "state must be float32 [B, H, N, N]");
   auto y = torch::empty({B, T, H, N}, r.options().memory_format(c10::MemoryFormat::Contiguous));
-  auto s_new = state.clone(c10::MemoryFormat::Contiguous);
+  auto s_new = state_out(out, state);  // updated in place, starting from a copy of the state
+  if (!s_new.is_same(state)) s_new.copy_(state);
+  const int64_t sb = s_new.stride(0);
   const View rv = view4(r), kv = view4(k), vv = view4(v), wv = view4(w);
   const float* up = u.data_ptr<float>();
   float* sp = s_new.data_ptr<float>();
@@ -316,7 +344,7 @@ std::vector<torch::Tensor> wkv6_forward(torch::Tensor r, torch::Tensor k, torch:
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
-      float* S = sp + bh * N * N;
+      float* S = sp + b * sb + h * N * N;
       const float* uh = up + h * N;
       switch (N) {
         case 64: wkv6_head<64>(N, T, b, h, rv, kv, vv, wv, uh, S, yp, H); break;
@@ -496,17 +524,19 @@ void transpose_copy(const float* WKV_RESTRICT src, float* WKV_RESTRICT dst, int6
 }
 
 std::vector<torch::Tensor> wkv7_forward(torch::Tensor r, torch::Tensor w, torch::Tensor k, torch::Tensor v,
-                                        torch::Tensor a, torch::Tensor b, torch::Tensor state) {
+                                        torch::Tensor a, torch::Tensor b, torch::Tensor state,
+                                        c10::optional<torch::Tensor> out) {
   for (auto* p : {&r, &w, &k, &v, &a, &b}) check_f32_rows(*p, "r/w/k/v/a/b", 4);
   for (auto* p : {&w, &k, &v, &a, &b})
     TORCH_CHECK(p->sizes() == r.sizes(), "r, w, k, v, a, b must have the same shape [B, T, H, N]");
   const int64_t B = r.size(0), T = r.size(1), H = r.size(2), N = r.size(3);
-  state = state.contiguous();
+  state = state_rows(state);
   TORCH_CHECK(state.scalar_type() == torch::kFloat32 && state.dim() == 4 && state.size(0) == B &&
                   state.size(1) == H && state.size(2) == N && state.size(3) == N,
               "state must be float32 [B, H, N, N]");
   auto y = torch::empty({B, T, H, N}, r.options().memory_format(c10::MemoryFormat::Contiguous));
-  auto s_new = torch::empty({B, H, N, N}, state.options());
+  auto s_new = state_out(out, state);  // the input is read into scratch first, so out may alias it
+  const int64_t sb_in = state.stride(0), sb_out = s_new.stride(0);
   const View rv = view4(r), wv = view4(w), kv = view4(k), vv = view4(v), av = view4(a), bv = view4(b);
   const float* sp = state.data_ptr<float>();
   float* op = s_new.data_ptr<float>();
@@ -518,29 +548,118 @@ std::vector<torch::Tensor> wkv7_forward(torch::Tensor r, torch::Tensor w, torch:
     ST += (64 - reinterpret_cast<uintptr_t>(ST) % 64) % 64 / sizeof(float);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t bi = bh / H, h = bh % H;
-      transpose_copy(sp + bh * N * N, ST, N);
+      transpose_copy(sp + bi * sb_in + h * N * N, ST, N);
       switch (N) {
         case 64: wkv7_head<64>(N, T, bi, h, rv, wv, kv, vv, av, bv, ST, yp, H); break;
         case 32: wkv7_head<32>(N, T, bi, h, rv, wv, kv, vv, av, bv, ST, yp, H); break;
         case 128: wkv7_head<128>(N, T, bi, h, rv, wv, kv, vv, av, bv, ST, yp, H); break;
         default: wkv7_head<0>(N, T, bi, h, rv, wv, kv, vv, av, bv, ST, yp, H); break;
       }
-      transpose_copy(ST, op + bh * N * N, N);
+      transpose_copy(ST, op + bi * sb_out + h * N * N, N);
     }
   });
   return {y, s_new};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Few-row matrix product for decoding: y[M, O] = x[M, K] @ W[O, K]^T with W in nn.Linear's [out, in]
+// layout and M small (one token per sequence). A BLAS first packs W into panels, a whole extra pass
+// over a matrix that is then used once; here each task streams its rows of W from memory once and
+// reuses each from L1 for every row of x. Register tile: MR rows of x times OR rows of W, as
+// MR * OR vector accumulators over K, reduced horizontally at the end.
+template <int MR, int OR>
+WKV_INLINE void rows_tile(int64_t K, const float* WKV_RESTRICT x, int64_t sx, const float* WKV_RESTRICT w,
+                          int64_t sw, float* WKV_RESTRICT y, int64_t sy) {
+  int64_t k = 0;
+  float sum[MR][OR];
+#ifdef WKV_VEC
+  vfloat acc[MR][OR];
+  for (int m = 0; m < MR; ++m)
+    for (int o = 0; o < OR; ++o) acc[m][o] = vset1(0.0f);
+  for (; k + kVec <= K; k += kVec) {
+    vfloat wv[OR];
+    for (int o = 0; o < OR; ++o) wv[o] = vload(w + o * sw + k);
+    for (int m = 0; m < MR; ++m) {
+      const vfloat xv = vload(x + m * sx + k);
+      for (int o = 0; o < OR; ++o) acc[m][o] += xv * wv[o];
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int o = 0; o < OR; ++o) sum[m][o] = vsum(acc[m][o]);
+#else
+  for (int m = 0; m < MR; ++m)
+    for (int o = 0; o < OR; ++o) sum[m][o] = 0.0f;
+#endif
+  for (; k < K; ++k)
+    for (int m = 0; m < MR; ++m)
+      for (int o = 0; o < OR; ++o) sum[m][o] += x[m * sx + k] * w[o * sw + k];
+  for (int m = 0; m < MR; ++m)
+    for (int o = 0; o < OR; ++o) y[m * sy + o] = sum[m][o];
+}
+
+// All M rows of x against OR rows of W: tiles of MR rows, then the remainder with smaller tiles.
+template <int OR, int MR>
+void rows_group(int64_t M, int64_t K, const float* x, int64_t sx, const float* w, int64_t sw, float* y,
+                int64_t sy) {
+  int64_t m = 0;
+  for (; m + MR <= M; m += MR) rows_tile<MR, OR>(K, x + m * sx, sx, w, sw, y + m * sy, sy);
+  if constexpr (MR > 1) {
+    if (m < M) rows_group<OR, MR - 1>(M - m, K, x + m * sx, sx, w, sw, y + m * sy, sy);
+  }
+}
+
+constexpr int64_t kRowsAhead = 2;  // groups of W rows fetched ahead of the one being computed
+
+torch::Tensor linear_rows(const torch::Tensor& x, const torch::Tensor& w) {
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "linear_rows: x and w must be CPU tensors");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32,
+              "linear_rows: x and w must be float32");
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
+              "linear_rows: x must be [M, K] and w [O, K], got ", x.sizes(), " and ", w.sizes());
+  TORCH_CHECK((x.size(1) <= 1 || x.stride(1) == 1) && (w.size(1) <= 1 || w.stride(1) == 1),
+              "linear_rows: x and w must have contiguous rows");
+  const int64_t M = x.size(0), K = x.size(1), O = w.size(0);
+  auto y = torch::empty({M, O}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t sx = x.stride(0), sw = w.stride(0);
+  const int OR = M == 1 ? 8 : M == 2 ? 4 : 6;  // at most 12 accumulators: the tile stays in registers
+  const int64_t block = 16 * OR;                // rows of W per task
+  at::parallel_for(0, (O + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t o1 = std::min(O, (blk + 1) * block);
+      int64_t o = blk * block;
+      for (; o + OR <= o1; o += OR) {
+        const float* wo = wp + o * sw;
+        // several rows of x share each group of W rows: fetch the next group while this one computes
+        if (M > 2 && o + (kRowsAhead + 1) * OR <= O)
+          for (int q = 0; q < OR; ++q) prefetch_row(wo + (kRowsAhead * OR + q) * sw, K);
+        if (OR == 8) rows_group<8, 1>(M, K, xp, sx, wo, sw, yp + o, O);
+        else if (OR == 4) rows_group<4, 3>(M, K, xp, sx, wo, sw, yp + o, O);
+        else rows_group<6, 2>(M, K, xp, sx, wo, sw, yp + o, O);
+      }
+      for (; o < o1; ++o) rows_group<1, 4>(M, K, xp, sx, wp + o * sw, sw, yp + o, O);
+    }
+  });
+  return y;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "docstream compiled CPU WKV kernels (fp32; the Python wrapper handles dtypes)";
-  m.def("wkv4", &wkv4_forward, "RWKV-4 WKV (w, u, k, v, state) -> (y, new_state)",
+  m.def("wkv4", &wkv4_forward, "RWKV-4 WKV (w, u, k, v, state, out=None) -> (y, new_state)",
+        py::arg("w"), py::arg("u"), py::arg("k"), py::arg("v"), py::arg("state"), py::arg("out") = py::none(),
         py::call_guard<py::gil_scoped_release>());
-  m.def("wkv6", &wkv6_forward, "RWKV-5.2/6 WKV (r, k, v, w, u, state) -> (y, new_state)",
-        py::call_guard<py::gil_scoped_release>());
-  m.def("wkv7", &wkv7_forward, "RWKV-7 WKV (r, w, k, v, a, b, state) -> (y, new_state)",
-        py::call_guard<py::gil_scoped_release>());
+  m.def("wkv6", &wkv6_forward, "RWKV-5.2/6 WKV (r, k, v, w, u, state, out=None) -> (y, new_state)",
+        py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"),
+        py::arg("out") = py::none(), py::call_guard<py::gil_scoped_release>());
+  m.def("wkv7", &wkv7_forward, "RWKV-7 WKV (r, w, k, v, a, b, state, out=None) -> (y, new_state)",
+        py::arg("r"), py::arg("w"), py::arg("k"), py::arg("v"), py::arg("a"), py::arg("b"), py::arg("state"),
+        py::arg("out") = py::none(), py::call_guard<py::gil_scoped_release>());
+  m.def("linear_rows", &linear_rows, "x [M, K] @ w [O, K]^T for few rows M (decoding) -> [M, O]",
+        py::arg("x"), py::arg("w"), py::call_guard<py::gil_scoped_release>());
   m.def("num_threads", []() { return at::get_num_threads(); });
 #ifdef _OPENMP
   m.attr("openmp") = true;
