@@ -85,10 +85,13 @@ def test_batched_decoding_step(case):
     _, cpu, gpu, seqs = case
     _, state = gpu.forward(seqs[:, :SPLIT])
     _, cpu_state = cpu.forward(seqs[:, :SPLIT])
+    own = state.clone()
     for t in range(SPLIT, SPLIT + 5):
         logits, state = gpu.step(seqs[:, t], state)
         ref, cpu_state = cpu.step(seqs[:, t], cpu_state)
         _close(logits, ref, what=f"step {t}")
+        inplace, same = gpu.step(seqs[:, t], own, inplace=True)
+        assert same is own and torch.equal(inplace, logits) and own.equal(state)
     _states_close(state, cpu_state)
 
 
