@@ -4,7 +4,8 @@
 #   bash bench/gpu_session.sh check   # build every CUDA extension, run the GPU tests, time the kernels
 #   bash bench/gpu_session.sh 169m    # streaming benchmark at the 169M shape, v7 and v4, next to `rwkv`
 #   bash bench/gpu_session.sh 1.5b    # the same at the 1.5B shape
-#   bash bench/gpu_session.sh all     # all three
+#   bash bench/gpu_session.sh profile # torch.profiler tables of a v7 169M ingestion chunk and decoding
+#   bash bench/gpu_session.sh all     # check, 169m, 1.5b
 #
 # Logs go to $OUT (default bench/out/gpu). Python packages the machine lacks can be carried as wheels
 # in .whl/ (pydantic and its dependencies, rwkv==0.8.32); they are installed into /tmp/site first.
@@ -33,10 +34,16 @@ streaming() {  # $1: shape
     cp /tmp/docstream-bench/streaming-*.json "$OUT/" 2>/dev/null || true
 }
 
+profile() {
+    python3 bench/profile_gpu.py --version 7 --shape 169m 2>&1 | tee "$OUT/profile.log" || rc=1
+}
+
 case "${1:-all}" in
     check) check ;;
     169m|1.5b) streaming "$1" ;;
+    profile) profile ;;
+    check+169m+profile) check; streaming 169m; profile ;;
     all) check; streaming 169m; streaming 1.5b ;;
-    *) echo "usage: bash bench/gpu_session.sh check|169m|1.5b|all" >&2; exit 2 ;;
+    *) echo "usage: bash bench/gpu_session.sh check|169m|1.5b|profile|check+169m+profile|all" >&2; exit 2 ;;
 esac
 exit $rc
