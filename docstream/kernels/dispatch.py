@@ -91,6 +91,7 @@ def _check_state(op: str, state: Tensor, shape: tuple[int, ...], device_type: st
 
 
 def _check_out(op: str, out: Tensor | None, state: Tensor) -> None:
+    """Checked once, in :func:`_call`, for every backend (the C++ kernels check their own arguments)."""
     if out is not None and (out.shape != state.shape or out.dtype != torch.float32 or out.device != state.device
                             or (out.requires_grad and torch.is_grad_enabled())):
         raise ValueError(f"{op}: out must be a float32 tensor of the state's shape {tuple(state.shape)} on "
@@ -129,7 +130,6 @@ def _wkv4_compiled(device_type: str) -> Op:
         if w.numel() != C or u.numel() != C:
             raise ValueError(f"wkv4: w and u must have C={C} elements, got {w.numel()} and {u.numel()}")
         state = _check_state("wkv4", state, (B, 3, C), device_type)
-        _check_out("wkv4", out, state)
         w, u = w.float().reshape(C).contiguous(), u.float().reshape(C).contiguous()
         if device_type == "cpu":
             ext = build.load_cpu()
@@ -152,7 +152,6 @@ def _wkv6_compiled(device_type: str) -> Op:
         if u.numel() != H * N:
             raise ValueError(f"wkv6: u must have shape ({H}, {N}), got {tuple(u.shape)}")
         state = _check_state("wkv6", state, (B, H, N, N), device_type)
-        _check_out("wkv6", out, state)
         u = u.float().reshape(H, N).contiguous()
         w = _rows(w, torch.float32)  # the decay is always fp32; an expanded (stride-0) view stays a view
         if device_type == "cpu":
@@ -175,7 +174,6 @@ def _wkv7_compiled(device_type: str) -> Op:
         B, _, H, N = r.shape
         _check_device("wkv7", r.device, (w, k, v, a, b, state))
         state = _check_state("wkv7", state, (B, H, N, N), device_type)
-        _check_out("wkv7", out, state)
         w = _rows(w, torch.float32)
         if device_type == "cpu":
             ext = build.load_cpu()
