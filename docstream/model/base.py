@@ -46,9 +46,10 @@ def matmul(x: Tensor, w: Tensor) -> Tensor:
     rows = flat.shape[0]
     step_backend = _STEP_MODE.get()
     if step_backend is not None and rows <= STEP_MAX_ROWS:
-        kernel = linear_rows_kernel(step_backend, flat, w.T) if rows <= ROWS_KERNEL_MAX else None
+        weight = w.T  # [out, in], as nn.Linear stores it
+        kernel = linear_rows_kernel(step_backend, flat, weight) if rows <= ROWS_KERNEL_MAX else None
         if kernel is not None:
-            out = kernel(flat if flat.stride(-1) == 1 else flat.contiguous(), w.T)
+            out = kernel(flat if flat.stride(-1) == 1 else flat.contiguous(), weight)
         else:
             out = flat @ w if rows == 1 else (w.T @ flat.T).T
     else:
@@ -205,10 +206,7 @@ class RWKVModel(nn.Module):
         new state. The state passed in is not modified.
         """
         x, new_state, _ = self._trunk(tokens, state, keep_layers=False)
-        if not all_logits:
-            x = x[:, -1:]
-        logits = self.head(self.ln_out(x)).float()
-        return (logits if all_logits else logits[:, 0]), new_state
+        return self.head(self.ln_out(x if all_logits else x[:, -1])).float(), new_state
 
     @torch.no_grad()
     def step(self, tokens: Tensor | Sequence[int], state: State | None = None,
@@ -235,7 +233,7 @@ class RWKVModel(nn.Module):
         reset = _STEP_MODE.set(self.backend)
         try:
             x, new_state, _ = self._trunk(tokens, state, keep_layers=False, into=state if inplace else None)
-            return self.head(self.ln_out(x[:, -1])).float(), new_state
+            return self.head(self.ln_out(x[:, -1])).float(), new_state  # what forward returns
         finally:
             _STEP_MODE.reset(reset)
 
@@ -292,31 +290,27 @@ class RWKVModel(nn.Module):
             self._check_state(state, tokens.shape[0])
             state = state.to(self.device, self.dtype)
         x = self.blocks[0].ln0(self.emb(tokens))
-        # Without autograd, each layer's WKV kernel writes its new state straight into its slice of
-        # the new stacked state (no per-layer tensors to stack afterwards).
-        if into is not None:
-            wkv = into.wkv
-        else:
-            wkv = None if torch.is_grad_enabled() else torch.empty(state.wkv.shape, dtype=torch.float32,
-                                                                    device=state.wkv.device)
-        shifts, layers = [], []
+        # Without autograd, every layer writes its new state straight into its slice of one stacked
+        # state: ``into``, or a fresh one (no per-layer tensors to stack afterwards). With autograd
+        # the per-layer states are stacked, so that gradients flow through them.
+        if into is None and not torch.is_grad_enabled():
+            into = State(self.config.version, *(torch.empty(t.shape, dtype=t.dtype, device=t.device)
+                                                for t in (state.att_shift, state.wkv, state.ffn_shift)))
+        layer_states, layers = [], []
         v_first = None
         every = self.config.rescale_every
         for i, block in enumerate(self.blocks):
-            x, (att_shift, layer_wkv, ffn_shift), v_first = block(
-                x, state.layer(i), v_first, self.backend, None if wkv is None else wkv[:, i])
+            x, layer_state, v_first = block(x, state.layer(i), v_first, self.backend,
+                                            None if into is None else into.wkv[:, i])
             if into is not None:  # the block has read this layer's old shifts; now overwrite them
-                into.att_shift[:, i] = att_shift
-                into.ffn_shift[:, i] = ffn_shift
+                into.att_shift[:, i] = layer_state[0]
+                into.ffn_shift[:, i] = layer_state[2]
             else:
-                shifts.append((att_shift, layer_wkv, ffn_shift))
+                layer_states.append(layer_state)
             if every and (i + 1) % every == 0:
                 x = x / 2
             if keep_layers:
                 layers.append(x)
         if into is not None:
             return x, into, layers
-        if wkv is None:
-            return x, State.from_layers(self.config.version, shifts), layers
-        att, _, ffn = zip(*shifts)
-        return x, State(self.config.version, torch.stack(att, 1), wkv, torch.stack(ffn, 1)), layers
+        return x, State.from_layers(self.config.version, layer_states), layers
