@@ -57,10 +57,12 @@ WKV_INLINE float vsum(vfloat x) { return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2
 // rows a few tokens ahead so that the loads of the next tokens overlap with the current maths.
 constexpr int64_t kPrefetch = 4;
 
+// Locality 3 fetches into every cache level (L1 included), 2 into L2 and the levels below it.
+template <int Locality = 3>
 WKV_INLINE void prefetch_row(const float* p, int64_t n) {
 #if defined(__GNUC__) || defined(__clang__)
   const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t o = 0; o < n * static_cast<int64_t>(sizeof(float)); o += 64) __builtin_prefetch(c + o);
+  for (int64_t o = 0; o < n * static_cast<int64_t>(sizeof(float)); o += 64) __builtin_prefetch(c + o, 0, Locality);
 #else
   (void)p;
   (void)n;
@@ -610,17 +612,6 @@ void rows_group(int64_t M, int64_t K, const float* x, int64_t sx, const float* w
 
 constexpr int64_t kRowsAhead = 2;  // groups of W rows fetched ahead of the one being computed
 
-// Fetch a row into L2 only: the group being computed and the rows of x keep L1.
-WKV_INLINE void prefetch_row_l2(const float* p, int64_t n) {
-#if defined(__GNUC__) || defined(__clang__)
-  const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t o = 0; o < n * static_cast<int64_t>(sizeof(float)); o += 64) __builtin_prefetch(c + o, 0, 2);
-#else
-  (void)p;
-  (void)n;
-#endif
-}
-
 torch::Tensor linear_rows(const torch::Tensor& x, const torch::Tensor& w) {
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "linear_rows: x and w must be CPU tensors");
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32,
@@ -643,9 +634,10 @@ torch::Tensor linear_rows(const torch::Tensor& x, const torch::Tensor& w) {
       int64_t o = blk * block;
       for (; o + OR <= o1; o += OR) {
         const float* wo = wp + o * sw;
-        // several rows of x share each group of W rows: fetch the next group while this one computes
+        // several rows of x share each group of W rows: fetch the groups ahead into L2 (the group being
+        // computed and the rows of x keep L1) while this one computes
         if (M > 2 && o + (kRowsAhead + 1) * OR <= O)
-          for (int q = 0; q < OR; ++q) prefetch_row_l2(wo + (kRowsAhead * OR + q) * sw, K);
+          for (int q = 0; q < OR; ++q) prefetch_row<2>(wo + (kRowsAhead * OR + q) * sw, K);
         if (OR == 8) rows_group<8, 1>(M, K, xp, sx, wo, sw, yp + o, O);
         else if (OR == 4) rows_group<4, 3>(M, K, xp, sx, wo, sw, yp + o, O);
         else rows_group<6, 2>(M, K, xp, sx, wo, sw, yp + o, O);
