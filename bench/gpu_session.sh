@@ -6,6 +6,7 @@
 #   bash bench/gpu_session.sh 1.5b    # the same at the 1.5B shape
 #   bash bench/gpu_session.sh profile # torch.profiler tables of a v7 169M ingestion chunk and decoding
 #   bash bench/gpu_session.sh all     # check, 169m, 1.5b
+#   bash bench/gpu_session.sh check 169m profile   # several stages in one call, in this order
 #
 # Logs go to $OUT (default bench/out/gpu). Python packages the machine lacks can be carried as wheels
 # in .whl/ (pydantic and its dependencies, rwkv==0.8.32); they are installed into /tmp/site first.
@@ -38,12 +39,13 @@ profile() {
     python3 bench/profile_gpu.py --version 7 --shape 169m 2>&1 | tee "$OUT/profile.log" || rc=1
 }
 
-case "${1:-all}" in
-    check) check ;;
-    169m|1.5b) streaming "$1" ;;
-    profile) profile ;;
-    check+169m+profile) check; streaming 169m; profile ;;
-    all) check; streaming 169m; streaming 1.5b ;;
-    *) echo "usage: bash bench/gpu_session.sh check|169m|1.5b|profile|check+169m+profile|all" >&2; exit 2 ;;
-esac
+for stage in "${@:-all}"; do
+    case "$stage" in
+        check) check ;;
+        169m|1.5b) streaming "$stage" ;;
+        profile) profile ;;
+        all) check; streaming 169m; streaming 1.5b ;;
+        *) echo "usage: bash bench/gpu_session.sh [check|169m|1.5b|profile|all]..." >&2; exit 2 ;;
+    esac
+done
 exit $rc
