@@ -198,12 +198,12 @@ _COMPILED: dict[str, dict[str, Op]] = {
 
 def linear_rows_kernel(backend: str, x: Tensor, weight: Tensor) -> Op | None:
     """The compiled few-row product ``x @ weight.T`` for a decoding step on CPU, or None where it does
-    not apply (not fp32 CPU tensors, a weight without contiguous rows, backend 'torch' or 'cuda') or,
-    with backend 'auto', where the CPU extension cannot be built (torch's product is used instead; the
-    WKV ops warn about the build once). ``weight`` is [out, in], as ``nn.Linear`` stores it."""
+    not apply (not fp32 CPU tensors, backend 'torch' or 'cuda') or, with backend 'auto', where the CPU
+    extension cannot be built (torch's product is used instead; the WKV ops warn about the build once).
+    ``weight`` is [out, in] with any strides: ``nn.Linear``'s weight, or a transposed [in, out] matrix."""
     if backend not in ("auto", "cpu") or x.device.type != "cpu" or weight.device.type != "cpu" \
             or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.requires_grad \
-            or weight.stride(-1) != 1 or x.dim() != 2 or weight.dim() != 2:
+            or x.dim() != 2 or weight.dim() != 2:
         return None
     try:
         return build.load_cpu().linear_rows

@@ -29,13 +29,13 @@ from docstream.model.state import State
 #: otherwise torch's scalar tail loop may round a few elements differently.)
 GEMM_ROW_MULTIPLE = 8
 #: :meth:`RWKVModel.step` (single-token decoding) trades that row stability for speed on products of
-#: at most this many rows. On CPU in fp32, up to :data:`ROWS_KERNEL_MAX` rows times an ``nn.Linear``
-#: weight take the compiled few-row kernel (``linear_rows``: 2-4x faster than MKL at 1-5 rows, 1.4x
-#: for the output head at 16); otherwise one row takes the matrix-vector kernel and a few rows the
-#: product computed transposed (weights as the long side), which MKL runs ~1.7x faster. Results then
-#: match the stable path to float tolerance (~1e-6) and may differ in the last bits with the batch size.
+#: at most this many rows. On CPU in fp32 they take the compiled few-row kernel (``linear_rows``, which
+#: reads every weight once per step: 1.5-2x faster than MKL at 1-64 rows, for ``nn.Linear`` weights and
+#: the [in, out] LoRA matrices alike); elsewhere one row takes the matrix-vector kernel and a few rows
+#: the product computed transposed (weights as the long side), which MKL runs ~1.7x faster. Results
+#: then match the stable path to float tolerance (~1e-6) and may differ in the last bits with the batch
+#: size.
 STEP_MAX_ROWS = 64
-ROWS_KERNEL_MAX = 16
 #: the WKV backend of the model running a decoding step (None outside :meth:`RWKVModel.step`)
 _STEP_MODE: contextvars.ContextVar[str | None] = contextvars.ContextVar("docstream_step_mode", default=None)
 
@@ -47,9 +47,9 @@ def matmul(x: Tensor, w: Tensor) -> Tensor:
     step_backend = _STEP_MODE.get()
     if step_backend is not None and rows <= STEP_MAX_ROWS:
         weight = w.T  # [out, in], as nn.Linear stores it
-        kernel = linear_rows_kernel(step_backend, flat, weight) if rows <= ROWS_KERNEL_MAX else None
+        kernel = linear_rows_kernel(step_backend, flat, weight)
         if kernel is not None:
-            out = kernel(flat if flat.stride(-1) == 1 else flat.contiguous(), weight)
+            out = kernel(flat, weight)
         else:
             out = flat @ w if rows == 1 else (w.T @ flat.T).T
     else:

@@ -195,26 +195,42 @@ def test_inplace_step_refuses_a_state_it_would_have_to_convert(model):
         model.step([1], state.to(dtype=torch.float16), inplace=True)
 
 
-@pytest.mark.parametrize("batch", [1, 2, 5, 16, 17])
+@pytest.mark.parametrize("batch", [1, 2, 5, 6, 8, 9, 16, 17, 24, 33, 64])
 def test_step_matrix_products_match_the_stable_path(batch):
-    """The compiled few-row kernel (linear_rows) used by CPU decoding steps, on odd widths too."""
+    """The compiled few-row kernel (linear_rows) used by CPU decoding steps: both of its forms (dot
+    products below 6 rows, packed panels from 6), odd widths, and weights stored [in, out] (LoRA)."""
     from docstream.kernels import build
-    from docstream.model.base import _STEP_MODE, ROWS_KERNEL_MAX, matmul
+    from docstream.model.base import _STEP_MODE, matmul
     ext = build.load_cpu()
     g = torch.Generator().manual_seed(batch)
-    for n_in, n_out in ((32, 61), (13, 7), (768, 96)):
-        x, weight = torch.randn(batch, n_in, generator=g), torch.randn(n_out, n_in, generator=g)
-        want = (x.double() @ weight.double().T)
-        tol = dict(atol=1e-6 * want.abs().max().item(), rtol=1e-5)  # fp32 sums of up to 768 products
-        torch.testing.assert_close(ext.linear_rows(x, weight).double(), want, **tol)
-        torch.testing.assert_close(matmul(x, weight.T).double(), want, **tol)
-        reset = _STEP_MODE.set("auto")  # as inside model.step
-        try:
-            stepped = matmul(x, weight.T)
-        finally:
-            _STEP_MODE.reset(reset)
-        torch.testing.assert_close(stepped.double(), want, **tol)
-        if batch <= ROWS_KERNEL_MAX:
-            assert torch.equal(stepped, ext.linear_rows(x, weight))
-    with pytest.raises(RuntimeError, match="contiguous rows"):
-        ext.linear_rows(torch.randn(4, 8).T, torch.randn(3, 4))
+    for n_in, n_out in ((32, 61), (13, 7), (768, 96), (1, 5), (64, 200)):
+        x = torch.randn(batch, n_in, generator=g)
+        for w in (torch.randn(n_in, n_out, generator=g), torch.randn(n_out, n_in, generator=g).T):
+            want = x.double() @ w.double()
+            tol = dict(atol=1e-6 * want.abs().max().item(), rtol=1e-5)  # fp32 sums of up to 768 products
+            torch.testing.assert_close(ext.linear_rows(x, w.T).double(), want, **tol)
+            torch.testing.assert_close(matmul(x, w).double(), want, **tol)
+            reset = _STEP_MODE.set("auto")  # as inside model.step
+            try:
+                stepped = matmul(x, w)
+            finally:
+                _STEP_MODE.reset(reset)
+            torch.testing.assert_close(stepped.double(), want, **tol)
+            assert torch.equal(stepped, ext.linear_rows(x, w.T))
+    # any strides of x too (a column slice, a transposed view)
+    x = torch.randn(40, batch, generator=g)
+    weight = torch.randn(7, 30, generator=g)
+    torch.testing.assert_close(ext.linear_rows(x[:30].T, weight), x[:30].T @ weight.T)
+
+
+def test_panel_rows_do_not_depend_on_how_many_rows_share_the_product():
+    """From 6 rows on, every row of linear_rows is one FMA chain in the same order, wherever the row
+    sits and however many rows come with it (panels of 16 and of 8 alike)."""
+    from docstream.kernels import build
+    ext = build.load_cpu()
+    g = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(64, 100, generator=g), torch.randn(50, 100, generator=g)
+    full = ext.linear_rows(x, weight)
+    for rows in range(6, 65):
+        assert torch.equal(ext.linear_rows(x[:rows], weight), full[:rows]), rows
+        assert torch.equal(ext.linear_rows(x[64 - rows:], weight), full[64 - rows:]), rows
