@@ -30,7 +30,7 @@ from docstream.model.state import State
 GEMM_ROW_MULTIPLE = 8
 #: :meth:`RWKVModel.step` (single-token decoding) trades that row stability for speed on products of
 #: at most this many rows. On CPU in fp32 they take the compiled few-row kernel (``linear_rows``, which
-#: reads every weight once per step: 1.5-2x faster than MKL at 1-64 rows, for ``nn.Linear`` weights and
+#: reads every weight once per step: 1.1-1.7x faster than MKL at 1-64 rows, for ``nn.Linear`` weights and
 #: the [in, out] LoRA matrices alike); elsewhere one row takes the matrix-vector kernel and a few rows
 #: the product computed transposed (weights as the long side), which MKL runs ~1.7x faster. Results
 #: then match the stable path to float tolerance (~1e-6) and may differ in the last bits with the batch
