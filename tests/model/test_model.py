@@ -149,6 +149,24 @@ def test_loader_errors_name_the_file(tmp_path):
         load_model(good, backend="tpu")
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_loaded_weights_are_the_models_own_memory(tmp_path, dtype):
+    """A checkpoint is read with mmap; weights whose dtype already matches are copied, not left as
+    pages of the file (which would be read from disk mid-stream) nor shared with the state dict."""
+    from docstream.model.loader import read_checkpoint
+    stored = torch.float32 if dtype == "fp32" else torch.bfloat16
+    path = save_random_checkpoint(tmp_path / "m.pth", "7", dtype=stored, **SPECS["7"])
+    sd = read_checkpoint(path)
+    model = build_model(sd, dtype=dtype)
+    shared = {name for name, p in model.state_dict().items()
+              if p.untyped_storage().data_ptr() == sd[name].untyped_storage().data_ptr()}
+    assert not shared
+    before = sd["emb.weight"].clone()
+    with torch.no_grad():
+        model.emb.weight.add_(1)
+    assert torch.equal(sd["emb.weight"], before)
+
+
 def test_parameters_round_trip_to_the_checkpoint_layout():
     sd = make_random_checkpoint("6", **SPECS["6"])
     model = build_model(sd)
