@@ -87,7 +87,10 @@ def mix_param(n: int) -> nn.Parameter:
 
 
 def token_shift(xx: Tensor, prev: Tensor) -> Tensor:
-    """The sequence shifted one step right, ``prev`` [B, C] filling position 0. xx: [B, T, C]."""
+    """The sequence shifted one step right, ``prev`` [B, C] filling position 0. xx: [B, T, C].
+    For one token that is ``prev`` itself (a view: callers only read it)."""
+    if xx.shape[1] == 1:
+        return prev.unsqueeze(1)
     return torch.cat((prev.unsqueeze(1), xx[:, :-1]), dim=1)
 
 
