@@ -572,9 +572,10 @@ std::vector<torch::Tensor> wkv7_forward(torch::Tensor r, torch::Tensor w, torch:
 //   reuses each from L1 for every row of x. Register tile: MR rows of x times OR rows of W, as MR * OR
 //   vector accumulators over K, reduced horizontally at the end.
 // * panel form (kPanelRows rows or more): x is packed once, transposed, into panels of P = 16 rows
-//   (xt[k][P]; a remainder of up to 8 rows gets a panel of 8, zero rows pad the last panel). A register tile is R rows of W times one panel: per k,
-//   P / 8 vector loads of the panel, R broadcasts of W[o][k] and R * P / 8 FMAs, so every W element
-//   loaded feeds P rows (at P = 16, R = 6 the tile holds 12 accumulators: 15 of AVX2's 16 registers).
+//   (xt[k][P]; a remainder of up to 8 rows gets a panel of 8, zero rows pad the last panel). A
+//   register tile is R rows of W times one panel: per k, P / 8 vector loads of the panel, R broadcasts
+//   of W[o][k] and R * P / 8 FMAs, so every W element loaded feeds P rows (at P = 16, R = 6 the tile
+//   holds 12 accumulators, 15 of AVX2's 16 registers with the loads; at P = 8, R = 12).
 //   Every output is one FMA chain over k in order, so a row's result depends neither on M nor on
 //   where the row sits in x.
 template <int MR, int OR>
