@@ -196,14 +196,13 @@ _COMPILED: dict[str, dict[str, Op]] = {
 }
 
 
-def linear_rows_kernel(backend: str, x: Tensor, weight: Tensor) -> Op | None:
-    """The compiled few-row product ``x @ weight.T`` for a decoding step on CPU, or None where it does
-    not apply (not fp32 CPU tensors, backend 'torch' or 'cuda') or, with backend 'auto', where the CPU
-    extension cannot be built (torch's product is used instead; the WKV ops warn about the build once).
-    ``weight`` is [out, in] with any strides: ``nn.Linear``'s weight, or a transposed [in, out] matrix."""
-    if backend not in ("auto", "cpu") or x.device.type != "cpu" or weight.device.type != "cpu" \
-            or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.requires_grad \
-            or x.dim() != 2 or weight.dim() != 2:
+def linear_rows_kernel(backend: str, device: torch.device, dtype: torch.dtype) -> Op | None:
+    """The compiled few-row product ``linear_rows(x, weight) = x @ weight.T`` that the decoding steps
+    of a model on ``device`` in ``dtype`` use, or None where it does not apply (not an fp32 CPU model,
+    backend 'torch' or 'cuda') or, with backend 'auto', where the CPU extension cannot be built
+    (torch's product is used instead; the WKV ops warn about the build once). ``weight`` is [out, in]
+    with any strides: ``nn.Linear``'s weight, or a transposed [in, out] matrix."""
+    if backend not in ("auto", "cpu") or torch.device(device).type != "cpu" or dtype != torch.float32:
         return None
     try:
         return build.load_cpu().linear_rows

@@ -36,22 +36,23 @@ GEMM_ROW_MULTIPLE = 8
 #: then match the stable path to float tolerance (~1e-6) and may differ in the last bits with the batch
 #: size.
 STEP_MAX_ROWS = 64
-#: the WKV backend of the model running a decoding step (None outside :meth:`RWKVModel.step`)
-_STEP_MODE: contextvars.ContextVar[str | None] = contextvars.ContextVar("docstream_step_mode", default=None)
+#: inside :meth:`RWKVModel.step`: the compiled few-row product its matrices take, resolved once per
+#: step (None: torch's products); :data:`_NOT_STEPPING` outside a step
+_NOT_STEPPING = object()
+_STEP_KERNEL: contextvars.ContextVar = contextvars.ContextVar("docstream_step_kernel", default=_NOT_STEPPING)
 
 
 def matmul(x: Tensor, w: Tensor) -> Tensor:
     """x [..., in] @ w [in, out] (w may be a transposed view), row-stable (see GEMM_ROW_MULTIPLE)."""
     flat = x.reshape(-1, x.shape[-1])
     rows = flat.shape[0]
-    step_backend = _STEP_MODE.get()
-    if step_backend is not None and rows <= STEP_MAX_ROWS:
+    kernel = _STEP_KERNEL.get()
+    if kernel is not _NOT_STEPPING and rows <= STEP_MAX_ROWS:
         weight = w.T  # [out, in], as nn.Linear stores it
-        kernel = linear_rows_kernel(step_backend, flat, weight)
         if kernel is not None:
             out = kernel(flat, weight)
         else:
-            out = flat @ w if rows == 1 else (w.T @ flat.T).T
+            out = flat @ w if rows == 1 else (weight @ flat.T).T
     else:
         extra = -rows % GEMM_ROW_MULTIPLE
         if extra:
@@ -233,12 +234,12 @@ class RWKVModel(nn.Module):
             raise ValueError(f"step(inplace=True) needs a state on the model's device and dtype "
                              f"({self.device}, {self.dtype}); got {state.device}, {state.dtype}. "
                              f"Move it first with state.to(...)")
-        reset = _STEP_MODE.set(self.backend)
+        reset = _STEP_KERNEL.set(linear_rows_kernel(self.backend, self.device, self.dtype))
         try:
             x, new_state, _ = self._trunk(tokens, state, keep_layers=False, into=state if inplace else None)
             return self.head(self.ln_out(x[:, -1])).float(), new_state  # what forward returns
         finally:
-            _STEP_MODE.reset(reset)
+            _STEP_KERNEL.reset(reset)
 
     def forward_train(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """The differentiable forward used by training: logits [B, T, V] for every position and the

@@ -218,7 +218,8 @@ def test_step_matrix_products_match_the_stable_path(batch):
     """The compiled few-row kernel (linear_rows) used by CPU decoding steps: both of its forms (dot
     products below 6 rows, packed panels from 6), odd widths, and weights stored [in, out] (LoRA)."""
     from docstream.kernels import build
-    from docstream.model.base import _STEP_MODE, matmul
+    from docstream.kernels.dispatch import linear_rows_kernel
+    from docstream.model.base import _STEP_KERNEL, matmul
     ext = build.load_cpu()
     g = torch.Generator().manual_seed(batch)
     for n_in, n_out in ((32, 61), (13, 7), (768, 96), (1, 5), (64, 200)):
@@ -228,11 +229,12 @@ def test_step_matrix_products_match_the_stable_path(batch):
             tol = dict(atol=1e-6 * want.abs().max().item(), rtol=1e-5)  # fp32 sums of up to 768 products
             torch.testing.assert_close(ext.linear_rows(x, w.T).double(), want, **tol)
             torch.testing.assert_close(matmul(x, w).double(), want, **tol)
-            reset = _STEP_MODE.set("auto")  # as inside model.step
+            # as inside model.step of an fp32 CPU model with backend "auto"
+            reset = _STEP_KERNEL.set(linear_rows_kernel("auto", x.device, x.dtype))
             try:
                 stepped = matmul(x, w)
             finally:
-                _STEP_MODE.reset(reset)
+                _STEP_KERNEL.reset(reset)
             torch.testing.assert_close(stepped.double(), want, **tol)
             assert torch.equal(stepped, ext.linear_rows(x, w.T))
     # any strides of x too (a column slice, a transposed view)
