@@ -52,6 +52,9 @@ _TEXT_SLICE_CHARS = 64 * 1024
 #: and the lone surrogates U+DC80..U+DCFF that ``surrogateescape`` makes of invalid UTF-8 bytes
 _SUSPICIOUS = re.compile("[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f\udc80-\udcff]")
 _SURROGATES = re.compile("[\ud800-\udfff]")
+#: what :func:`printable_name` escapes: backslash (the escape character itself), C0 controls, DEL and
+#: surrogates (``surrogateescape`` turns each byte of a file name that is not UTF-8 into U+DC80..U+DCFF)
+_NAME_ESCAPES = re.compile("[\\\\\x00-\x1f\x7f\ud800-\udfff]")
 _NONBLANK = re.compile(r"[^\s\x00]")
 _THROUGH_LAST_SPACE = re.compile(r".*\s", re.DOTALL)
 
@@ -82,6 +85,9 @@ class Document:
             files, the id field / column for JSON Lines and Parquet.
         source: where it came from, for messages: a file path, ``"file.jsonl:LINE"``
             (lines count from 1) or ``"file.parquet:row N"`` (rows count from 0).
+
+    Ids and sources made of file names pass through :func:`printable_name`, so a name with bytes
+    that are not UTF-8 still gives text that Parquet and JSON can store.
     """
 
     doc_id: str
@@ -98,11 +104,11 @@ class Document:
                   read_block_size: int = READ_BLOCK_SIZE) -> Document:
         """A document read lazily from a UTF-8 text file (no emptiness or binary check).
 
-        ``doc_id`` defaults to the file name. Opening errors surface when iterating ``pieces()``.
+        ``doc_id`` defaults to the file name (through :func:`printable_name`). Opening errors surface when iterating ``pieces()``.
         """
         _check_positive("read_block_size", read_block_size)
         file = Path(path)
-        return cls(doc_id if doc_id is not None else file.name, str(file),
+        return cls(doc_id if doc_id is not None else printable_name(file.name), printable_name(str(file)),
                    lambda stats: _file_fragments(file, read_block_size, stats))
 
     def pieces(self, stats: TextStats | None = None, *, min_piece_chars: int = MIN_PIECE_CHARS,
@@ -203,6 +209,27 @@ def iter_corpus(path: str | os.PathLike[str], fmt: str = "auto", id_field: str =
 # Formats and directory walks
 
 
+def printable_name(name: str) -> str:
+    """A file name or path as printable text that always encodes to UTF-8, without losing anything.
+
+    The name's bytes that are not UTF-8 (lone surrogates, as the OS hands them to Python) and its
+    control characters become ``\\xNN``; any other lone surrogate becomes ``\\uNNNN``; a backslash
+    becomes ``\\\\``. Escaping the escape character keeps the mapping one-to-one: a name that
+    literally reads ``doc\\xff.txt`` becomes ``doc\\\\xff.txt``, not the id of the file named
+    ``doc`` + byte 0xFF + ``.txt``. Names with none of these characters (nearly all) are unchanged.
+    """
+    return _NAME_ESCAPES.sub(_escape_char, name)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code == 0x5C:
+        return "\\\\"
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as ``surrogateescape`` stores it
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
+
+
 def _check_positive(name: str, value: int) -> None:
     """Reject a size that would make reading loop forever or do nothing."""
     if value < 1:
@@ -230,16 +257,26 @@ def _has_suffix(name: str, suffixes: tuple[str, ...]) -> bool:
 
 @dataclass(frozen=True)
 class _Entry:
-    """A corpus file: its id-like path relative to the root and where it lies."""
+    """A corpus file: its id-like path relative to the root (printable) and where it lies."""
 
     rel: str
     path: Path
+
+    @property
+    def source(self) -> str:
+        """The path for records and messages: printable, and encodable whatever bytes its name holds."""
+        return printable_name(str(self.path))
+
+
+def _rel_id(rel: PurePath) -> str:
+    """The id of a file at ``rel`` below the corpus root: its POSIX path, made printable."""
+    return printable_name(rel.as_posix())
 
 
 def _list_entries(root: Path, kind: str) -> Iterator[_Entry | Rejected]:
     """The files of format ``kind`` under ``root`` (or ``root`` itself, whatever its name), lazily, sorted."""
     if not root.is_dir():
-        return iter([_Entry(root.name, root)])
+        return iter([_Entry(printable_name(root.name), root)])
     real_root = root.resolve()
     walk = _Walk(real_root, SUFFIXES[kind], flag_dirs=kind == "text", visited={real_root})
     return walk.entries(root, PurePath())
@@ -266,7 +303,8 @@ class _Walk:
             with os.scandir(directory) as scan:
                 children = sorted(scan, key=lambda child: child.name)
         except OSError as exc:
-            yield Rejected(rel.as_posix(), str(directory), "unreadable", f"cannot list directory: {exc}")
+            yield Rejected(_rel_id(rel), printable_name(str(directory)), "unreadable",
+                           f"cannot list directory: {exc}")
             return
         for child in children:
             yield from self._visit(child, rel / child.name)
@@ -277,17 +315,17 @@ class _Walk:
         named_like_a_file = _has_suffix(child.name, self.suffixes)
         if child.is_symlink() and not _inside(path, self.real_root):
             if named_like_a_file:
-                yield Rejected(rel.as_posix(), str(path), "outside_root",
+                yield Rejected(_rel_id(rel), printable_name(str(path)), "outside_root",
                                f"symlink to {str(path.resolve())!r} leaves the corpus directory")
         elif _is_dir(child):
             if named_like_a_file and self.flag_dirs:
-                yield Rejected(rel.as_posix(), str(path), "unreadable", "a directory, not a file")
+                yield Rejected(_rel_id(rel), printable_name(str(path)), "unreadable", "a directory, not a file")
             real = path.resolve()
             if real not in self.visited:
                 self.visited.add(real)
                 yield from self.entries(path, rel)
         elif named_like_a_file:
-            yield _Entry(rel.as_posix(), path)
+            yield _Entry(_rel_id(rel), path)
 
 
 def _inside(path: Path, real_root: Path) -> bool:
@@ -456,7 +494,7 @@ def _read_text_files(entries: Iterable[_Entry | Rejected], block_size: int, seen
         if isinstance(entry, Rejected):
             yield entry
             continue
-        source = str(entry.path)
+        source = entry.source
         rejected = _claim_id(entry.rel, source, seen) or _probe_text_file(entry, block_size)
         yield rejected or Document(entry.rel, source,
                                    lambda stats, path=entry.path: _file_fragments(path, block_size, stats))
@@ -468,7 +506,7 @@ def _probe_text_file(entry: _Entry, block_size: int) -> Rejected | None:
     Reads only up to the first non-blank character, so a normal file costs one small read;
     a file is read through only when it is blank.
     """
-    source = str(entry.path)
+    source = entry.source
     try:
         mode = os.stat(entry.path).st_mode
         if not stat.S_ISREG(mode):  # opening a FIFO or device could block or never end
@@ -493,7 +531,7 @@ def _binary_rejection(entry: _Entry, head: bytes) -> Rejected | None:
     suspicious = len(_SUSPICIOUS.findall(head.decode("utf-8", errors="surrogateescape")))
     if suspicious <= BINARY_FRACTION * len(head):
         return None
-    return Rejected(entry.rel, str(entry.path), "not_text",
+    return Rejected(entry.rel, entry.source, "not_text",
                     f"{suspicious} of the first {len(head)} bytes are NUL, control or invalid UTF-8 bytes "
                     f"(more than {BINARY_FRACTION:.0%}): this looks like a binary or UTF-16 file; "
                     f"convert text to UTF-8")
@@ -525,7 +563,7 @@ def _read_jsonl_files(entries: Iterable[_Entry | Rejected], id_field: str, text_
 def _read_jsonl_file(entry: _Entry, decoder: json.JSONDecoder, id_field: str, text_field: str,
                      seen: set[str]) -> Iterator[Item]:
     """One item per non-blank line; a file failing mid-way (corrupt gzip) ends with a rejection."""
-    name = str(entry.path)
+    name = entry.source
     lineno = 0
     try:
         with _open_jsonl(entry.path) as handle:
@@ -573,11 +611,11 @@ def _check_parquet_columns(entries: Iterable[_Entry | Rejected], id_field: str,
             try:
                 names = pq.read_schema(entry.path).names
             except (OSError, pa.ArrowException) as exc:
-                entry = Rejected(entry.rel, str(entry.path), "unreadable", f"cannot read Parquet footer: {exc}")
+                entry = Rejected(entry.rel, entry.source, "unreadable", f"cannot read Parquet footer: {exc}")
             else:
                 missing = [column for column in (id_field, text_field) if column not in names]
                 if missing:
-                    raise ValueError(f"Parquet file {str(entry.path)!r} has no column(s) {missing}; its columns "
+                    raise ValueError(f"Parquet file {entry.source!r} has no column(s) {missing}; its columns "
                                      f"are {names}: pass id_field=/text_field= naming the right ones")
         checked.append(entry)
     return checked
@@ -595,7 +633,7 @@ def _read_parquet_files(entries: Iterable[_Entry | Rejected], id_field: str, tex
 
 def _read_parquet_file(entry: _Entry, id_field: str, text_field: str, seen: set[str]) -> Iterator[Item]:
     """One item per row, reading record batches of :data:`PARQUET_BATCH_ROWS` rows."""
-    name = str(entry.path)
+    name = entry.source
     row = 0
     columns = list(dict.fromkeys((id_field, text_field)))
     try:

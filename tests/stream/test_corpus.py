@@ -21,6 +21,7 @@ from docstream.stream.corpus import (
     Rejected,
     TextStats,
     iter_corpus,
+    printable_name,
 )
 
 
@@ -85,6 +86,67 @@ def test_pieces_start_over_on_every_call(tmp_path: Path) -> None:
     doc = single(write(tmp_path / "a.txt", "x" * 100 + "\n" + "y" * 50))
     assert list(doc.pieces(min_piece_chars=10)) == list(doc.pieces(min_piece_chars=10))
     assert len(list(doc.pieces(min_piece_chars=10))) == 2
+
+
+def _unescape(name: str) -> bytes:
+    """The file-name bytes that :func:`printable_name` escaped into ``name`` (the inverse mapping)."""
+    out, i = bytearray(), 0
+    while i < len(name):
+        if name[i] != "\\":
+            out += name[i].encode()
+            i += 1
+        elif name[i + 1] == "\\":
+            out += b"\\"
+            i += 2
+        elif name[i + 1] == "x":
+            out.append(int(name[i + 2:i + 4], 16))
+            i += 4
+        else:  # \uNNNN: a lone surrogate that is no escaped byte
+            out += chr(int(name[i + 2:i + 6], 16)).encode("utf-8", "surrogatepass")
+            i += 6
+    return bytes(out)
+
+
+def test_printable_name_is_lossless_and_one_to_one() -> None:
+    names = ["a.txt", "doc03\udcff.txt", "doc03\\xff.txt", "doc03\\\\xff.txt", "doc03\\\udcff.txt",
+             "tab\there\n.txt", "x\\x09y", "\udc80\udcc3\udca9", "\u00e9t\u00e9.md", "dir/sub\udcfe/a.txt"]
+    escaped = [printable_name(name) for name in names]
+    assert len(set(escaped)) == len(names)
+    for name, text in zip(names, escaped):
+        text.encode("utf-8")  # no surrogate left
+        assert text.isprintable() or "/" in text
+        assert _unescape(text) == os.fsencode(name)
+    assert printable_name("doc03\udcff.txt") == "doc03\\xff.txt"
+    assert printable_name("doc03\\xff.txt") == "doc03\\\\xff.txt"
+    assert printable_name("plain/été.md") == "plain/été.md"
+
+
+def test_file_names_that_are_not_utf8_give_printable_ids_and_never_stop_the_corpus(tmp_path: Path) -> None:
+    root = os.fsencode(tmp_path)
+    names = [b"doc01.txt", b"doc02.txt", b"doc03\xff.txt", b"doc03\\xff.txt", b"doc04.txt", b"sub\xfe/doc05.txt"]
+    for number, name in enumerate(names):
+        path = root + b"/" + name
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as handle:
+                handle.write(b"text %d\n" % number)
+        except (OSError, UnicodeError):
+            pytest.skip("this file system refuses file names that are not UTF-8")
+    found = items(tmp_path)
+    assert all(isinstance(item, Document) for item in found)
+    ids = [item.doc_id for item in found]
+    assert len(set(ids)) == len(names)
+    assert sorted(_unescape(doc_id) for doc_id in ids) == sorted(names)
+    assert "doc03\\xff.txt" in ids and "doc03\\\\xff.txt" in ids and "sub\\xfe/doc05.txt" in ids
+    for item in found:
+        item.doc_id.encode("utf-8")
+        item.source.encode("utf-8")
+        assert _unescape(item.source).endswith(_unescape(item.doc_id))
+        assert "".join(item.pieces()) == f"text {names.index(_unescape(item.doc_id))}\n"
+    # what the run writes: a Parquet table and JSON of the ids and sources
+    table = pa.table({"doc_id": ids, "source": [item.source for item in found]})
+    pq.write_table(table, tmp_path.parent / f"{tmp_path.name}-ids.parquet")
+    json.dumps(ids, ensure_ascii=False).encode("utf-8")
 
 
 def test_symlinks_leaving_the_root_are_not_followed(tmp_path: Path) -> None:
