@@ -61,6 +61,12 @@ def matmul(x: Tensor, w: Tensor) -> Tensor:
     return out.reshape(*x.shape[:-1], w.shape[1])
 
 
+def _preview(value: object, limit: int = 60) -> str:
+    """A short repr of a bad argument, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` without bias whose results do not depend on how many rows it is given."""
 
@@ -256,14 +262,22 @@ class RWKVModel(nn.Module):
         return Hidden(self.ln_out(x), tuple(layers) if all_layers else None, new_state)
 
     # -- internals -----------------------------------------------------------------------------
-    def _as_batch(self, tokens: Tensor | Sequence[int]) -> Tensor:
+    def _as_batch(self, tokens: Tensor | Sequence[int] | Sequence[Sequence[int]]) -> Tensor:
+        """``tokens`` as a LongTensor [B, T] on the model's device: a tensor, a list of ints (one
+        sequence) or a list of equal-length lists of ints ([B, T])."""
         if not isinstance(tokens, Tensor):
-            tokens = torch.tensor([list(tokens)], dtype=torch.long)
-        elif tokens.dim() == 1:
+            if not isinstance(tokens, (list, tuple)) and not hasattr(tokens, "__array__"):
+                tokens = list(tokens)  # a range, a generator
+            try:
+                tokens = torch.as_tensor(tokens)
+            except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+                raise ValueError(f"tokens must be a [B, T] tensor, a list of ints or a list of equal-length "
+                                 f"lists of ints; got {_preview(tokens)} ({err})") from err
+        if tokens.dim() == 1:
             tokens = tokens.unsqueeze(0)
         if tokens.dim() != 2 or tokens.shape[1] == 0 or tokens.shape[0] == 0:
-            raise ValueError(f"tokens must be a non-empty [B, T] tensor or list of ints, "
-                             f"got shape {tuple(tokens.shape)}")
+            raise ValueError(f"tokens must be a non-empty [B, T] tensor, list of ints or list of equal-length "
+                             f"lists of ints, got shape {tuple(tokens.shape)}")
         if tokens.dtype not in (torch.long, torch.int32, torch.int64):
             raise ValueError(f"tokens must be integers, got {tokens.dtype}")
         lo, hi = int(tokens.min()), int(tokens.max())

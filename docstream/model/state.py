@@ -24,6 +24,8 @@ from torch import Tensor
 _MAGIC = b"DSSTATE1"
 _PARTS = ("att_shift", "wkv", "ffn_shift")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: the dtype names used everywhere else in docstream (load_model, configs, the command line)
+DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,10 @@ class State:
     def clone(self) -> "State":
         return self._map(lambda _, t: t.clone())
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "State":
-        """Move to ``device``; ``dtype`` changes the shift parts only (the recurrence stays fp32)."""
+    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "State":
+        """Move to ``device``; ``dtype`` ("fp32", "bf16", "fp16" or a torch dtype) changes the shift
+        parts only (the recurrence stays fp32)."""
+        dtype = _as_dtype(dtype)
         return self._map(lambda name, t: t.to(device=device, dtype=dtype if name != "wkv" else None))
 
     def layer(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -160,6 +164,16 @@ class State:
     @classmethod
     def from_rows(cls, rows: Sequence[bytes], device: str | torch.device = "cpu") -> "State":
         return cls.stack([cls.from_bytes(r, device) for r in rows])
+
+
+def _as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A dtype name of :data:`DTYPE_NAMES` as its torch dtype; torch dtypes and None pass through."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPE_NAMES:
+        return DTYPE_NAMES[dtype]
+    raise ValueError(f"unknown state dtype {dtype!r}: use one of {', '.join(map(repr, DTYPE_NAMES))} "
+                     f"or a torch dtype such as torch.float16")
 
 
 def _raw_bytes(t: Tensor) -> bytes:

@@ -59,6 +59,8 @@ class _Row:
     stats: TextStats = field(default_factory=TextStats)
     pending: TokenChunk | None = None
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    #: names of the outputs of the last forward that hold NaN or inf (empty when all are finite)
+    non_finite: list[str] = field(default_factory=list)
 
 
 class Stream:
@@ -73,9 +75,16 @@ class Stream:
         self.model, self.tokenizer = model, tokenizer
         self.chunk_len, self.batch_size, self.snapshot_every = chunk_len, batch_size, snapshot_every
 
-    def run(self, tasks: Iterable[StreamTask | Document | Rejected]) -> Iterator[ChunkRecord | DocumentDone | Rejected]:
+    def run(self, tasks: Iterable[StreamTask | Document | Rejected | str]
+            ) -> Iterator[ChunkRecord | DocumentDone | Rejected]:
+        """Stream ``tasks``: documents (:func:`~docstream.stream.corpus.iter_corpus` yields them),
+        snapshot resumptions (:class:`StreamTask`), rejections to pass on, or plain strings, each a
+        document whose id is ``"doc-<i>"`` with ``i`` its position in ``tasks`` (from 0)."""
+        if isinstance(tasks, str):
+            raise ValueError(f"Stream.run takes an iterable of documents or texts, got one string "
+                             f"({tasks[:40]!r}...); wrap it in a list: run([text])")
         rows: list[_Row] = []
-        source = iter(tasks)
+        source = (_as_item(i, item) for i, item in enumerate(tasks))
         exhausted = False
         while True:
             while len(rows) < self.batch_size and not exhausted:
@@ -85,7 +94,7 @@ class Stream:
                 elif isinstance(item, Rejected):
                     yield item
                 else:
-                    row, event = self._open(item if isinstance(item, StreamTask) else StreamTask(item))
+                    row, event = self._open(item)
                     if event is not None:
                         yield event
                     if row is not None:
@@ -137,14 +146,20 @@ class Stream:
         state = batch[0].state if len(batch) == 1 else State.stack([row.state for row in batch])
         hidden = self.model.forward_hidden(tokens, state)
         # copies: a view would keep the whole [B, T, C] hidden tensor alive while its row waits to commit
-        pooled = {name: v.cpu().numpy().copy() for name, v in pool(hidden.last, hidden.state).items()}
+        pooled_t = pool(hidden.last, hidden.state)
+        bad = _non_finite_rows(pooled_t, hidden.state)
+        pooled = {name: v.cpu().numpy().copy() for name, v in pooled_t.items()}
         for i, row in enumerate(batch):
             row.state = hidden.state.select(i)
             row.vectors = {name: v[i] for name, v in pooled.items()}
+            row.non_finite = bad.get(i, [])
 
     def _emit(self, row: _Row):
         """Yield the events of the chunk the row just ran; return True when its document is done."""
         chunk, doc = row.pending, row.task.doc
+        if row.non_finite:  # NaN/inf vectors would poison the index and the state every later chunk
+            yield Rejected(doc.doc_id, doc.source, "non_finite", _non_finite_detail(chunk, row))
+            return True
         snapshot = chunk.is_last or (chunk.index + 1) % self.snapshot_every == 0
         yield ChunkRecord(doc.doc_id, chunk.index, chunk.start, chunk.end, chunk.is_last, row.vectors,
                           row.state.to("cpu") if snapshot else None)
@@ -156,3 +171,33 @@ class Stream:
             yield failure
             return True
         return False
+
+
+def _as_item(position: int, item: StreamTask | Document | Rejected | str) -> StreamTask | Rejected:
+    """One input of :meth:`Stream.run` as a task (a text becomes document ``doc-<position>``)."""
+    if isinstance(item, (StreamTask, Rejected)):
+        return item
+    if isinstance(item, Document):
+        return StreamTask(item)
+    if isinstance(item, str):
+        return StreamTask(Document.from_text(f"doc-{position}", item))
+    raise ValueError(f"Stream.run input {position} is a {type(item).__name__}; expected a str, a Document "
+                     f"(Document.from_text(doc_id, text)), a StreamTask or a Rejected")
+
+
+def _non_finite_rows(pooled: dict[str, torch.Tensor], state: State) -> dict[int, list[str]]:
+    """``{row: names of its vectors / state parts holding NaN or inf}`` for the rows that have any."""
+    parts = {f"{name} vector": v for name, v in pooled.items()}
+    parts.update({f"state {name}": t for name, t in state.parts().items()})
+    # [B, names]: one flag per row and output, computed where the tensors are (one transfer)
+    flags = torch.stack([~torch.isfinite(t.flatten(1)).all(dim=1) for t in parts.values()], dim=1).cpu()
+    names = list(parts)
+    return {i: [names[j] for j in row.nonzero().flatten().tolist()]
+            for i, row in enumerate(flags) if bool(row.any())}
+
+
+def _non_finite_detail(chunk: TokenChunk, row: _Row) -> str:
+    hint = ("an fp16 model overflowed: run it with dtype bf16 or fp32" if row.state.dtype == torch.float16
+            else "the model's weights or this input drive it out of range")
+    return (f"chunk {chunk.index} (tokens {chunk.start}-{chunk.end}) gave NaN or inf in "
+            f"{', '.join(row.non_finite)}; nothing from this chunk on is indexed ({hint})")

@@ -102,7 +102,18 @@ def test_state_from_another_model_is_refused(model):
         model.forward([1, 2], other)
 
 
-@pytest.mark.parametrize("bad", [[], [[1, 2], [3]], [-1], [10**6]])
+def test_nested_lists_are_a_batch(model):
+    toks = _tokens(model, 2, 5, seed=11)
+    want, want_state = model.forward(toks)
+    got, got_state = model.forward(toks.tolist())
+    assert torch.equal(got, want) and got_state.equal(want_state)
+    # one row as a nested list continues a carried state, like the tensor does
+    tensor_logits, _ = model.forward(toks[:1, :2], want_state.select(0))
+    list_logits, _ = model.forward([toks[0, :2].tolist()], want_state.select(0))
+    assert torch.equal(list_logits, tensor_logits)
+
+
+@pytest.mark.parametrize("bad", [[], [[]], [[1, 2], [3]], [-1], [10**6], ["a"], [1.5]])
 def test_bad_tokens_are_refused(model, bad):
     with pytest.raises(ValueError):
         model.forward(torch.tensor(bad) if bad and isinstance(bad[0], int) else bad)

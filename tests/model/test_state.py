@@ -107,3 +107,13 @@ def test_mismatched_parts_are_refused():
         State("7", torch.zeros(2, 1, 4), torch.zeros(1, 1, 1, 2, 2), torch.zeros(2, 1, 4))
     with pytest.raises(ValueError, match="float32"):
         State("7", torch.zeros(1, 1, 4), torch.zeros(1, 1, 1, 2, 2, dtype=torch.float16), torch.zeros(1, 1, 4))
+
+
+def test_to_takes_the_dtype_names_used_everywhere_else(model):
+    s = _state(model)
+    for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        moved = s.to("cpu", name)
+        assert moved.dtype == dtype and moved.wkv.dtype == torch.float32
+        assert moved.equal(s.to("cpu", dtype))
+    with pytest.raises(ValueError, match=r"unknown state dtype 'float8'.*'fp16'"):
+        s.to("cpu", "float8")

@@ -58,3 +58,17 @@ def test_malformed_world_txt_reports_the_line(tmp_path: Path) -> None:
     expected = r"bad_vocab.txt:9: stated byte length 5 but the literal 'xy' is 2 bytes"
     with pytest.raises(ValueError, match=expected):
         load_tokenizer(path)
+
+
+def test_a_bare_name_of_a_bundled_vocabulary_loads_the_bundled_copy(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no such file here: the name means docstream's copy
+    loaded = load_tokenizer("rwkv_vocab_v20230424.txt")
+    assert isinstance(loaded, WorldTokenizer) and loaded.vocab_size == 65530
+    # a file of that name in the working directory is what the caller means
+    (tmp_path / "rwkv_vocab_v20230424.txt").write_text(WORLD_LINES, encoding="utf-8")
+    assert load_tokenizer("rwkv_vocab_v20230424.txt").vocab_size == 6
+    # a path with a directory part is never redirected, and unknown bare names list what is bundled
+    with pytest.raises(FileNotFoundError, match=r"'sub/rwkv_vocab_v20230424.txt'"):
+        load_tokenizer("sub/rwkv_vocab_v20230424.txt")
+    with pytest.raises(FileNotFoundError, match=r"'nope.txt'.*Bundled vocabularies.*rwkv_vocab_v20230424.txt"):
+        load_tokenizer("nope.txt")
