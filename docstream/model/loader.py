@@ -71,6 +71,7 @@ def build_model(sd: dict[str, Tensor], device: str | torch.device = "cpu", dtype
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     device = _check_device(device)
     version = detect_version(sd, source)
+    check_finite(sd, source)
     cls = MODEL_CLASSES[version]
     sd = dict(sd)
     if version == "7":  # layer 0 never uses the value-residual parameters; some releases store them
@@ -86,12 +87,34 @@ def build_model(sd: dict[str, Tensor], device: str | torch.device = "cpu", dtype
         model = cls(config)
     converted = {name: _convert(name, t, cls, DTYPES[dtype], config.rescale_every, device)
                  for name, t in sd.items()}
+    if dtype == "fp16":  # the only dtype whose range is narrower than fp32's
+        check_finite(converted, source, f"once converted to fp16 (largest value {torch.finfo(torch.float16).max:.0f}); "
+                                        "load the model with dtype bf16 or fp32")
     try:
         model.load_state_dict(converted, strict=True, assign=True)
     except RuntimeError as err:
         raise ValueError(f"{source} does not match the RWKV-{version} layout: {err}") from err
     model.eval().requires_grad_(False)
     return model
+
+
+def check_finite(sd: dict[str, Tensor], source: str = "checkpoint", after: str | None = None) -> None:
+    """``ValueError`` naming the first tensor of ``sd`` that holds NaN or inf, and how many.
+
+    One pass over each tensor (``isfinite().all()``); counting happens only for the bad one. NaN
+    weights would otherwise give a run that succeeds with every vector NaN and a search that finds
+    nothing. ``after`` says what made finite weights non-finite (a conversion), with its remedy.
+    """
+    for name, t in sd.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            nan = int(torch.isnan(t).sum())
+            inf = t.numel() - int(torch.isfinite(t).sum()) - nan
+            if after is not None:
+                raise ValueError(f"{source}: tensor {name!r} has {nan} NaN and {inf} inf values of {t.numel()} "
+                                 f"{after}")
+            raise ValueError(f"{source} holds non-finite weights: tensor {name!r} has {nan} NaN and {inf} inf "
+                             f"values of {t.numel()} (the first such tensor); the checkpoint is damaged or comes "
+                             f"from a diverged training run: use an earlier or re-downloaded checkpoint")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str = "fp32",

@@ -104,7 +104,8 @@ class Document:
                   read_block_size: int = READ_BLOCK_SIZE) -> Document:
         """A document read lazily from a UTF-8 text file (no emptiness or binary check).
 
-        ``doc_id`` defaults to the file name (through :func:`printable_name`). Opening errors surface when iterating ``pieces()``.
+        ``doc_id`` defaults to the file name (through :func:`printable_name`). Opening errors
+        surface when iterating ``pieces()``.
         """
         _check_positive("read_block_size", read_block_size)
         file = Path(path)
@@ -147,7 +148,8 @@ class Rejected:
         source: where it came from, as for :class:`Document`.
         reason: a short machine-friendly reason: ``"empty"``, ``"duplicate_id"``,
             ``"unreadable"``, ``"missing_field"``, ``"bad_id"``, ``"not_text"``,
-            ``"bad_json"``, ``"not_object"`` or ``"outside_root"``.
+            ``"bad_json"``, ``"not_object"`` or ``"outside_root"``; the streaming engine adds
+            ``"changed"`` and ``"non_finite"`` (the model's outputs for it turned NaN or inf).
         detail: a message for people.
     """
 
