@@ -1,9 +1,15 @@
 """Lazy, cached building of the compiled WKV extensions with ``torch.utils.cpp_extension.load``.
 
 Nothing is compiled or imported at import time. Each loader builds its extension on first use (ninja,
-into torch's extension cache, ``~/.cache/torch_extensions`` unless ``TORCH_EXTENSIONS_DIR`` or
-``DOCSTREAM_BUILD_DIR`` says otherwise) and remembers the result for the rest of the process: a later
-call returns the loaded module, or raises the same :class:`BuildError` again without retrying.
+under torch's extension root, ``~/.cache/torch_extensions/<python>_<accelerator>`` unless
+``DOCSTREAM_BUILD_DIR`` or ``TORCH_EXTENSIONS_DIR`` names another) and remembers the result for the rest
+of the process: a later call returns the loaded module, or raises the same :class:`BuildError` again
+without retrying.
+
+Builds never hang (see :func:`_locked_load`): each extension builds in a folder of its own per install,
+Python, torch version and compile flags, under a lock that dies with its holder; a build lock that
+torch's ``load`` left behind when a process was killed mid-build is removed, and waiting for another
+live process's build gives up after :data:`LOCK_TIMEOUT_S` seconds with a :class:`BuildError`.
 
 * :func:`load_cpu` -- ``wkv4``, ``wkv6`` and ``wkv7`` for CPU tensors (one extension, built once per
   machine: ``-O3 -march=native`` and OpenMP, so the name carries a tag of the CPU it was built for).
@@ -16,6 +22,7 @@ call returns the loaded module, or raises the same :class:`BuildError` again wit
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -23,11 +30,22 @@ import os
 import platform
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
 CSRC = Path(__file__).resolve().parent / "csrc"
+#: This install of the package: part of every build folder's name, so two installs never share one.
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+#: Seconds a process waits for another process's build of the same extension before giving up.
+LOCK_TIMEOUT_S = 900.0
+#: docstream's own build lock in each build folder (``flock``: released by the OS when its holder dies).
+LOCK_FILE = "docstream-build.lock"
+#: torch's build lock in the same folder (``FileBaton`` in ``cpp_extension._jit_compile``): a plain
+#: file that stays behind when a process is killed mid-build, and on which every later ``load`` waits.
+TORCH_BATON = "lock"
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +113,11 @@ def _memoized(key: str, build: Callable[[], ModuleType], hint: str) -> ModuleTyp
     with _LOCK:
         found = _RESULTS.get(key)
         if found is None:
-            log.info("loading the compiled WKV extension %s (the first build on a machine takes a minute or two)",
-                     key)
+            log.debug("loading the compiled WKV extension %s", key)
             try:
                 found = build()
+            except BuildError as exc:  # already says what happened and what to do (a build lock timeout)
+                found = exc
             except Exception as exc:  # noqa: BLE001 - ninja missing, compiler missing or failing, nvcc not found, ...
                 reason, output = _reason(exc), _tail(str(exc))
                 found = BuildError(
@@ -111,13 +130,142 @@ def _memoized(key: str, build: Callable[[], ModuleType], hint: str) -> ModuleTyp
     return found
 
 
-def _build_directory(name: str) -> str | None:
-    root = os.environ.get("DOCSTREAM_BUILD_DIR")
-    if not root:
-        return None  # torch's own cache (TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions)
-    path = Path(root).expanduser() / name
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
+def _say(message: str) -> None:
+    """One line on the terminal (not only the log): builds and waits take long enough to need telling."""
+    print(f"docstream: {message}", file=sys.stderr, flush=True)
+
+
+def _build_root() -> Path:
+    """Where build folders go: ``DOCSTREAM_BUILD_DIR``, else ``TORCH_EXTENSIONS_DIR``, else torch's
+    default root with its ``py<version>_<accelerator>`` subfolder (as ``cpp_extension.load`` picks)."""
+    for var in ("DOCSTREAM_BUILD_DIR", "TORCH_EXTENSIONS_DIR"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    import torch
+    from torch.utils.cpp_extension import get_default_build_root
+    if torch.version.hip is not None:
+        accelerator = "rocm" + torch.version.hip.replace(".", "")
+    elif torch.version.cuda is not None:
+        accelerator = "cu" + torch.version.cuda.replace(".", "")
+    else:
+        accelerator = "cpu"
+    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return Path(get_default_build_root()) / f"{python}_{accelerator}"
+
+
+def _build_directory(name: str, sources: list[str], flags: list[str]) -> Path:
+    """The build folder of extension ``name``: ``<root>/<name>_<hash>``, the hash over this install's
+    path, Python, torch version, sources and compile flags. Two installs sharing one folder would
+    rebuild each other's extension on every start (torch rebuilds whenever the sources or flags differ
+    from the folder's last build), and a torch upgrade must not load a library built for the old one."""
+    import torch
+    key = "\n".join([str(PACKAGE_DIR), sys.implementation.cache_tag or "", getattr(sys, "abiflags", ""),
+                     torch.__version__, str(torch.version.git_version), str(torch.version.cuda),
+                     str(torch.version.hip), *sources, *flags])
+    return _build_root() / f"{name}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the exclusive lock on ``fd`` without waiting; ``False`` if another process holds it."""
+    if sys.platform == "win32":  # pragma: no cover - Windows; a byte past the pid, which stays readable
+        import msvcrt
+        os.lseek(fd, 4096, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder(path: Path) -> str:
+    """The process holding the build lock ``path``, from the pid its holder wrote into it."""
+    try:
+        pid = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        pid = ""
+    return f"process {pid}" if pid.isdigit() else "another process (pid not yet written)"
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path, name: str, timeout: float) -> Iterator[None]:
+    """Hold docstream's build lock ``path`` (waiting at most ``timeout`` seconds for another process);
+    the holder's pid is written into it. The OS releases it when the holder exits or is killed."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise BuildError(f"cannot open the build lock {path} of the compiled extension {name!r} ({exc}); "
+                         "set DOCSTREAM_BUILD_DIR to a writable folder on a local disk") from exc
+    try:
+        deadline, told = time.monotonic() + timeout, False
+        try:
+            while not _try_lock(fd):
+                holder = _holder(path)
+                if time.monotonic() >= deadline:
+                    raise BuildError(
+                        f"gave up after {timeout:g} s waiting for {holder} to finish building the compiled "
+                        f"extension {name!r} (build lock {path}). If that process is stuck, end it and "
+                        "run again; a lock whose holder has exited is released by itself.",
+                        f"build lock {path} held by {holder}")
+                if not told:
+                    _say(f"waiting for {holder} to finish building {name} (build lock {path})")
+                    told = True
+                time.sleep(max(0.0, min(0.2, deadline - time.monotonic())))
+        except OSError as exc:  # e.g. ENOLCK: a network file system without locks
+            raise BuildError(f"cannot lock the build lock {path} of the compiled extension {name!r} ({exc}); "
+                             "set DOCSTREAM_BUILD_DIR to a folder on a local disk") from exc
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # no pid of a finished build for a later waiter to name
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _needs_build(name: str, sources: list[str], build_dir: Path) -> bool:
+    """Whether ``load`` is about to compile (for the message): the library is missing, or older than a
+    source or a header next to one."""
+    try:
+        built = (build_dir / f"{name}{'.pyd' if sys.platform == 'win32' else '.so'}").stat().st_mtime
+    except OSError:
+        return True
+    inputs = {Path(src) for src in sources}
+    for folder in {Path(src).parent for src in sources}:
+        inputs.update(p for p in folder.iterdir() if p.suffix in (".h", ".hpp", ".cuh"))
+    return any(p.stat().st_mtime > built for p in inputs if p.exists())
+
+
+def _locked_load(name: str, sources: list[str], build_dir: Path, timeout: float | None = None,
+                 **load_args) -> ModuleType:
+    """``torch.utils.cpp_extension.load`` of ``name`` into ``build_dir`` under docstream's build lock.
+
+    While docstream's lock is held no other docstream process can be building in ``build_dir``, so a
+    torch build lock found there was left by a killed build: it is removed (only that file), as
+    otherwise ``load`` would wait on it forever. ``timeout`` defaults to :data:`LOCK_TIMEOUT_S`.
+    """
+    from torch.utils.cpp_extension import load
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildError(f"cannot create the build folder {build_dir} of the compiled extension {name!r} "
+                         f"({exc}); set DOCSTREAM_BUILD_DIR to a writable folder") from exc
+    with _build_lock(build_dir / LOCK_FILE, name, LOCK_TIMEOUT_S if timeout is None else timeout):
+        baton = build_dir / TORCH_BATON
+        if baton.exists():
+            log.warning("removing the build lock %s left behind by a killed build", baton)
+            baton.unlink(missing_ok=True)
+        if _needs_build(name, sources, build_dir):
+            _say(f"building the compiled extension {name} (once, into {build_dir}); "
+                 "this may take a minute or two")
+        return load(name=name, sources=sources, build_directory=str(build_dir), verbose=False, **load_args)
 
 
 @functools.cache
@@ -168,10 +316,10 @@ def _load_cpu_extension(prefix: str, source: str) -> ModuleType:
     name = f"{prefix}_{_cpu_tag()}"
 
     def build() -> ModuleType:
-        from torch.utils.cpp_extension import load
         cflags, ldflags = cpu_flags()
-        return load(name=name, sources=[str(CSRC / source)], extra_cflags=cflags,
-                    extra_ldflags=ldflags, build_directory=_build_directory(name), verbose=False)
+        sources = [str(CSRC / source)]
+        return _locked_load(name, sources, _build_directory(name, sources, [*cflags, "|", *ldflags]),
+                            extra_cflags=cflags, extra_ldflags=ldflags)
 
     return _memoized(name, build, CPU_INSTALL_HINT)
 
@@ -183,12 +331,11 @@ def cuda_flags() -> list[str]:
 
 def _load_cuda_extension(name: str, sources: list[str], defines: list[str]) -> ModuleType:
     import torch
-    from torch.utils.cpp_extension import load
     if torch.version.cuda is None:
         raise RuntimeError(f"this PyTorch ({torch.__version__}) was built without CUDA")
-    return load(name=name, sources=sources, extra_cflags=["-O3", *defines],
-                extra_cuda_cflags=[*cuda_flags(), *defines], build_directory=_build_directory(name),
-                verbose=False)
+    cflags, cuda_cflags = ["-O3", *defines], [*cuda_flags(), *defines]
+    return _locked_load(name, sources, _build_directory(name, sources, [*cflags, "|", *cuda_cflags]),
+                        extra_cflags=cflags, extra_cuda_cflags=cuda_cflags)
 
 
 def _cuda_arch_tag() -> str:
