@@ -12,6 +12,12 @@ A training directory holds::
 Re-running on a directory resumes from ``train_state.pt``. The batch of each step is decided by the
 step alone and the checkpoint restores the optimizer exactly, so a resumed run follows the loss curve
 an uninterrupted one would.
+
+Each save writes ``model.pth`` and ``log.jsonl`` before ``train_state.pt``, each atomically: the step
+recorded in ``train_state.pt`` always has its model and log on disk, and a process killed between the
+writes only makes the next run redo the steps since the previous checkpoint. A run that finds the
+training already finished checks both exports against the checkpoint and rewrites whichever is missing
+or differs. Temporary files a killed process left behind are removed when the next run takes the lock.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import io
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,9 +75,24 @@ def _directory_lock(out: Path) -> Iterator[None]:
         raise TrainingLockedError(f"{out} is being trained in by another process (its lock {out / '.lock'} "
                                   f"is held); wait for it to finish")
     try:
+        _remove_stale_temp_files(out)
         yield
     finally:
         os.close(fd)
+
+
+#: the temporary names docstream's own writers use in a training directory: ``atomic_write_bytes``
+#: (``.<name>.tmp-<pid>``), the token file and the BPE trainer; nothing else is ever removed
+_TEMP_NAME = re.compile(r"\.(settings\.json|train_state\.pt|model\.pth|log\.jsonl)\.tmp-\d+"
+                        r"|train_tokens\.tmp\.npy|tokenizer\.json\.tmp")
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Delete the temporary files of killed runs. Only called while holding the directory's lock, so
+    no live process can be writing any of them."""
+    for path in out.iterdir():
+        if _TEMP_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -111,12 +133,19 @@ def make_optimizer(model: RWKVModel, config: TrainConfig) -> torch.optim.AdamW:
 
 def export_blinkdl(model: RWKVModel, path: Path, dtype: str = "fp32") -> Path:
     """Save the weights as a BlinkDL ``.pth`` (a flat dict of tensors under BlinkDL's names), atomically."""
-    target = torch.bfloat16 if dtype == "bf16" else torch.float32
-    sd = {k: v.detach().to("cpu", target).contiguous() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
-    torch.save(sd, buf)
+    torch.save(_blinkdl_weights(model, dtype), buf)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def _blinkdl_weights(model: RWKVModel, dtype: str) -> dict[str, torch.Tensor]:
+    target = torch.bfloat16 if dtype == "bf16" else torch.float32
+    return {k: v.detach().to("cpu", target).contiguous() for k, v in model.state_dict().items()}
+
+
+def _log_bytes(log: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in log).encode()
 
 
 def heldout_bits_per_byte(model: RWKVModel, tokenizer: Tokenizer, text: bytes, chunk_len: int = 1024) -> float:
@@ -177,14 +206,37 @@ def _model(config: TrainConfig, tokenizer: Tokenizer) -> RWKVModel:
 
 def _save(config: TrainConfig, model: RWKVModel, optimizer: torch.optim.Optimizer, step: int,
           elapsed: float, log: list[dict[str, Any]]) -> None:
-    """Write the resumable checkpoint, then the exported model and log (a crash between them is
-    harmless: the next run resumes from the checkpoint and rewrites both)."""
+    """Write the exported model and log, then the resumable checkpoint that marks ``step`` done. A kill
+    before the checkpoint lands leaves the previous one in force: the next run redoes the steps since
+    it and rewrites all three with the same weights and log."""
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "elapsed": elapsed, "log": log}, buf)
-    atomic_write_bytes(config.out / "train_state.pt", buf.getvalue())
     export_blinkdl(model, config.out / "model.pth", config.save_dtype)
-    atomic_write_bytes(config.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log).encode())
+    atomic_write_bytes(config.out / "log.jsonl", _log_bytes(log))
+    atomic_write_bytes(config.out / "train_state.pt", buf.getvalue())
+
+
+def _restore_exports(config: TrainConfig, model: RWKVModel, log: list[dict[str, Any]]) -> None:
+    """Make ``model.pth`` and ``log.jsonl`` those of the finished checkpoint: a directory written by an
+    older docstream, killed between its checkpoint and its exports, may lack them or hold older ones."""
+    log_path = config.out / "log.jsonl"
+    if not log_path.is_file() or log_path.read_bytes() != _log_bytes(log):
+        atomic_write_bytes(log_path, _log_bytes(log))
+    model_path = config.out / "model.pth"
+    if not _same_weights(model_path, _blinkdl_weights(model, config.save_dtype)):
+        export_blinkdl(model, model_path, config.save_dtype)
+
+
+def _same_weights(path: Path, expected: dict[str, torch.Tensor]) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved.keys() == expected.keys() and all(
+            saved[k].dtype == v.dtype and torch.equal(saved[k], v) for k, v in expected.items())
+    except Exception:  # unreadable, truncated or not a dict of tensors: rewritten, so any failure means "differs"
+        return False
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -207,6 +259,8 @@ def train(config: TrainConfig) -> TrainResult:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             step, elapsed, log = saved["step"], saved["elapsed"], saved["log"]
+            if step >= config.max_steps:
+                _restore_exports(config, model, log)
         return _loop(config, model, optimizer, batches, (heldout_ids, len(heldout)), step, elapsed, log)
 
 
