@@ -3,7 +3,8 @@
 Layout of ``OUT/index/<pooling>/``::
 
     meta.json                  the commit point: factory, metric, pooling, dimension, the run's last
-                               commit ``seq`` included, vector count, and the two files below
+                               commit ``seq`` included, vector count, and the two files below with
+                               their sha256 (checked before every load and every update)
     index-000003.faiss         the FAISS index (``faiss.write_index``) of generation 3
     ids-000003.parquet         its id table: row i = FAISS id i -> doc_id, chunk_index, token_start, token_end
     .lock                      flock: one updater at a time, readers share it
@@ -12,7 +13,10 @@ An update adds the embeddings of the commits with ``seq`` above the one in ``met
 index and id table of the next generation under new names (temp file + fsync + rename), then
 rewrites ``meta.json`` atomically, and only then deletes the previous generation. A reader trusts
 only the files ``meta.json`` names, so a crash at any moment leaves the old consistent set or the
-new one, and an update after a crash adds each commit's vectors exactly once.
+new one, and an update after a crash adds each commit's vectors exactly once. A file that differs
+from its checksum (flipped bytes, truncation, reordered id rows) raises :class:`IndexDamagedError`
+instead of returning wrong documents; an index is derived data, so rebuilding it is always the fix.
+An index whose meta predates checksums is rebuilt by its next update.
 
 The metric is cosine by default (vectors L2-normalized, inner product, score in [-1, 1]); ``"ip"``
 uses raw inner products and ``"l2"`` squared L2 distances (smaller is closer). Any FAISS
@@ -21,14 +25,10 @@ available at their first build, which must be at least 39 per centroid (FAISS's 
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -41,21 +41,23 @@ except ImportError as _err:
     raise ImportError("docstream's indexes and search need FAISS: install it with pip install "
                       "'docstream[faiss]' (faiss-cpu), or faiss-gpu") from _err
 
-from docstream.stream.reader import EmbeddingRows, check_pooling, read_embeddings, read_run_config
-from docstream.stream.store import atomic_write_bytes
-from docstream.tasks.embed import l2_normalize
 from docstream.stream.pooling import DEFAULT_POOLING
+from docstream.stream.reader import EmbeddingRows, check_pooling, read_embeddings, read_run_config
+from docstream.tasks.embed import l2_normalize
+from docstream.tasks.index_files import (ChunkId, DiskFullError, IdTable, IndexDamagedError, atomic_write,
+                                         file_problems, last_generation, locked, rebuild_hint, remove_unnamed)
 
-__all__ = ["ChunkId", "DEFAULT_FACTORY", "IdTable", "IndexMeta", "LoadedIndex", "METRICS", "UpdateResult",
-           "build_index", "index_dir", "load_index", "new_index", "prepare_vectors", "read_meta", "train_index",
-           "training_minimum", "update_index"]
+__all__ = ["ChunkId", "DEFAULT_FACTORY", "DiskFullError", "IdTable", "IndexDamagedError", "IndexMeta", "LoadedIndex",
+           "METRICS", "UpdateResult", "build_index", "index_dir", "load_index", "new_index", "prepare_vectors",
+           "read_meta", "run_identity", "train_index", "training_minimum", "update_index"]
 
 DEFAULT_FACTORY = "Flat"
 METRICS = ("cosine", "ip", "l2")
 #: FAISS warns below this many training points per k-means centroid
 POINTS_PER_CENTROID = 39
 META_NAME = "meta.json"
-META_FORMAT = 1
+#: 2: meta.json records the sha256 of the index and id-table files (1 had none)
+META_FORMAT = 2
 #: vectors added to an index per call, so progress shows on large updates
 ADD_BATCH = 65536
 _FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
@@ -63,61 +65,6 @@ _FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER
 
 # ---------------------------------------------------------------------------------------------
 # Values
-
-
-@dataclass(frozen=True)
-class ChunkId:
-    """Where a FAISS id points: a chunk of a document and its token range."""
-
-    doc_id: str
-    chunk_index: int
-    token_start: int
-    token_end: int
-
-
-@dataclass(frozen=True)
-class IdTable:
-    """FAISS id -> chunk: row ``i`` describes the vector with id ``i``."""
-
-    doc_id: np.ndarray
-    chunk_index: np.ndarray
-    token_start: np.ndarray
-    token_end: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.doc_id)
-
-    def row(self, i: int) -> ChunkId:
-        """The chunk of FAISS id ``i``."""
-        if not 0 <= i < len(self):
-            raise IndexError(f"FAISS id {i} is outside the id table's {len(self)} rows")
-        return ChunkId(str(self.doc_id[i]), int(self.chunk_index[i]), int(self.token_start[i]),
-                       int(self.token_end[i]))
-
-    @classmethod
-    def of_rows(cls, rows: EmbeddingRows) -> IdTable:
-        return cls(rows.doc_id, rows.chunk_index, rows.token_start, rows.token_end)
-
-    @classmethod
-    def concat(cls, first: IdTable, second: IdTable) -> IdTable:
-        return cls(*(np.concatenate([getattr(first, n), getattr(second, n)])
-                     for n in ("doc_id", "chunk_index", "token_start", "token_end")))
-
-    def write(self, path: Path) -> None:
-        """Write the table as Parquet to ``path`` atomically."""
-        table = pa.table({"doc_id": pa.array(self.doc_id.tolist(), pa.string()),
-                          "chunk_index": pa.array(self.chunk_index, pa.int32()),
-                          "token_start": pa.array(self.token_start, pa.int64()),
-                          "token_end": pa.array(self.token_end, pa.int64())})
-        _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-
-    @classmethod
-    def read(cls, path: Path) -> IdTable:
-        table = pq.read_table(path)
-        return cls(np.asarray(table.column("doc_id").to_pylist(), dtype=object),
-                   table.column("chunk_index").to_numpy().astype(np.int32),
-                   table.column("token_start").to_numpy().astype(np.int64),
-                   table.column("token_end").to_numpy().astype(np.int64))
 
 
 @dataclass(frozen=True)
@@ -134,7 +81,18 @@ class IndexMeta:
     index_file: str
     ids_file: str
     run_identity: str
+    #: None in metas written before checksums (format 1): such an index cannot be verified
+    index_sha256: str | None = None
+    ids_sha256: str | None = None
     format: int = META_FORMAT
+
+    @property
+    def verifiable(self) -> bool:
+        return self.index_sha256 is not None and self.ids_sha256 is not None
+
+    def files(self) -> dict[str, str | None]:
+        """The files of this generation -> their recorded sha256."""
+        return {self.index_file: self.index_sha256, self.ids_file: self.ids_sha256}
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
@@ -142,10 +100,14 @@ class IndexMeta:
     @classmethod
     def from_json(cls, data: bytes, path: Path) -> IndexMeta:
         try:
-            return cls(**json.loads(data))
+            meta = cls(**json.loads(data))
         except (ValueError, TypeError) as err:
-            raise ValueError(f"index meta {path} is not a docstream index description ({err}); "
-                             f"rebuild the index (rebuild=True, --rebuild)") from err
+            raise IndexDamagedError(path, f"is not a docstream index description ({err})",
+                                    rebuild_hint(path.parent)) from err
+        if meta.format > META_FORMAT:
+            raise ValueError(f"index meta {path} has format {meta.format}, newer than this docstream's "
+                             f"{META_FORMAT}; upgrade docstream, or rebuild the index with this version")
+        return meta
 
 
 @dataclass
@@ -322,14 +284,42 @@ def load_index(out: str | Path, pooling: str = DEFAULT_POOLING) -> LoadedIndex:
     if not (directory / META_NAME).exists():
         raise FileNotFoundError(f"there is no {pooling!r} index in {str(out)!r}; build it with "
                                 f"`docstream index --run {out} --pooling {pooling}` or update_index()")
-    with _locked(directory, exclusive=False):
+    with locked(directory, exclusive=False):
         meta = read_meta(out, pooling)
-        index = faiss.read_index(str(directory / meta.index_file))
-        ids = IdTable.read(directory / meta.ids_file)
-    if not index.ntotal == len(ids) == meta.count:
-        raise ValueError(f"the index in {directory} is inconsistent ({index.ntotal} vectors, {len(ids)} ids, "
-                         f"meta says {meta.count}); rebuild it (rebuild=True, --rebuild)")
+        index, ids = read_generation(directory, meta)
     return LoadedIndex(meta, index, ids)
+
+
+def read_generation(directory: Path, meta: IndexMeta, verify: bool = True) -> tuple[faiss.Index, IdTable]:
+    """The FAISS index and id table ``meta`` names, checked against its checksums (unless ``verify`` is
+    False because the caller just did) and its count.
+
+    Raises:
+        IndexDamagedError: a file is missing, differs from its checksum, is unreadable, or the counts disagree.
+    """
+    if verify:
+        check_generation(directory, meta)
+    hint = rebuild_hint(directory, meta.factory, meta.metric)
+    index_path, ids_path = directory / meta.index_file, directory / meta.ids_file
+    try:
+        index = faiss.read_index(str(index_path))
+    except RuntimeError as err:  # a truncated or garbled file (only without checksums, or after a race)
+        raise IndexDamagedError(index_path, f"is not a readable FAISS index ({_faiss_message(err)})", hint) from err
+    try:
+        ids = IdTable.read(ids_path)
+    except (OSError, ValueError, KeyError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise IndexDamagedError(ids_path, f"is not a readable id table ({err})", hint) from err
+    if not index.ntotal == len(ids) == meta.count:
+        raise IndexDamagedError(directory, f"is inconsistent ({index.ntotal} vectors in {meta.index_file}, "
+                                           f"{len(ids)} rows in {meta.ids_file}, meta.json says {meta.count})", hint)
+    return index, ids
+
+
+def check_generation(directory: Path, meta: IndexMeta) -> None:
+    """Raise :class:`IndexDamagedError` naming the first file of ``meta`` that is missing or differs
+    from its recorded sha256 (a meta without checksums can only be checked for missing files)."""
+    for path, problem in file_problems(directory, meta.files()):
+        raise IndexDamagedError(path, problem, rebuild_hint(directory, meta.factory, meta.metric))
 
 
 def update_index(out: str | Path, pooling: str = DEFAULT_POOLING, factory: str = DEFAULT_FACTORY, metric: str = "cosine",
@@ -343,22 +333,32 @@ def update_index(out: str | Path, pooling: str = DEFAULT_POOLING, factory: str =
     Raises:
         ValueError: the existing index has another factory or metric (pass ``rebuild=True``), was
             built from another run, or a new trainable index has too few vectors to train on.
+        IndexDamagedError: a file of the existing index differs from its checksum or is missing
+            (checked also when nothing is new), or the index is ahead of the run.
+        DiskFullError: the disk filled up; the previous index is intact and no temp file is left.
         FileNotFoundError: ``out`` is not a run's output directory.
     """
     check_pooling(pooling)
     check_metric(metric)
-    identity = _run_identity(out)
+    identity = run_identity(out)
     directory = index_dir(out, pooling)
     directory.mkdir(parents=True, exist_ok=True)
-    with _locked(directory, exclusive=True):
+    with locked(directory, exclusive=True):
         old = None if rebuild else read_meta(out, pooling)
         if old is not None:
             _check_compatible(old, factory, metric, identity, directory)
+        if old is not None and not old.verifiable:
+            old = None  # written before checksums: its files cannot be trusted, so build it afresh
+        if old is not None:
+            check_generation(directory, old)
         new = read_embeddings(out, pooling, after_seq=old.seq if old else 0)
         if old is not None and new.last_seq < old.seq:
-            raise ValueError(f"the index in {directory} includes commit {old.seq} but the run has only "
-                             f"{new.last_seq} commits; the run directory was rewritten: rebuild the index "
-                             f"(rebuild=True, --rebuild)")
+            raise IndexDamagedError(directory / META_NAME, f"includes commit {old.seq} but the run's newest commit "
+                                                           f"is {new.last_seq} (the run folder was rewritten)",
+                                    rebuild_hint(directory, old.factory, old.metric))
+        if old is not None and getattr(new, "retracted", None):
+            # rows already in the index belong to documents a later commit retracted: start over
+            old, new = None, read_embeddings(out, pooling)
         if old is not None and new.last_seq == old.seq:
             return UpdateResult(old, 0, directory)
         meta = _write_generation(directory, old, new.rows, new.last_seq, factory, metric, pooling, identity,
@@ -377,21 +377,48 @@ def _write_generation(directory: Path, old: IndexMeta | None, rows: EmbeddingRow
         index, ids = new_index(factory, x.shape[1], metric), IdTable.of_rows(rows)
         train_index(index, x, factory)
     else:
-        index = faiss.read_index(str(directory / old.index_file))
-        ids = IdTable.concat(IdTable.read(directory / old.ids_file), IdTable.of_rows(rows))
+        index, old_ids = read_generation(directory, old, verify=False)  # update_index just verified it
+        ids = IdTable.concat(old_ids, IdTable.of_rows(rows))
         if x is not None and x.shape[1] != old.dimension:
             raise ValueError(f"new vectors have dimension {x.shape[1]} but the index in {directory} holds "
                              f"{old.dimension}-d vectors; rebuild it (rebuild=True, --rebuild)")
     if x is not None:
         _add(index, x, progress)
-    generation = (old.generation if old else _last_generation(directory)) + 1
-    meta = IndexMeta(factory, metric, pooling, int(index.d), seq, int(index.ntotal), generation,
-                     f"index-{generation:06d}.faiss", f"ids-{generation:06d}.parquet", identity)
-    _atomic_write(directory / meta.index_file, lambda tmp: faiss.write_index(index, str(tmp)))
-    ids.write(directory / meta.ids_file)
-    atomic_write_bytes(directory / META_NAME, meta.to_json())
-    _remove_unnamed(directory, meta)
+    generation = max(old.generation if old else 0, last_generation(directory)) + 1
+    index_file, ids_file = f"index-{generation:06d}.faiss", f"ids-{generation:06d}.parquet"
+    try:
+        index_sha256 = atomic_write(directory / index_file, lambda tmp: _write_faiss(index, tmp))
+        ids_sha256 = ids.write(directory / ids_file)
+        meta = IndexMeta(factory, metric, pooling, int(index.d), seq, int(index.ntotal), generation, index_file,
+                         ids_file, identity, index_sha256, ids_sha256)
+        _write_meta(directory, meta)
+    except BaseException:
+        if not _meta_names(directory, index_file):  # remove what this generation wrote: a full disk gets its space back
+            for name in (index_file, ids_file):
+                (directory / name).unlink(missing_ok=True)
+        raise
+    remove_unnamed(directory, {META_NAME, ".lock", index_file, ids_file})
     return meta
+
+
+def _meta_names(directory: Path, index_file: str) -> bool:
+    """Whether ``directory``'s meta.json names ``index_file`` (False when it is absent or unreadable)."""
+    try:
+        return IndexMeta.from_json((directory / META_NAME).read_bytes(), directory / META_NAME).index_file == index_file
+    except (OSError, ValueError):
+        return False
+
+
+def _write_faiss(index: faiss.Index, path: Path) -> None:
+    """``faiss.write_index`` through a Python file, so a failed write raises OSError with its errno
+    (ENOSPC on a full disk) rather than a FAISS RuntimeError."""
+    with open(path, "wb") as f:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+
+
+def _write_meta(directory: Path, meta: IndexMeta) -> None:
+    """Commit ``meta`` as the current generation (atomically: the old meta.json or the whole new one)."""
+    atomic_write(directory / META_NAME, lambda tmp: tmp.write_bytes(meta.to_json()))
 
 
 def _check_compatible(meta: IndexMeta, factory: str, metric: str, identity: str, directory: Path) -> None:
@@ -405,49 +432,7 @@ def _check_compatible(meta: IndexMeta, factory: str, metric: str, identity: str,
                          f"rebuild it (rebuild=True, --rebuild)")
 
 
-def _run_identity(out: str | Path) -> str:
+def run_identity(out: str | Path) -> str:
     """A digest of the run's identity (settings that shape its vectors, model and tokenizer fingerprints)."""
     identity = read_run_config(out)["identity"]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-def _last_generation(directory: Path) -> int:
-    """The highest generation number among the files in ``directory`` (0 when none), so a rebuild never
-    reuses the name of a file a reader may still be opening."""
-    numbers = [int(p.stem.rsplit("-", 1)[1]) for p in directory.glob("index-*.faiss")
-               if p.stem.rsplit("-", 1)[1].isdigit()]
-    return max(numbers, default=0)
-
-
-def _remove_unnamed(directory: Path, meta: IndexMeta) -> None:
-    """Delete older generations and temp files left by crashed updates."""
-    keep = {META_NAME, ".lock", meta.index_file, meta.ids_file}
-    for path in directory.iterdir():
-        if path.name not in keep and path.is_file():
-            path.unlink()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp)`` then fsync and rename ``tmp`` to ``path``, so ``path`` is whole or absent."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def _locked(directory: Path, exclusive: bool) -> Iterator[None]:
-    """Hold ``directory/.lock``: exclusively while updating, shared while reading."""
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

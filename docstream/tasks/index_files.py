@@ -1,0 +1,163 @@
+"""The files of an index generation: the id table, writes that leave nothing half-done, checksum checks.
+
+An index is derived data: whatever happens to its files, rebuilding it from the run's committed
+embeddings restores it. So every failure here says which file is at fault and that a rebuild (or
+freeing disk space and re-running) fixes it, and a failed write removes what it wrote.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from docstream import files
+from docstream.checksum import sha256_file
+from docstream.files import DamagedFileError, DiskFullError
+from docstream.stream.reader import EmbeddingRows
+
+__all__ = ["DiskFullError", "IdTable", "IndexDamagedError", "atomic_write", "file_problems", "last_generation",
+           "locked", "rebuild_hint", "remove_unnamed"]
+
+#: the names of the files an update writes: generation files and their temp files (``.NAME.tmp-PID``)
+GENERATION_FILE = re.compile(r"^(?:index-(?P<generation>\d+)\.faiss|ids-\d+\.parquet|\..+\.tmp-\d+)$")
+
+
+class IndexDamagedError(DamagedFileError):
+    """A file of the current index generation is missing, unreadable, or differs from its recorded checksum.
+
+    ``path``, ``problem`` and ``fix`` are the parts of the message (``docstream verify`` lists them).
+    """
+
+    def __init__(self, path: str | Path, problem: str, fix: str):
+        super().__init__(f"{path} {problem}; {fix}")
+        self.path, self.problem, self.fix = str(path), problem, fix
+
+
+def rebuild_hint(directory: Path, factory: str | None = None, metric: str | None = None) -> str:
+    """What fixes a damaged or stale index in ``directory`` (``OUT/index/<pooling>``): rebuilding it from the
+    run's committed embeddings, with its ``factory`` and ``metric`` when they are known."""
+    out, pooling = directory.parents[1], directory.name
+    options = "" if factory is None else (f" --factory '{factory}'" if factory != "Flat" else "") + (
+        f" --metric {metric}" if metric not in (None, "cosine") else "")
+    keep = " (with its --factory and --metric if they were not Flat and cosine)" if factory is None else ""
+    return (f"the index is derived data: rebuild it with `docstream index --run {out} --pooling {pooling}{options} "
+            f"--rebuild`{keep} or `docstream verify --run {out} --repair`")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> str:
+    """:func:`docstream.files.atomic_write` (``path`` whole or absent; no temp file left on failure;
+    :class:`DiskFullError` when out of space) that returns the sha256 of the written file."""
+    digest = []
+
+    def write_and_hash(tmp: Path) -> None:
+        write(tmp)
+        digest.append(sha256_file(tmp))
+
+    files.atomic_write(path, write_and_hash)
+    return digest[0]
+
+
+def last_generation(directory: Path) -> int:
+    """The highest generation number among the index files in ``directory`` (0 when none), so a rebuild
+    never reuses the name of a file a reader may still be opening."""
+    matches = (GENERATION_FILE.match(p.name) for p in directory.iterdir())
+    return max((int(m["generation"]) for m in matches if m and m["generation"]), default=0)
+
+
+def remove_unnamed(directory: Path, keep: set[str]) -> None:
+    """Delete the older generations and temp files of crashed updates: files named like the ones an update
+    writes that are not in ``keep`` (anything else in ``directory`` is not docstream's, so it stays)."""
+    for path in directory.iterdir():
+        if path.name not in keep and GENERATION_FILE.match(path.name) and path.is_file():
+            path.unlink()
+
+
+def file_problems(directory: Path, named: dict[str, str | None]) -> list[tuple[Path, str]]:
+    """``(path, what is wrong)`` for each file of ``named`` (name -> recorded sha256, None when the meta
+    predates checksums) that is missing or whose content differs from its checksum."""
+    problems = []
+    for name, expected in named.items():
+        path = directory / name
+        if not path.is_file():
+            problems.append((path, "is missing (meta.json names it)"))
+            continue
+        actual = sha256_file(path)
+        if expected is not None and actual != expected:
+            problems.append((path, f"has sha256 {actual[:16]}..., but meta.json records {expected[:16]}... "
+                                   f"(the file was changed, truncated or corrupted)"))
+    return problems
+
+
+@contextmanager
+def locked(directory: Path, exclusive: bool) -> Iterator[None]:
+    """Hold ``directory/.lock``: exclusively while updating, shared while reading."""
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class ChunkId:
+    """Where a FAISS id points: a chunk of a document and its token range."""
+
+    doc_id: str
+    chunk_index: int
+    token_start: int
+    token_end: int
+
+
+@dataclass(frozen=True)
+class IdTable:
+    """FAISS id -> chunk: row ``i`` describes the vector with id ``i``."""
+
+    doc_id: np.ndarray
+    chunk_index: np.ndarray
+    token_start: np.ndarray
+    token_end: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.doc_id)
+
+    def row(self, i: int) -> ChunkId:
+        """The chunk of FAISS id ``i``."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"FAISS id {i} is outside the id table's {len(self)} rows")
+        return ChunkId(str(self.doc_id[i]), int(self.chunk_index[i]), int(self.token_start[i]),
+                       int(self.token_end[i]))
+
+    @classmethod
+    def of_rows(cls, rows: EmbeddingRows) -> IdTable:
+        return cls(rows.doc_id, rows.chunk_index, rows.token_start, rows.token_end)
+
+    @classmethod
+    def concat(cls, first: IdTable, second: IdTable) -> IdTable:
+        return cls(*(np.concatenate([getattr(first, n), getattr(second, n)])
+                     for n in ("doc_id", "chunk_index", "token_start", "token_end")))
+
+    def write(self, path: Path) -> str:
+        """Write the table as Parquet to ``path`` atomically (see :func:`atomic_write`); its sha256."""
+        table = pa.table({"doc_id": pa.array(self.doc_id.tolist(), pa.string()),
+                          "chunk_index": pa.array(self.chunk_index, pa.int32()),
+                          "token_start": pa.array(self.token_start, pa.int64()),
+                          "token_end": pa.array(self.token_end, pa.int64())})
+        return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+    @classmethod
+    def read(cls, path: Path) -> IdTable:
+        table = pq.read_table(path)
+        return cls(np.asarray(table.column("doc_id").to_pylist(), dtype=object),
+                   table.column("chunk_index").to_numpy().astype(np.int32),
+                   table.column("token_start").to_numpy().astype(np.int64),
+                   table.column("token_end").to_numpy().astype(np.int64))
