@@ -63,6 +63,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from docstream.tasks.verify import print_report, verify_run
+
+    report = verify_run(args.run_dir, repair=args.repair)
+    print_report(report, args.json)
+    return report.exit_code
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from docstream.demo import run_demo
 
@@ -120,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_summarize_command(sub)
     add_probe_command(sub)
     add_train_command(sub)
+
+    vf = sub.add_parser("verify", help="check a run folder's committed files and its FAISS indexes; exit 1 when "
+                                       "something is damaged")
+    vf.add_argument("--run", dest="run_dir", required=True, metavar="OUT", help="output directory of a run")
+    vf.add_argument("--repair", action="store_true", help="rebuild damaged indexes and update stale ones (the "
+                                                          "run's own files are never changed)")
+    vf.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    vf.set_defaults(func=_cmd_verify)
 
     st = sub.add_parser("selftest", help="check chunked, token-by-token and split streaming agree on random "
                                          "checkpoints of every RWKV version, and time them")
