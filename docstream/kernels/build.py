@@ -211,7 +211,7 @@ def _build_lock(path: Path, name: str, timeout: float) -> Iterator[None]:
                         f"gave up after {timeout:g} s waiting for {holder} to finish building the compiled "
                         f"extension {name!r} (build lock {path}). If that process is stuck, end it and "
                         "run again; a lock whose holder has exited is released by itself.",
-                        f"build lock {path} held by {holder}")
+                        f"timed out waiting for {holder}, which holds the build lock {path}")
                 if not told:
                     _say(f"waiting for {holder} to finish building {name} (build lock {path})")
                     told = True
