@@ -356,7 +356,7 @@ def update_index(out: str | Path, pooling: str = DEFAULT_POOLING, factory: str =
             raise IndexDamagedError(directory / META_NAME, f"includes commit {old.seq} but the run's newest commit "
                                                            f"is {new.last_seq} (the run folder was rewritten)",
                                     rebuild_hint(directory, old.factory, old.metric))
-        if old is not None and getattr(new, "retracted", None):
+        if old is not None and new.retracted:
             # rows already in the index belong to documents a later commit retracted: start over
             old, new = None, read_embeddings(out, pooling)
         if old is not None and new.last_seq == old.seq:
