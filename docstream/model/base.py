@@ -22,11 +22,13 @@ from docstream.model.state import State
 
 #: matrix products get their row count padded with zero rows up to a multiple of this: the BLAS behind
 #: torch computes the rows of a short remainder block with other kernels, so without padding a row's
-#: result depends on how many rows share the product. Padded, every row is bitwise the same whatever
-#: the batch size, chunk length or position in the batch (so token-by-token, chunked and batched
-#: streaming agree exactly, and resumed runs reproduce uninterrupted ones) at the cost of < 8 rows.
-#: (Elementwise ops are bitwise row-stable when widths are multiples of 16, as in released models;
-#: otherwise torch's scalar tail loop may round a few elements differently.)
+#: result depends on how many rows share the product. Padded, on many CPUs (the AVX2 machines docstream
+#: is tested on, with MKL or OpenBLAS) every row is bitwise the same whatever the batch size, chunk
+#: length or position in the batch, at the cost of < 8 rows. It is not a guarantee: on AVX-512 and ARM
+#: the BLAS also picks other kernels (blockings, summation orders) for other row counts, and torch's
+#: vectorized loops and reductions may too, so rows differ there in the last bits (1.9e-6 seen on an
+#: AVX-512 EPYC). What docstream promises on every CPU is agreement to float32 rounding (README,
+#: "Reproducibility"); nothing -- resume, the Ray engine -- relies on bitwise equality across batchings.
 GEMM_ROW_MULTIPLE = 8
 #: :meth:`RWKVModel.step` (single-token decoding) trades that row stability for speed on products of
 #: at most this many rows. On CPU in fp32 they take the compiled few-row kernel (``linear_rows``, which
@@ -43,7 +45,7 @@ _STEP_KERNEL: contextvars.ContextVar = contextvars.ContextVar("docstream_step_ke
 
 
 def matmul(x: Tensor, w: Tensor) -> Tensor:
-    """x [..., in] @ w [in, out] (w may be a transposed view), row-stable (see GEMM_ROW_MULTIPLE)."""
+    """x [..., in] @ w [in, out] (w may be a transposed view), rows padded (see GEMM_ROW_MULTIPLE)."""
     flat = x.reshape(-1, x.shape[-1])
     rows = flat.shape[0]
     kernel = _STEP_KERNEL.get()

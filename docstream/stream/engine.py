@@ -3,8 +3,9 @@
 Each batch row holds one document and its own recurrent state. Every step takes the next chunk of
 every row, runs the rows whose chunks have the same length as one batch, and refills a row as soon
 as its document ends. A row's results do not depend on its companions or on how its document was
-cut into chunks: rows never interact, and the model's matrix products are row-stable
-(``docstream.model.base.GEMM_ROW_MULTIPLE``).
+cut into chunks beyond float32 rounding: rows never interact, though a BLAS may round a row's products
+differently for other row counts (bitwise equal on many CPUs, see
+``docstream.model.base.GEMM_ROW_MULTIPLE``).
 """
 from __future__ import annotations
 

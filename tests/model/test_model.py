@@ -4,9 +4,10 @@ import torch
 
 from docstream.model import State, build_model, load_model
 from docstream.model.synthetic import make_random_checkpoint, save_random_checkpoint
+from tests.blas_variation import vary_rounding_by_row_count
 
-# widths are multiples of 16, as in every released model: elementwise ops then never take torch's
-# scalar tail loop, whose rounding differs from the vector loop (see test_token_by_token_equals_whole)
+# widths are multiples of 16, as in every released model: elementwise ops then rarely take torch's
+# scalar tail loop, whose rounding may differ from the vector loop
 SPECS = {
     "4": dict(n_layer=2, n_embd=32, vocab_size=61),
     "5.2": dict(n_layer=2, n_embd=32, head_size=16, vocab_size=61),
@@ -32,17 +33,36 @@ def test_state_passed_in_is_not_modified(model):
     assert state.equal(before)
 
 
-# Matrix products are row-stable (base.GEMM_ROW_MULTIPLE) and the WKV runs token by token in fp32, so on
-# CPU the batch, token-by-token and split paths agree bitwise, not just within a tolerance.
+# Different batchings send different row counts through the BLAS, whose rounding may then differ on
+# AVX-512 and ARM CPUs (this AVX2 machine happens to agree bitwise): the promise everywhere is agreement
+# to float32 rounding, FORWARD_TOL, as the README says. The same computation repeated is bitwise equal.
+FORWARD_TOL = dict(atol=1e-5, rtol=1e-5)
 
-def test_rows_are_independent_of_batch_companions(model):
+
+def _assert_states_close(got, want):
+    assert got.version == want.version
+    for name, part in want.parts().items():
+        torch.testing.assert_close(got.parts()[name], part, **FORWARD_TOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("blas", ["this machine's", "rounding by row count"])
+def test_rows_are_independent_of_batch_companions(model, blas, monkeypatch):
+    if blas == "rounding by row count":
+        vary_rounding_by_row_count(monkeypatch)
     toks = _tokens(model, 3, 9, seed=1)
     _, s0 = model.forward(_tokens(model, 3, 4, seed=2))
     batch_logits, batch_state = model.forward(toks, s0, all_logits=True)
+    differs = False
     for row in range(3):
         alone, alone_state = model.forward(toks[row:row + 1], s0.select(row), all_logits=True)
-        assert torch.equal(batch_logits[row:row + 1], alone)
-        assert batch_state.select(row).equal(alone_state)
+        torch.testing.assert_close(batch_logits[row:row + 1], alone, **FORWARD_TOL)
+        _assert_states_close(batch_state.select(row), alone_state)
+        differs |= not torch.equal(batch_logits[row:row + 1], alone)
+    # under the stand-in BLAS the rows do differ in their last bits: the tolerance above is what holds
+    assert differs == (blas == "rounding by row count")
+    # the same computation repeated is bitwise equal on every CPU
+    again_logits, again_state = model.forward(toks, s0, all_logits=True)
+    assert torch.equal(again_logits, batch_logits) and again_state.equal(batch_state)
 
 
 @pytest.mark.parametrize("split", [1, 7, 19])
@@ -51,8 +71,8 @@ def test_any_split_gives_the_same_logits(model, split):
     whole, whole_state = model.forward(toks, all_logits=True)
     first, state = model.forward(toks[:, :split], all_logits=True)
     second, state = model.forward(toks[:, split:], state, all_logits=True)
-    assert torch.equal(torch.cat([first, second], 1), whole)
-    assert state.equal(whole_state)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole, **FORWARD_TOL)
+    _assert_states_close(state, whole_state)
 
 
 def test_token_by_token_equals_whole(model):
@@ -62,8 +82,8 @@ def test_token_by_token_equals_whole(model):
     for t in range(12):
         logits, state = model.forward(toks[:, t:t + 1], state)
         steps.append(logits)
-    assert torch.equal(torch.stack(steps, 1), whole)
-    assert state.equal(whole_state)
+    torch.testing.assert_close(torch.stack(steps, 1), whole, **FORWARD_TOL)
+    _assert_states_close(state, whole_state)
 
 
 def test_hidden_states_feed_the_head(model):

@@ -27,6 +27,7 @@ from docstream.stream.ray_engine import (
 from docstream.stream.run import _Recorder, run
 from docstream.stream.store import RunStore
 from docstream.tokenizer import default_world_vocab_path
+from tests.stream.tables import assert_same_outputs
 from tests.stream.tables import sorted_tables as _tables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +38,7 @@ WORDS = ("river", "stone", "light", "quiet", "morning", "paper", "signal", "gard
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """The local reference runs fastest on one thread, leaving the other core to the Ray workers
-    (which Ray gives one thread each); results do not depend on the thread count."""
+    (which Ray gives one thread each); results agree across thread counts to float32 rounding."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -119,7 +120,8 @@ def test_a_killed_worker_is_replaced_and_outputs_equal_the_local_engine(ray_clus
     assert killed and summary.worker_restarts == 1
     assert packets[1] > 0, "both workers should have streamed documents"
     assert any(task.start_token > 0 for task in taken_over), "a document should go on from a committed snapshot"
-    assert _tables(tmp_path / "ray") == reference
+    # every row exactly once; vectors and states to float32 rounding (other batch companions than locally)
+    assert_same_outputs(_tables(tmp_path / "ray"), reference)
 
 
 def test_a_killed_driver_resumes_to_the_local_engine_outputs(ray_cluster, model_path, local_run, tmp_path):
@@ -144,7 +146,7 @@ def test_a_killed_driver_resumes_to_the_local_engine_outputs(ray_cluster, model_
     assert committed.last_seq >= 4, f"the driver committed nothing in 300 s: {(tmp_path / 'driver.log').read_text()}"
     summary = run(_config(model_path, corpus, out, engine="ray", workers=2))
     assert summary.skipped == len(committed.finished) and summary.resumed == len(committed.in_flight) > 0
-    assert _tables(out) == reference
+    assert_same_outputs(_tables(out), reference)
 
 
 def test_workers_that_cannot_start_or_fit_fail_the_run_clearly(ray_cluster, model_path, local_run, tmp_path):

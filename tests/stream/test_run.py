@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,6 +20,8 @@ from docstream.stream.config import build_config
 from docstream.stream.run import run
 from docstream.stream.store import RunLockedError, RunStore
 from docstream.tokenizer import default_world_vocab_path
+from tests.blas_variation import vary_rounding_by_row_count
+from tests.stream.tables import RUN_TOL, assert_same_outputs, assert_states_close
 from tests.stream.tables import sorted_tables as _tables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,22 +87,30 @@ def test_outputs_are_complete_and_consistent(model_path, tmp_path):
     assert _tables(tmp_path / "out") == t
 
 
-def test_results_do_not_depend_on_batch_size(model_path, tmp_path):
+@pytest.mark.parametrize("blas", ["this machine's", "rounding by row count"])
+def test_results_do_not_depend_on_batch_size(model_path, tmp_path, monkeypatch, blas):
+    if blas == "rounding by row count":
+        vary_rounding_by_row_count(monkeypatch)
     corpus = _corpus(tmp_path / "corpus", 9, seed=1)
     results = [_tables(_run_to(tmp_path / f"b{b}", model_path, corpus, batch_size=b)) for b in (1, 3, 8)]
-    assert results[0] == results[1] == results[2]
+    assert_same_outputs(results[1], results[0])
+    assert_same_outputs(results[2], results[0])
+    if blas == "rounding by row count":  # the stand-in BLAS did change the last bits
+        assert results[0]["embeddings"] != results[1]["embeddings"]
 
 
 def test_chunk_length_does_not_change_the_stream(model_path, tmp_path):
     corpus = _corpus(tmp_path / "corpus", 5, seed=2)
     a = _tables(_run_to(tmp_path / "c16", model_path, corpus, chunk_len=16, snapshot_every=1))
     b = _tables(_run_to(tmp_path / "c48", model_path, corpus, chunk_len=48, snapshot_every=1))
-    final = lambda t: {r["doc_id"]: r["state"] for r in t["snapshots"] if r["is_final"]}  # noqa: E731
-    assert final(a) == final(b)
+    final = lambda t: [r for r in t["snapshots"] if r["is_final"]]  # noqa: E731
+    assert [(r["doc_id"], r["token_end"]) for r in final(a)] == [(r["doc_id"], r["token_end"]) for r in final(b)]
+    for x, y in zip(final(a), final(b)):  # other chunk lengths are other row counts: float32 rounding
+        assert_states_close(State.from_bytes(x["state"]), State.from_bytes(y["state"]), x["doc_id"])
     # every chunk end of the long chunking is also a chunk end of the short one: same vectors there
     short = {(r["doc_id"], r["token_end"]): r["embedding"] for r in a["embeddings"]}
     for r in b["embeddings"]:
-        assert short[(r["doc_id"], r["token_end"])] == r["embedding"]
+        np.testing.assert_allclose(short[(r["doc_id"], r["token_end"])], r["embedding"], **RUN_TOL)
     assert [d["n_tokens"] for d in a["documents"]] == [d["n_tokens"] for d in b["documents"]]
 
 
@@ -134,7 +145,9 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(model_path, t
     assert kills >= 2, "the runs finished before they could be interrupted; make the corpus larger"
     final = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
-    assert _tables(out) == reference
+    # every row exactly once; resumed documents shared batches with other companions than in the
+    # reference run, so their vectors and states agree to float32 rounding (bitwise on this machine)
+    assert_same_outputs(_tables(out), reference)
 
 
 def test_hostile_documents_are_processed_or_recorded(model_path, tmp_path):
