@@ -6,7 +6,7 @@ Use :func:`load_tokenizer` to load either kind from its file, or
 
 from docstream.tokenizer.base import Tokenizer
 from docstream.tokenizer.hf import HFTokenizer
-from docstream.tokenizer.loader import load_tokenizer
+from docstream.tokenizer.loader import bundled_vocabularies, load_tokenizer, resolve_tokenizer_path
 from docstream.tokenizer.world import (
     END_OF_TEXT_ID,
     WORLD_VOCAB_FILENAME,
@@ -22,8 +22,10 @@ __all__ = [
     "HFTokenizer",
     "Tokenizer",
     "WorldTokenizer",
+    "bundled_vocabularies",
     "default_world_vocab_path",
     "load_tokenizer",
     "parse_world_vocab",
+    "resolve_tokenizer_path",
     "rwkv_package_vocab_path",
 ]
