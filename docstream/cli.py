@@ -146,20 +146,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: exit codes of the errors a command can end with (the first matching class wins)
+EXIT_CODES = (("docstream.stream.store", "RunLockedError", 3), ("docstream.train.loop", "TrainingLockedError", 3),
+              ("docstream.files", "DiskFullError", 5), ("docstream.kernels.build", "BuildError", 6))
+
+
+def exit_code(err: BaseException) -> int | None:
+    """The exit code for ``err``, or None when it is a bug to show with its traceback."""
+    if isinstance(err, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return 2
+    for module, name, code in EXIT_CODES:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(err, cls):
+            return code
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"docstream: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:
-        from docstream.stream.store import RunLockedError
-
-        if not isinstance(err, RunLockedError):
+    except (ValueError, OSError, RuntimeError) as err:
+        code = exit_code(err)
+        if code is None:
             raise
         print(f"docstream: error: {err}", file=sys.stderr)
-        return 3
+        return code
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 M = TypeVar("M", bound=BaseModel)
 
 #: settings that change what a run writes: resuming with other values would mix incompatible results
-RESULT_FIELDS = ("input", "input_format", "id_field", "text_field", "chunk_len", "snapshot_every", "dtype")
+RESULT_FIELDS = ("input", "input_format", "id_field", "text_field", "chunk_len", "snapshot_every", "dtype",
+                 "backend", "device")
 #: Ray workers a ``--engine ray`` run starts when ``workers`` is not given
 DEFAULT_RAY_WORKERS = 2
 
@@ -65,6 +66,7 @@ class RunConfig(BaseModel):
         """The settings a resumed run must share with the one that started the directory."""
         data = self.model_dump(mode="json")
         data["input"] = str(Path(self.input).resolve())
+        data["device"] = self.device.split(":")[0]  # which GPU does not change results; cpu vs cuda does
         return {k: data[k] for k in RESULT_FIELDS}
 
 

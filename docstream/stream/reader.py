@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from docstream.stream.config import RunConfig
 from docstream.stream.pooling import DEFAULT_POOLING, POOLINGS
-from docstream.stream.store import SCHEMAS, RunStore
+from docstream.stream.store import SCHEMAS, RunStore, drop_retracted, retracted_before
 
 #: the embeddings-table column that holds each pooling's vectors
 EMBEDDING_COLUMNS = {"last": "embedding", "mean": "embedding_mean", "state": "embedding_state"}
@@ -70,11 +69,16 @@ class EmbeddingRows:
 
 @dataclass(frozen=True)
 class CommittedEmbeddings:
-    """The embedding rows of the commits with ``after_seq < seq <= last_seq``."""
+    """The live embedding rows of the commits with ``after_seq < seq <= last_seq``.
+
+    ``retracted`` names the documents that those commits retracted: their rows committed at or before
+    ``after_seq`` no longer count, so an index built from them must drop them (or be rebuilt).
+    """
 
     rows: EmbeddingRows
     after_seq: int
     last_seq: int
+    retracted: frozenset[str] = frozenset()
 
 
 def read_run_config(out: str | Path) -> dict[str, Any]:
@@ -115,20 +119,27 @@ def read_embeddings(out: str | Path, pooling: str = DEFAULT_POOLING, after_seq: 
     committed since, each chunk once.
     """
     check_pooling(pooling)
-    records = list(RunStore(out).commit_records())
+    store = RunStore(out)
+    records = list(store.commit_records())
     newest = max((r["seq"] for r in records), default=0)
     upto = newest if upto_seq is None else upto_seq
     if after_seq < 0 or upto < after_seq:
         raise ValueError(f"commit range must satisfy 0 <= after_seq <= upto_seq, got after_seq={after_seq}, "
                          f"upto_seq={upto}")
-    parts = [_read_part(Path(out) / r["files"]["embeddings"]["path"], EMBEDDING_COLUMNS[pooling])
-             for r in records if after_seq < r["seq"] <= upto and "embeddings" in r["files"]]
-    return CommittedEmbeddings(EmbeddingRows.concat(parts), after_seq, upto)
+    records = [r for r in records if r["seq"] <= upto]
+    dead = retracted_before(records)
+    column = EMBEDDING_COLUMNS[pooling]
+    parts = []
+    for seq, path, sha in store.committed_parts("embeddings", records):
+        if seq > after_seq:
+            table = store.read_part(path, sha, columns=[*ID_COLUMNS, column], schema=SCHEMAS["embeddings"])
+            parts.append(_rows(drop_retracted(table, seq, dead), column, path))
+    retracted = frozenset(d for r in records if r["seq"] > after_seq for d in r.get("retracted", []))
+    return CommittedEmbeddings(EmbeddingRows.concat(parts), after_seq, upto, retracted)
 
 
-def _read_part(path: Path, column: str) -> EmbeddingRows:
-    """The id columns and one vector column of an embeddings part file."""
-    table = pq.read_table(path, columns=[*ID_COLUMNS, column], schema=SCHEMAS["embeddings"])
+def _rows(table: pa.Table, column: str, path: Path) -> EmbeddingRows:
+    """The id columns and one vector column of (live rows of) an embeddings part."""
     return EmbeddingRows(np.asarray(table.column("doc_id").to_pylist(), dtype=object),
                          table.column("chunk_index").to_numpy().astype(np.int32),
                          table.column("token_start").to_numpy().astype(np.int64),

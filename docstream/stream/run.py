@@ -7,6 +7,7 @@ chunks that were never committed: nothing is lost and nothing is written twice.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from docstream.model import State, load_model
 from docstream.stream.config import RunConfig
 from docstream.stream.corpus import SUFFIXES, Document, Rejected, iter_corpus
 from docstream.stream.engine import ChunkRecord, DocumentDone, Stream, StreamTask
+from docstream.stream.preflight import check_run
 from docstream.stream.store import SCHEMAS, Progress, RunStore, SnapshotRef
 from docstream.tokenizer import Tokenizer, load_tokenizer
 
@@ -37,6 +39,8 @@ class RunSummary:
     invalid_utf8_bytes: int = 0
     nul_chars: int = 0
     worker_restarts: int = 0
+    changed: int = 0
+    gone: int = 0
 
     def lines(self, out: Path) -> list[str]:
         rate = self.tokens / self.seconds if self.seconds else 0.0
@@ -48,6 +52,11 @@ class RunSummary:
         if self.invalid_utf8_bytes or self.nul_chars:
             lines.append(f"repaired: {self.invalid_utf8_bytes} invalid UTF-8 bytes replaced, "
                          f"{self.nul_chars} NUL characters removed")
+        if self.changed:
+            lines.append(f"changed since their outputs were made: {self.changed} (old outputs retracted, "
+                         f"streamed again from the start)")
+        if self.gone:
+            lines.append(f"gone from the input while unfinished: {self.gone} (their partial outputs retracted)")
         if self.worker_restarts:
             lines.append(f"workers replaced after dying: {self.worker_restarts} (their unfinished documents "
                          f"went on from their last committed snapshot)")
@@ -58,17 +67,35 @@ class RunSummary:
 class _CommitWriter:
     """Buffers events and commits them; embedding rows wait for a snapshot that covers them."""
 
-    def __init__(self, store: RunStore, seq: int, model_fingerprint: str, commit_every: int):
+    def __init__(self, store: RunStore, seq: int, model_fingerprint: str, commit_every: int,
+                 known: set[str] = frozenset()):
         self.store, self.seq, self.fingerprint, self.commit_every = store, seq, model_fingerprint, commit_every
         self._held: dict[str, list[dict]] = {}
+        #: content sha256 of the documents being streamed, recorded with their rows
+        self.content: dict[str, str] = {}
+        #: documents with committed rows (a rejection of one retracts them)
+        self.known = set(known)
         self._reset()
 
     def _reset(self) -> None:
         self.rows: dict[str, list[dict]] = {"embeddings": [], "snapshots": [], "documents": [], "errors": []}
         self.finished: list[str] = []
         self.rejected_sources: list[str] = []
+        self.rejected_content: dict[str, str] = {}
         self.in_flight: dict[str, tuple[int, int]] = {}
+        self.retracted: list[str] = []
+        self.gone: list[str] = []
         self.chunks = 0
+
+    def retract(self, doc_id: str, gone: bool = False) -> None:
+        """Make ``doc_id``'s committed rows stop counting from the next commit on (rows it gets later
+        count); ``gone`` records that it left the input."""
+        self._held.pop(doc_id, None)
+        self.in_flight.pop(doc_id, None)
+        self.retracted.append(doc_id)
+        self.known.discard(doc_id)
+        if gone:
+            self.gone.append(doc_id)
 
     def add(self, event) -> None:
         if isinstance(event, ChunkRecord):
@@ -83,8 +110,13 @@ class _CommitWriter:
             self.rows["errors"].append(dict(doc_id=event.doc_id, source=event.source, reason=event.reason,
                                             detail=event.detail))
             self.rejected_sources.append(event.source)
+            if event.doc_id in self.content:  # rejected by the engine: the same content is not tried again
+                self.rejected_content[event.source] = self.content[event.doc_id]
             if event.reason != "duplicate_id":  # a duplicate's id belongs to its first occurrence, still streaming
                 self._held.pop(event.doc_id, None)
+                self.in_flight.pop(event.doc_id, None)
+                if event.doc_id in self.known:  # rows of an earlier version of the document
+                    self.retract(event.doc_id)
         # a document's last chunk and its DocumentDone (which the engine emits right after it) go into
         # one commit: committed final embeddings without "finished" would be redone on resume
         last_chunk = isinstance(event, ChunkRecord) and event.is_last
@@ -114,13 +146,19 @@ class _CommitWriter:
 
     def flush(self) -> None:
         """Commit what is buffered (a no-op when nothing is)."""
-        if not any(self.rows.values()) and not self.finished and not self.rejected_sources:
+        if (not any(self.rows.values()) and not self.finished and not self.rejected_sources
+                and not self.retracted):
             return
         self.seq += 1
         part = f"snapshots/part-{self.seq:08d}.parquet"
         tables = {name: _table(name, rows) for name, rows in self.rows.items()}
+        content = {d: self.content[d] for d in (*self.finished, *self.in_flight) if d in self.content}
         self.store.commit(self.seq, tables, self.finished, self.rejected_sources,
-                          {d: SnapshotRef(part, c, t) for d, (c, t) in self.in_flight.items()})
+                          {d: SnapshotRef(part, c, t) for d, (c, t) in self.in_flight.items()}, content=content,
+                          retracted=self.retracted, gone=self.gone, rejected_content=self.rejected_content)
+        self.known.update(self.finished, self.in_flight)
+        for doc_id in self.finished:
+            self.content.pop(doc_id, None)
         self._reset()
 
 
@@ -137,28 +175,67 @@ def check_inputs(config: RunConfig) -> None:
 
 
 def _check_resume(saved: dict, current: dict, out: Path) -> None:
+    # backend and device joined the identity later: a folder that predates them does not record them
     problems = [f"{key}: this directory has {saved.get(key)!r}, this run has {value!r}"
-                for key, value in current.items() if saved.get(key) != value]
+                for key, value in current.items() if saved.get(key) != value
+                and not (key in ("backend", "device") and key not in saved)]
     if problems:
         raise ValueError(f"{out} was written by a run with other settings, so this run cannot resume it "
                          f"({'; '.join(problems)}); use another --out, or the original settings")
 
 
-def _tasks(config: RunConfig, store: RunStore, progress: Progress, fingerprint: str,
-           summary: RunSummary) -> Iterator[StreamTask | Rejected]:
-    """The corpus as engine tasks: finished and already-rejected documents skipped, unfinished resumed."""
+def _tasks(config: RunConfig, store: RunStore, progress: Progress, fingerprint: str, summary: RunSummary,
+           writer: _CommitWriter, seen: set[str]) -> Iterator[StreamTask | Rejected]:
+    """The corpus as engine tasks: finished and still-rejected documents skipped, unfinished ones resumed,
+    and documents whose content changed since their rows were made retracted and streamed again from
+    the start. Every document id met is added to ``seen``.
+
+    Rejections are keyed by content, not by place: a source rejected before is skipped only while the
+    corpus still rejects it, or while its content is what the engine rejected, so a fixed line or a
+    once-empty file is processed on the next run.
+    """
     for item in iter_corpus(config.input, config.input_format, config.id_field, config.text_field):
-        if item.source in progress.rejected_sources:
-            continue
         if isinstance(item, Rejected):
-            yield item
+            if item.reason != "duplicate_id":
+                seen.add(item.doc_id)
+            if item.source not in progress.rejected_sources:
+                yield item
+            elif item.doc_id in writer.known:  # had rows before it became unreadable / empty
+                writer.retract(item.doc_id)
+            continue
+        seen.add(item.doc_id)
+        content = content_sha256(item)
+        if progress.rejected_content.get(item.source) == content:
+            continue
+        recorded = progress.content.get(item.doc_id)
+        done = item.doc_id in progress.finished or item.doc_id in progress.in_flight
+        if done and recorded is not None and recorded != content:
+            writer.retract(item.doc_id)
+            summary.changed += 1
+            done = False
+        writer.content[item.doc_id] = content
+        if not done:
+            yield StreamTask(item)
         elif item.doc_id in progress.finished:
             summary.skipped += 1
-        elif item.doc_id in progress.in_flight:
+        else:
             yield _resume_task(item, store, progress.in_flight[item.doc_id], fingerprint)
             summary.resumed += 1
-        else:
-            yield StreamTask(item)
+
+
+def content_sha256(doc: Document) -> str:
+    """sha256 of the text a document gives the model (after docstream's repairs): what decides its rows."""
+    digest = hashlib.sha256()
+    for piece in doc.pieces():
+        digest.update(piece.encode("utf-8", errors="surrogatepass"))
+    return digest.hexdigest()
+
+
+def _retract_gone(writer: _CommitWriter, progress: Progress, seen: set[str], summary: RunSummary) -> None:
+    """Retract the rows of unfinished documents that are no longer in the input, and record them as gone."""
+    for doc_id in sorted(set(progress.in_flight) - seen):
+        writer.retract(doc_id, gone=True)
+        summary.gone += 1
 
 
 def _resume_task(doc: Document, store: RunStore, ref: SnapshotRef, fingerprint: str) -> StreamTask:
@@ -191,6 +268,8 @@ def run(config: RunConfig) -> RunSummary:
     (:mod:`docstream.stream.ray_engine`); both write the same outputs through the same commits.
     """
     check_inputs(config)
+    tokenizer = load_tokenizer(config.tokenizer)
+    check_run(config, tokenizer)  # a wrong pairing or an empty corpus is refused before any folder is made
     if config.engine == "ray":
         from docstream.stream.ray_engine import require_ray
 
@@ -198,7 +277,7 @@ def run(config: RunConfig) -> RunSummary:
     store = RunStore(config.out)
     store.acquire()
     try:
-        return _run_locked(config, store)
+        return _run_locked(config, store, tokenizer)
     finally:
         store.release()
 
@@ -245,7 +324,9 @@ class _Recorder:
         tasks = []
         for doc in docs:
             self.writer.discard(doc.doc_id)
-            if doc.doc_id in progress.finished or doc.source in progress.rejected_sources:
+            content = self.writer.content.get(doc.doc_id)
+            if doc.doc_id in progress.finished or (content is not None
+                                                    and progress.rejected_content.get(doc.source) == content):
                 continue
             ref = progress.in_flight.get(doc.doc_id)
             tasks.append(StreamTask(doc) if ref is None else _resume_task(doc, self.store, ref, self.fingerprint))
@@ -259,10 +340,9 @@ class _Recorder:
         self.summary.seconds = time.perf_counter() - self.start
 
 
-def _open_output(config: RunConfig, store: RunStore) -> tuple[Tokenizer, str]:
-    """The run's tokenizer and model fingerprint, after checking that ``store`` may be resumed with
-    ``config`` (or recording ``config`` in a new one)."""
-    tokenizer = load_tokenizer(config.tokenizer)
+def _open_output(config: RunConfig, store: RunStore, tokenizer: Tokenizer) -> str:
+    """The run's model fingerprint, after checking that ``store`` may be resumed with ``config`` (or
+    recording ``config`` in a new one)."""
     fingerprint = sha256_file(config.model)
     identity = dict(config.result_settings(), model_fingerprint=fingerprint,
                     tokenizer_fingerprint=tokenizer.fingerprint())
@@ -272,21 +352,23 @@ def _open_output(config: RunConfig, store: RunStore) -> tuple[Tokenizer, str]:
     else:
         store.write_config({"identity": identity, "settings": config.model_dump(mode="json"),
                             "docstream_version": docstream.__version__})
-    return tokenizer, fingerprint
+    return fingerprint
 
 
-def _run_locked(config: RunConfig, store: RunStore) -> RunSummary:
-    tokenizer, fingerprint = _open_output(config, store)
+def _run_locked(config: RunConfig, store: RunStore, tokenizer: Tokenizer) -> RunSummary:
+    fingerprint = _open_output(config, store, tokenizer)
     model = None
     if config.engine == "local":
         model = load_model(config.model, device=config.device, dtype=config.dtype, backend=config.backend)
     progress = store.progress()
     summary = RunSummary()
-    writer = _CommitWriter(store, progress.last_seq, fingerprint, config.commit_every)
+    writer = _CommitWriter(store, progress.last_seq, fingerprint, config.commit_every,
+                           known=progress.finished | set(progress.in_flight))
     bar = tqdm(total=count_documents(config), unit="doc", desc="docstream run", disable=config.quiet,
                initial=len(progress.finished) + len(progress.rejected_sources))
     recorder = _Recorder(store, writer, summary, bar, fingerprint)
-    tasks = _tasks(config, store, progress, fingerprint, summary)
+    seen: set[str] = set()
+    tasks = _tasks(config, store, progress, fingerprint, summary, writer, seen)
     if model is None:
         from docstream.stream.ray_engine import stream_on_ray
 
@@ -295,5 +377,6 @@ def _run_locked(config: RunConfig, store: RunStore) -> RunSummary:
         stream = Stream(model, tokenizer, config.chunk_len, config.batch_size, config.snapshot_every)
         for event in stream.run(tasks):
             recorder.add(event)
+    _retract_gone(writer, progress, seen, summary)
     recorder.close()
     return summary

@@ -11,10 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from docstream.model import State
-from docstream.stream.store import SCHEMAS, RunStore, SnapshotRef
+from docstream.stream.store import SCHEMAS, RunStore, SnapshotRef, drop_retracted, retracted_before
 
 _INFO_COLUMNS = ["doc_id", "chunk_index", "token_start", "token_end", "is_final", "model_fingerprint"]
 
@@ -42,14 +40,14 @@ def list_snapshots(out: str | Path, doc_ids: Iterable[str] | None = None) -> dic
     wanted = None if doc_ids is None else set(doc_ids)
     by_doc: dict[str, list[SnapshotInfo]] = {}
     store = RunStore(out)
-    for record in store.commit_records():
-        entry = record["files"].get("snapshots")
-        if entry is None:
-            continue
-        table = pq.read_table(Path(out) / entry["path"], columns=_INFO_COLUMNS, schema=SCHEMAS["snapshots"])
-        for row in table.to_pylist():
+    records = list(store.commit_records())
+    dead = retracted_before(records)
+    for seq, path, sha in store.committed_parts("snapshots", records):
+        table = store.read_part(path, sha, columns=_INFO_COLUMNS, schema=SCHEMAS["snapshots"])
+        part = path.relative_to(store.out).as_posix()
+        for row in drop_retracted(table, seq, dead).to_pylist():
             if wanted is None or row["doc_id"] in wanted:
-                by_doc.setdefault(row["doc_id"], []).append(SnapshotInfo(**row, part=entry["path"]))
+                by_doc.setdefault(row["doc_id"], []).append(SnapshotInfo(**row, part=part))
     for infos in by_doc.values():
         infos.sort(key=lambda info: info.chunk_index)
     return by_doc

@@ -2,9 +2,12 @@
 
 Layout of ``OUT``::
 
+    docstream-run.json       marks the folder as a docstream run folder (format version); docstream
+                             writes into, and cleans up, only folders that are new, empty, or marked
     config.json              the run's settings and the fingerprints of its model and tokenizer
     .lock                    held (flock) by the one run writing here
-    commits/00000001.json    commit records, one per flush, each written atomically
+    commits/00000001.json    commit records 1, 2, 3, ... each written atomically
+    commits/LATEST           the sequence number of the newest record (so a deleted record is noticed)
     embeddings/part-00000001.parquet   per-chunk vectors   (doc_id, chunk_index, token_start, token_end,
                                        embedding = last-token hidden state, embedding_mean, embedding_state)
     snapshots/part-00000001.parquet    per-document states (..., model_fingerprint, state, state_sha256)
@@ -13,15 +16,17 @@ Layout of ``OUT``::
 
 A part file counts only once a commit record names it; the record is written after its parts, each
 with temp file + fsync + rename, so a crash at any moment leaves either a complete commit or files no
-record names (removed on the next open). The commit record also carries the progress needed to
-resume: finished documents, rejected sources, and for each unfinished document its latest snapshot.
+record names: parts numbered past the newest record and ``.NAME.tmp-PID`` temp files, the only files
+clean-up removes. The record carries each part's sha256 (checked whenever a part is read) and the
+progress needed to resume: finished documents, rejected sources, each unfinished document's latest
+snapshot, the content hash of each document, and the documents whose earlier rows are retracted
+(their rows in parts older than the record no longer count).
 """
 from __future__ import annotations
 
-import errno
 import fcntl
-import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,8 +35,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from docstream.checksum import sha256_bytes, sha256_file
+from docstream.files import (DamagedFileError, atomic_write, atomic_write_bytes, is_temp_name, read_json,
+                             try_lock)
+
+__all__ = ["MARKER_NAME", "Problem", "Progress", "RunFolderError", "RunLockedError", "RunStore", "SCHEMAS", "SnapshotRef",
+           "StoreDamagedError", "TABLES", "atomic_write_bytes", "try_lock"]
 
 TABLES = ("embeddings", "snapshots", "documents", "errors")
+MARKER_NAME = "docstream-run.json"
+MARKER = {"format": "docstream run folder", "version": 2}
+_PART_NAME = re.compile(r"^part-(\d{8})\.parquet$")
+_RECORD_NAME = re.compile(r"^(\d{8})\.json$")
 
 SCHEMAS = {
     "embeddings": pa.schema([("doc_id", pa.string()), ("chunk_index", pa.int32()), ("token_start", pa.int64()),
@@ -60,6 +74,23 @@ class RunLockedError(RuntimeError):
     """Another process is writing the same output directory."""
 
 
+class RunFolderError(ValueError):
+    """The output folder is not one docstream may write into."""
+
+
+class StoreDamagedError(DamagedFileError):
+    """A committed file of the run is missing, unreadable or fails its checksum."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a run folder: the file, what is wrong, and how to repair it."""
+
+    path: str
+    problem: str
+    fix: str
+
+
 @dataclass(frozen=True)
 class SnapshotRef:
     """Where the latest committed snapshot of an unfinished document lives."""
@@ -76,41 +107,26 @@ class Progress:
     finished: set[str] = field(default_factory=set)
     rejected_sources: set[str] = field(default_factory=set)
     in_flight: dict[str, SnapshotRef] = field(default_factory=dict)
+    #: content sha256 of each document the run has rows of (finished or in flight)
+    content: dict[str, str] = field(default_factory=dict)
+    #: documents recorded as gone from the input while unfinished (their rows retracted)
+    gone: set[str] = field(default_factory=set)
+    #: content sha256 of sources the engine rejected (the same content is not tried again)
+    rejected_content: dict[str, str] = field(default_factory=dict)
     last_seq: int = 0
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+def damaged(path: Path, what: str) -> StoreDamagedError:
+    """The error for a damaged file of the run at ``path``'s run folder."""
+    return StoreDamagedError(f"{path}: {what}. The run folder is damaged: see `docstream verify --run "
+                             f"{_run_root(path)}` for what is wrong and how to repair it")
 
 
-def try_lock(path: Path) -> int | None:
-    """Open ``path`` (created if needed) and take an exclusive ``flock`` on it without waiting: the
-    open descriptor, or None when another process holds the lock. Closing the descriptor, or the
-    process ending, releases it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        os.close(fd)
-        if err.errno in (errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    return fd
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _run_root(path: Path) -> Path:
+    for parent in path.parents:
+        if (parent / MARKER_NAME).exists() or (parent / "commits").is_dir():
+            return parent
+    return path.parent
 
 
 class RunStore:
@@ -120,21 +136,67 @@ class RunStore:
         self.out = Path(out)
         self._lock_fd: int | None = None
 
-    # -- locking -------------------------------------------------------------------------------
+    # -- ownership and locking -----------------------------------------------------------------
     def acquire(self) -> None:
-        """Take the directory's lock (released by :meth:`release` or when the process dies)."""
+        """Take the directory's lock (released by :meth:`release` or when the process dies), after
+        checking that the folder is new, empty, or a docstream run folder; remove what an interrupted
+        commit left."""
+        self.check_folder()
         self.out.mkdir(parents=True, exist_ok=True)
         fd = try_lock(self.out / ".lock")
         if fd is None:
             raise RunLockedError(f"{self.out} is being written by another docstream run "
                                  f"(its lock {self.out / '.lock'} is held); wait for it to finish")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
-        for table in TABLES:
-            (self.out / table).mkdir(exist_ok=True)
-        (self.out / "commits").mkdir(exist_ok=True)
-        self._remove_uncommitted()
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._upgrade_marker()
+            for table in (*TABLES, "commits"):
+                (self.out / table).mkdir(exist_ok=True)
+            self._remove_uncommitted()
+        except BaseException:
+            self.release()
+            raise
+
+    def check_folder(self) -> None:
+        """``RunFolderError`` unless ``out`` is missing, empty, or a folder docstream made."""
+        if not self.out.exists():
+            return
+        if not self.out.is_dir():
+            raise RunFolderError(f"--out {self.out} is a file, not a folder; pass a new or empty folder")
+        marker = self.out / MARKER_NAME
+        if marker.exists():
+            data = read_json(marker, "the run folder marker", "restore it, or use a new --out folder")
+            if not isinstance(data, dict) or data.get("format") != MARKER["format"]:
+                raise RunFolderError(f"{marker} is not a docstream run folder marker; use a new or empty --out")
+            if data.get("version", 0) > MARKER["version"]:
+                raise RunFolderError(f"{self.out} was written by a newer docstream (folder format "
+                                     f"{data.get('version')}, this one reads {MARKER['version']}); upgrade docstream")
+            return
+        if self._is_legacy_run():
+            return
+        entries = sorted(p.name for p in self.out.iterdir() if p.name != ".lock")
+        if entries:
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise RunFolderError(f"--out {self.out} is not empty and was not made by docstream (it has no "
+                                 f"{MARKER_NAME}; it holds {shown}); docstream writes only into a new or empty "
+                                 f"folder or one of its own run folders: pass another --out")
+
+    def _is_legacy_run(self) -> bool:
+        """A run folder written before the marker existed: config.json plus commit records."""
+        return (self.out / "config.json").is_file() and (self.out / "commits").is_dir()
+
+    def _upgrade_marker(self) -> None:
+        marker = self.out / MARKER_NAME
+        if marker.exists():
+            return
+        legacy = self._is_legacy_run()
+        atomic_write_bytes(marker, _dumps(MARKER))
+        if legacy and not (self.out / "commits" / "LATEST").exists():
+            records = self._record_paths()
+            if records:
+                atomic_write_bytes(self.out / "commits" / "LATEST", f"{records[-1][0]}\n".encode())
 
     def release(self) -> None:
         if self._lock_fd is not None:
@@ -149,33 +211,89 @@ class RunStore:
 
     def read_config(self) -> dict[str, Any] | None:
         if not self.config_path.exists():
+            if self._record_paths():
+                raise damaged(self.config_path, "missing, although the folder holds commits (the settings "
+                                                "a resume must match are gone)")
             return None
-        return json.loads(self.config_path.read_text())
+        config = read_json(self.config_path, "the run's settings",
+                           f"restore it from a backup, or run again into a new --out")
+        if not isinstance(config, dict) or "identity" not in config:
+            raise damaged(self.config_path, "does not hold a run's settings")
+        return config
 
     def write_config(self, config: dict[str, Any]) -> None:
-        atomic_write_bytes(self.config_path, json.dumps(config, indent=2, sort_keys=True).encode())
+        atomic_write_bytes(self.config_path, _dumps(config, indent=2))
 
     # -- commits -------------------------------------------------------------------------------
+    def _record_paths(self) -> list[tuple[int, Path]]:
+        directory = self.out / "commits"
+        if not directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _RECORD_NAME.match(p.name))]
+        return sorted(found)
+
+    def latest_seq(self) -> int | None:
+        """The newest sequence number ``commits/LATEST`` records (None when there is none)."""
+        path = self.out / "commits" / "LATEST"
+        if not path.exists():
+            return None
+        text = path.read_text(errors="replace").strip()
+        if not text.isdigit():
+            raise damaged(path, f"holds {text[:40]!r}, not a commit number")
+        return int(text)
+
     def commit_records(self) -> Iterator[dict[str, Any]]:
-        """Committed records in order of their sequence number."""
-        for path in sorted((self.out / "commits").glob("*.json")):
-            yield json.loads(path.read_text())
+        """Committed records in order of their sequence number, after checking that none is missing:
+        :class:`StoreDamagedError` names the first gap, unreadable record or missing newest record."""
+        found = self._record_paths()
+        latest = self.latest_seq()
+        newest = found[-1][0] if found else 0
+        if latest is not None and not latest <= newest <= latest + 1:
+            missing = self.out / "commits" / f"{latest:08d}.json"
+            raise damaged(missing if newest < latest else self.out / "commits" / "LATEST",
+                          f"commit {latest} is the newest recorded, but the records end at {newest}"
+                          if newest < latest else f"says commit {latest} is the newest, but records go to {newest}")
+        for expected, (seq, path) in enumerate(found, start=1):
+            if seq != expected:
+                raise damaged(self.out / "commits" / f"{expected:08d}.json",
+                              f"commit record {expected} is missing (the records jump from {expected - 1} to "
+                              f"{seq}); the parts it named would be lost")
+            record = read_json(path, f"commit record {seq}", "see `docstream verify`")
+            if not isinstance(record, dict) or record.get("seq") != seq:
+                raise damaged(path, f"is not commit record {seq}")
+            yield record
 
     def progress(self) -> Progress:
         progress = Progress()
         for record in self.commit_records():
             progress.last_seq = record["seq"]
+            for doc_id in record.get("retracted", []):
+                progress.finished.discard(doc_id)
+                progress.in_flight.pop(doc_id, None)
+                progress.content.pop(doc_id, None)
+            progress.gone.update(record.get("gone", []))
             progress.finished.update(record["finished"])
             progress.rejected_sources.update(record["rejected_sources"])
+            progress.rejected_content.update(record.get("rejected_content", {}))
+            progress.content.update(record.get("content", {}))
             for doc_id in record["finished"]:
                 progress.in_flight.pop(doc_id, None)
+                progress.gone.discard(doc_id)
             for doc_id, ref in record["in_flight"].items():
                 progress.in_flight[doc_id] = SnapshotRef(**ref)
+                progress.gone.discard(doc_id)
         return progress
 
     def commit(self, seq: int, tables: dict[str, pa.Table], finished: list[str], rejected_sources: list[str],
-               in_flight: dict[str, SnapshotRef]) -> None:
-        """Write the non-empty ``tables`` as part ``seq``, then the commit record that makes them count."""
+               in_flight: dict[str, SnapshotRef], content: dict[str, str] | None = None,
+               retracted: list[str] = (), gone: list[str] = (),
+               rejected_content: dict[str, str] | None = None) -> None:
+        """Write the non-empty ``tables`` as part ``seq``, then the commit record that makes them count.
+
+        ``retracted`` documents' rows in earlier parts stop counting from this commit on; ``gone``
+        records documents that left the input unfinished; ``content`` maps documents to content hashes,
+        ``rejected_content`` sources the engine rejected to theirs.
+        """
         files = {}
         for name, table in tables.items():
             if table.num_rows == 0:
@@ -183,48 +301,126 @@ class RunStore:
             rel = f"{name}/part-{seq:08d}.parquet"
             files[name] = {"path": rel, "rows": table.num_rows, "sha256": self._write_part(self.out / rel, name, table)}
         record = {"seq": seq, "files": files, "finished": finished, "rejected_sources": rejected_sources,
-                  "in_flight": {d: vars(ref) for d, ref in in_flight.items()}}
-        atomic_write_bytes(self.out / "commits" / f"{seq:08d}.json", json.dumps(record, sort_keys=True).encode())
+                  "in_flight": {d: vars(ref) for d, ref in in_flight.items()}, "content": content or {},
+                  "retracted": list(retracted), "gone": list(gone), "rejected_content": rejected_content or {}}
+        atomic_write_bytes(self.out / "commits" / f"{seq:08d}.json", _dumps(record))
+        atomic_write_bytes(self.out / "commits" / "LATEST", f"{seq}\n".encode())
 
     def _write_part(self, path: Path, name: str, table: pa.Table) -> str:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(table.cast(SCHEMAS[name]), tmp, **WRITE_OPTIONS[name])
-        digest = sha256_file(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        return digest
+        digest = []
+
+        def write(tmp: Path) -> None:
+            pq.write_table(table.cast(SCHEMAS[name]), tmp, **WRITE_OPTIONS[name])
+            digest.append(sha256_file(tmp))
+
+        atomic_write(path, write)
+        return digest[0]
+
+    # -- reading -------------------------------------------------------------------------------
+    def committed_parts(self, table: str, records: list[dict[str, Any]] | None = None) -> list[tuple[int, Path, str]]:
+        """``(seq, path, sha256)`` of every committed part of ``table``, in commit order."""
+        records = list(self.commit_records()) if records is None else records
+        return [(r["seq"], self.out / r["files"][table]["path"], r["files"][table]["sha256"])
+                for r in records if table in r["files"]]
 
     def committed_files(self, table: str) -> list[Path]:
-        return [self.out / r["files"][table]["path"] for r in self.commit_records() if table in r["files"]]
+        return [path for _, path, _ in self.committed_parts(table)]
 
-    def read_table(self, table: str) -> pa.Table:
-        """Every committed row of ``table`` (an empty table with the schema when there are none)."""
-        files = self.committed_files(table)
-        if not files:
-            return SCHEMAS[table].empty_table()
-        return pa.concat_tables(pq.read_table(f, schema=SCHEMAS[table]) for f in files)
+    def read_part(self, path: Path, sha256: str, **read_options: Any) -> pa.Table:
+        """A committed part, after checking its sha256 against its commit record."""
+        check_part(path, sha256)
+        try:
+            return pq.read_table(path, **read_options)
+        except (OSError, pa.ArrowException) as err:
+            raise damaged(path, f"cannot be read as Parquet ({err})") from err
+
+    def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        """Every committed, live row of ``table`` (rows of retracted documents left out; an empty table
+        with the schema when there are none). Each part is checked against its checksum."""
+        records = list(self.commit_records())
+        dead = retracted_before(records)
+        wanted = None if columns is None else list(dict.fromkeys(["doc_id", *columns]))
+        pieces = []
+        for seq, path, sha in self.committed_parts(table, records):
+            part = self.read_part(path, sha, schema=SCHEMAS[table], columns=wanted)
+            if table != "errors":
+                part = drop_retracted(part, seq, dead)
+            pieces.append(part.select(columns) if columns else part)
+        if not pieces:
+            empty = SCHEMAS[table].empty_table()
+            return empty.select(columns) if columns else empty
+        return pa.concat_tables(pieces)
 
     def read_snapshot(self, doc_id: str, ref: SnapshotRef) -> dict[str, Any]:
-        """The committed snapshot row ``ref`` points at, checksum verified."""
+        """The committed snapshot row ``ref`` points at, its state checksum verified (the row's own
+        sha256 covers the state bytes, so the rest of the part is not read)."""
         path = self.out / ref.part
-        rows = pq.read_table(path, filters=[("doc_id", "=", doc_id), ("chunk_index", "=", ref.chunk_index)],
-                             schema=SCHEMAS["snapshots"]).to_pylist()
+        if not path.is_file():
+            raise damaged(path, "is missing (a commit record names it)")
+        try:
+            table = pq.read_table(path, schema=SCHEMAS["snapshots"],
+                                  filters=[("doc_id", "=", doc_id), ("chunk_index", "=", ref.chunk_index)])
+        except (OSError, pa.ArrowException) as err:
+            raise damaged(path, f"cannot be read as Parquet ({err})") from err
+        rows = table.to_pylist()
         if len(rows) != 1:
-            raise ValueError(f"snapshot of {doc_id!r} at chunk {ref.chunk_index} is missing from {path} "
-                             f"({len(rows)} rows found); the output directory is damaged")
+            raise damaged(path, f"holds {len(rows)} snapshots of {doc_id!r} at chunk {ref.chunk_index}, not 1")
         row = rows[0]
         if sha256_bytes(row["state"]) != row["state_sha256"]:
-            raise ValueError(f"snapshot of {doc_id!r} at chunk {ref.chunk_index} in {path} fails its checksum; "
-                             f"the file is corrupt")
+            raise damaged(path, f"the snapshot of {doc_id!r} at chunk {ref.chunk_index} fails its checksum")
         return row
 
+    def verify(self) -> list[Problem]:
+        """Every damaged or missing file of the run itself (the indexes are checked elsewhere); an empty
+        list when the run's own files are sound. Reads every committed part once."""
+        from docstream.stream.store_check import verify_store
+
+        return verify_store(self)
+
+    # -- clean-up ------------------------------------------------------------------------------
     def _remove_uncommitted(self) -> None:
-        """Delete temp files and parts that no commit record names (left by a crash)."""
-        named = {r["files"][t]["path"] for r in self.commit_records() for t in r["files"]}
-        for table in (*TABLES, "commits"):
-            for path in (self.out / table).iterdir():
-                rel = f"{table}/{path.name}"
-                if path.name.startswith(".") or (table != "commits" and rel not in named):
+        """Delete what an interrupted commit left: docstream's temp files, and parts numbered past the
+        newest commit record. Nothing else is ever removed (a part no record names below that number
+        means a record is missing: :meth:`commit_records` reports it)."""
+        last = max((r["seq"] for r in self.commit_records()), default=0)
+        for directory in (self.out, *(self.out / t for t in (*TABLES, "commits"))):
+            for path in directory.iterdir():
+                if not path.is_file() or path.is_symlink():
+                    continue
+                match = _PART_NAME.match(path.name)
+                if is_temp_name(path.name) or (directory != self.out and match and int(match.group(1)) > last):
                     path.unlink()
+
+
+def check_part(path: Path, sha256: str) -> None:
+    """``StoreDamagedError`` unless the file at ``path`` exists and has the recorded sha256."""
+    if not path.is_file():
+        raise damaged(path, "is missing (a commit record names it)")
+    if sha256_file(path) != sha256:
+        raise damaged(path, "fails its checksum (its bytes changed since it was committed)")
+
+
+def retracted_before(records: list[dict[str, Any]]) -> dict[str, int]:
+    """For each retracted document, the newest commit that retracted it: its rows in parts older than
+    that commit no longer count."""
+    dead: dict[str, int] = {}
+    for record in records:
+        for doc_id in record.get("retracted", []):
+            dead[doc_id] = record["seq"]
+    return dead
+
+
+def drop_retracted(table: pa.Table, seq: int, dead: dict[str, int]) -> pa.Table:
+    """``table`` (rows of part ``seq``) without the rows of documents retracted by a later commit."""
+    victims = [doc_id for doc_id, at in dead.items() if at > seq]
+    if not victims or "doc_id" not in table.column_names:
+        return table
+    import pyarrow.compute as pc
+
+    return table.filter(pc.invert(pc.is_in(table.column("doc_id"), value_set=pa.array(victims, pa.string()))))
+
+
+def _dumps(value: Any, indent: int | None = None) -> bytes:
+    import json
+
+    return json.dumps(value, sort_keys=True, indent=indent).encode()

@@ -1,0 +1,109 @@
+"""The ground floor of docstream's writes: atomic files, non-blocking locks, JSON that names its file.
+
+Every file docstream commits is written to a temp name beside it (``.NAME.tmp-PID``), fsynced, and
+renamed over the final name, so a reader sees the old file or the whole new one. A failed write
+removes its temp file and says which path failed; a full disk gets a one-line message.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+#: temp files docstream writes: ``.NAME.tmp-PID`` (the only names clean-up ever removes)
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """A write ran out of space (or quota); nothing committed before it was lost."""
+
+
+class DamagedFileError(ValueError):
+    """A file docstream wrote earlier cannot be read back as written."""
+
+
+def temp_path(path: Path) -> Path:
+    """The temp name ``path`` is written under before it is renamed into place."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temp file name docstream writes (``.NAME.tmp-PID``)."""
+    return TEMP_NAME.match(name) is not None
+
+
+def no_space(err: BaseException) -> bool:
+    """Whether ``err`` is an out-of-space (or out-of-quota) error."""
+    return isinstance(err, OSError) and err.errno in _NO_SPACE
+
+
+def disk_full(path: Path, err: OSError) -> DiskFullError:
+    """The one-line error for a write to ``path`` that ran out of space."""
+    full = DiskFullError(err.errno, f"no space left on the device writing {path}: free some space (or raise the "
+                                    f"quota) and run the same command again; nothing already committed was lost")
+    full.filename = str(path)
+    return full
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)``, fsync ``tmp`` and rename it to ``path``, so ``path`` is whole or absent.
+
+    On any failure the temp file is removed; an out-of-space failure is raised as :class:`DiskFullError`.
+    """
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if no_space(err):
+            raise disk_full(path, err) from err
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def try_lock(path: Path) -> int | None:
+    """Open ``path`` (created if needed) and take an exclusive ``flock`` on it without waiting: the
+    open descriptor, or None when another process holds the lock. Closing the descriptor, or the
+    process ending, releases it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
+def read_json(path: Path, what: str, fix: str) -> Any:
+    """The JSON value in ``path``; :class:`DamagedFileError` naming the file, ``what`` it is and ``fix``
+    when it cannot be read or parsed."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as err:
+        raise DamagedFileError(f"{path} ({what}) cannot be read: {err}; {fix}") from err
