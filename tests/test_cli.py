@@ -54,3 +54,22 @@ def test_run_and_info_use_the_built_in_model_when_none_is_given(tmp_path):
     assert info.returncode == 0 and "RWKV-7" in info.stdout and "vocabulary 4096" in info.stdout
     lone = _cli("probe", "--model", str(default_model_path()), "--lengths", "64", "--quiet")
     assert lone.returncode == 2 and "needs its tokenizer" in lone.stderr
+
+
+def test_errors_map_to_exit_codes_without_tracebacks():
+    import errno
+
+    from docstream.cli import exit_code
+    from docstream.files import DiskFullError
+    from docstream.kernels.build import BuildError
+    from docstream.stream.store import RunLockedError, StoreDamagedError
+    from docstream.train.loop import TrainingLockedError
+
+    assert exit_code(ValueError("bad value")) == 2
+    assert exit_code(StoreDamagedError("damaged")) == 2
+    assert exit_code(FileNotFoundError("gone")) == 2
+    assert exit_code(RunLockedError("locked")) == 3
+    assert exit_code(TrainingLockedError("locked")) == 3
+    assert exit_code(DiskFullError(errno.ENOSPC, "full")) == 5
+    assert exit_code(BuildError("no compiler")) == 6
+    assert exit_code(RuntimeError("a bug")) is None and exit_code(OSError(errno.EIO, "io")) is None

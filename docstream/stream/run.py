@@ -85,7 +85,12 @@ class _CommitWriter:
         self.in_flight: dict[str, tuple[int, int]] = {}
         self.retracted: list[str] = []
         self.gone: list[str] = []
+        self.cleared: list[str] = []
         self.chunks = 0
+
+    def clear_rejection(self, source: str) -> None:
+        """``source`` was rejected before and is processed now: its error rows stop counting."""
+        self.cleared.append(source)
 
     def retract(self, doc_id: str, gone: bool = False) -> None:
         """Make ``doc_id``'s committed rows stop counting from the next commit on (rows it gets later
@@ -147,7 +152,7 @@ class _CommitWriter:
     def flush(self) -> None:
         """Commit what is buffered (a no-op when nothing is)."""
         if (not any(self.rows.values()) and not self.finished and not self.rejected_sources
-                and not self.retracted):
+                and not self.retracted and not self.cleared):
             return
         self.seq += 1
         part = f"snapshots/part-{self.seq:08d}.parquet"
@@ -155,7 +160,8 @@ class _CommitWriter:
         content = {d: self.content[d] for d in (*self.finished, *self.in_flight) if d in self.content}
         self.store.commit(self.seq, tables, self.finished, self.rejected_sources,
                           {d: SnapshotRef(part, c, t) for d, (c, t) in self.in_flight.items()}, content=content,
-                          retracted=self.retracted, gone=self.gone, rejected_content=self.rejected_content)
+                          retracted=self.retracted, gone=self.gone, rejected_content=self.rejected_content,
+                          cleared=self.cleared)
         self.known.update(self.finished, self.in_flight)
         for doc_id in self.finished:
             self.content.pop(doc_id, None)
@@ -207,6 +213,8 @@ def _tasks(config: RunConfig, store: RunStore, progress: Progress, fingerprint: 
         content = content_sha256(item)
         if progress.rejected_content.get(item.source) == content:
             continue
+        if item.source in progress.rejected_sources:  # fixed since it was rejected
+            writer.clear_rejection(item.source)
         recorded = progress.content.get(item.doc_id)
         done = item.doc_id in progress.finished or item.doc_id in progress.in_flight
         if done and recorded is not None and recorded != content:

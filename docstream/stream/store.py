@@ -272,6 +272,7 @@ class RunStore:
                 progress.in_flight.pop(doc_id, None)
                 progress.content.pop(doc_id, None)
             progress.gone.update(record.get("gone", []))
+            progress.rejected_sources.difference_update(record.get("cleared", []))
             progress.finished.update(record["finished"])
             progress.rejected_sources.update(record["rejected_sources"])
             progress.rejected_content.update(record.get("rejected_content", {}))
@@ -287,12 +288,13 @@ class RunStore:
     def commit(self, seq: int, tables: dict[str, pa.Table], finished: list[str], rejected_sources: list[str],
                in_flight: dict[str, SnapshotRef], content: dict[str, str] | None = None,
                retracted: list[str] = (), gone: list[str] = (),
-               rejected_content: dict[str, str] | None = None) -> None:
+               rejected_content: dict[str, str] | None = None, cleared: list[str] = ()) -> None:
         """Write the non-empty ``tables`` as part ``seq``, then the commit record that makes them count.
 
         ``retracted`` documents' rows in earlier parts stop counting from this commit on; ``gone``
         records documents that left the input unfinished; ``content`` maps documents to content hashes,
-        ``rejected_content`` sources the engine rejected to theirs.
+        ``rejected_content`` sources the engine rejected to theirs; ``cleared`` sources rejected before
+        are processed again (their earlier error rows stop counting).
         """
         files = {}
         for name, table in tables.items():
@@ -302,7 +304,8 @@ class RunStore:
             files[name] = {"path": rel, "rows": table.num_rows, "sha256": self._write_part(self.out / rel, name, table)}
         record = {"seq": seq, "files": files, "finished": finished, "rejected_sources": rejected_sources,
                   "in_flight": {d: vars(ref) for d, ref in in_flight.items()}, "content": content or {},
-                  "retracted": list(retracted), "gone": list(gone), "rejected_content": rejected_content or {}}
+                  "retracted": list(retracted), "gone": list(gone), "rejected_content": rejected_content or {},
+                  "cleared": list(cleared)}
         atomic_write_bytes(self.out / "commits" / f"{seq:08d}.json", _dumps(record))
         atomic_write_bytes(self.out / "commits" / "LATEST", f"{seq}\n".encode())
 
@@ -338,13 +341,13 @@ class RunStore:
         """Every committed, live row of ``table`` (rows of retracted documents left out; an empty table
         with the schema when there are none). Each part is checked against its checksum."""
         records = list(self.commit_records())
-        dead = retracted_before(records)
-        wanted = None if columns is None else list(dict.fromkeys(["doc_id", *columns]))
+        dead = retracted_before(records, "cleared" if table == "errors" else "retracted")
+        key = "source" if table == "errors" else "doc_id"
+        wanted = None if columns is None else list(dict.fromkeys([key, *columns]))
         pieces = []
         for seq, path, sha in self.committed_parts(table, records):
             part = self.read_part(path, sha, schema=SCHEMAS[table], columns=wanted)
-            if table != "errors":
-                part = drop_retracted(part, seq, dead)
+            part = drop_retracted(part, seq, dead, "source" if table == "errors" else "doc_id")
             pieces.append(part.select(columns) if columns else part)
         if not pieces:
             empty = SCHEMAS[table].empty_table()
@@ -400,24 +403,24 @@ def check_part(path: Path, sha256: str) -> None:
         raise damaged(path, "fails its checksum (its bytes changed since it was committed)")
 
 
-def retracted_before(records: list[dict[str, Any]]) -> dict[str, int]:
-    """For each retracted document, the newest commit that retracted it: its rows in parts older than
-    that commit no longer count."""
+def retracted_before(records: list[dict[str, Any]], field_name: str = "retracted") -> dict[str, int]:
+    """For each retracted document (or, with ``field_name="cleared"``, each cleared rejected source), the
+    newest commit that retracted it: its rows in parts older than that commit no longer count."""
     dead: dict[str, int] = {}
     for record in records:
-        for doc_id in record.get("retracted", []):
-            dead[doc_id] = record["seq"]
+        for key in record.get(field_name, []):
+            dead[key] = record["seq"]
     return dead
 
 
-def drop_retracted(table: pa.Table, seq: int, dead: dict[str, int]) -> pa.Table:
-    """``table`` (rows of part ``seq``) without the rows of documents retracted by a later commit."""
-    victims = [doc_id for doc_id, at in dead.items() if at > seq]
-    if not victims or "doc_id" not in table.column_names:
+def drop_retracted(table: pa.Table, seq: int, dead: dict[str, int], column: str = "doc_id") -> pa.Table:
+    """``table`` (rows of part ``seq``) without the rows whose ``column`` a later commit retracted."""
+    victims = [key for key, at in dead.items() if at > seq]
+    if not victims or column not in table.column_names:
         return table
     import pyarrow.compute as pc
 
-    return table.filter(pc.invert(pc.is_in(table.column("doc_id"), value_set=pa.array(victims, pa.string()))))
+    return table.filter(pc.invert(pc.is_in(table.column(column), value_set=pa.array(victims, pa.string()))))
 
 
 def _dumps(value: Any, indent: int | None = None) -> bytes:
