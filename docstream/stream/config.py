@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -44,6 +44,14 @@ class RunConfig(BaseModel):
                                                   "none starts a local Ray instance")
     workers: int | None = Field(None, ge=1, description=f"Ray workers, one model each "
                                                         f"(default {DEFAULT_RAY_WORKERS}; one GPU each on cuda)")
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _bundled_vocabulary(cls, path: Path) -> Path:
+        """A bare name of a bundled vocabulary (``rwkv_vocab_v20230424.txt``) means docstream's copy."""
+        from docstream.tokenizer.loader import resolve_tokenizer_path
+
+        return resolve_tokenizer_path(path)
 
     @model_validator(mode="after")
     def _check_engine_settings(self) -> RunConfig:

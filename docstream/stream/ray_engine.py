@@ -9,8 +9,8 @@ When a worker dies (its process killed, its node lost), the driver commits every
 received, forgets the uncommitted rows of that worker's unfinished documents, starts a new worker
 in its place and hands it those documents again, each from its last committed snapshot. When the
 driver dies, its workers die with it and re-running the command resumes from the committed records,
-as after a local run. A document's outputs do not depend on which documents shared its batch, so the
-outputs equal the local engine's row for row.
+as after a local run. A document's outputs depend on which documents shared its batch only through
+float32 rounding, so the outputs hold the local engine's rows, with values equal to that rounding.
 """
 from __future__ import annotations
 

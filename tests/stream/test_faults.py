@@ -288,3 +288,12 @@ def test_a_real_full_disk_then_resume_after_freeing_space(model_path, tmp_path, 
     assert resumed.returncode == 0, resumed.stderr
     run(_config(model_path, corpus, tmp_path / "fresh"))
     assert_same_outputs(_tables(out), _tables(tmp_path / "fresh"))
+
+
+def test_a_bare_bundled_vocabulary_name_works_in_run_settings(tmp_path, monkeypatch):
+    from docstream.stream.config import RunConfig
+    from docstream.tokenizer import default_world_vocab_path
+
+    monkeypatch.chdir(tmp_path)
+    config = RunConfig(model="m.pth", tokenizer="rwkv_vocab_v20230424.txt", input="c", out="o")
+    assert config.tokenizer == default_world_vocab_path()
