@@ -72,15 +72,24 @@ def compile_only(nvcc: str) -> bool:
             gencode = f"-gencode=arch=compute_{arch},code=sm_{arch}"
             base = [nvcc, "-c", "-std=c++20", gencode, *cpp_extension.COMMON_NVCC_FLAGS, *build.cuda_flags(),
                     *includes, "-Xcompiler", "-fPIC"]
-            for n in HEAD_SIZES:
-                ok &= run([*base, f"-DWKV_N={n}", str(build.CSRC / "wkv_cuda.cu"), "-o", f"{tmp}/wkv_{n}_{arch}.o"],
-                          f"wkv_cuda.cu  sm_{arch} N={n}")
-            ok &= run([*base, str(build.CSRC / "wkv4_cuda.cu"), "-o", f"{tmp}/wkv4_{arch}.o"],
-                      f"wkv4_cuda.cu sm_{arch}")
-            for n in TRAIN_HEAD_SIZES:
-                ok &= run([*base, f"-DWKV_N={n}", f"-DWKV_CHUNK={build.TRAIN_CHUNK}",
-                           str(build.CSRC / "wkv7_train_cuda.cu"), "-o", f"{tmp}/wkv7_train_{n}_{arch}.o"],
-                          f"wkv7_train_cuda.cu sm_{arch} N={n} K={build.TRAIN_CHUNK}")
+            for key, spec in build.EXTENSIONS.items():
+                if spec.device != "cuda":
+                    continue
+                sizes = (TRAIN_HEAD_SIZES if key == "cuda_train" else HEAD_SIZES) if spec.per_head_size else (None,)
+                for src in (src for src in spec.sources if src.endswith(".cu")):
+                    for n in sizes:
+                        flags = spec.flags(n)
+                        ok &= run([*base, *flags, str(build.CSRC / src), "-o", f"{tmp}/{key}_{n}_{arch}.o"],
+                                  f"{src} sm_{arch} {' '.join(flags)}".rstrip())
+        # the head-size limit of build.py is the one the sources enforce: one past it must not compile
+        spec = build.EXTENSIONS["cuda"]
+        proc = subprocess.run([nvcc, "-c", "-std=c++20", *includes, *spec.flags(build.MAX_HEAD_SIZE + 1),
+                               str(build.CSRC / "wkv_cuda.cu"), "-o", f"{tmp}/too_big.o"],
+                              capture_output=True, text=True, check=False)
+        rejected = proc.returncode != 0 and "WKV_N must be in 1..WKV_MAX_N" in proc.stdout + proc.stderr
+        print(f"  {'ok  ' if rejected else 'FAIL'} wkv_cuda.cu N={build.MAX_HEAD_SIZE + 1} is rejected by its "
+              f"static_assert (MAX_HEAD_SIZE={build.MAX_HEAD_SIZE})")
+        ok &= rejected
         # the bindings, as the host compiler sees them (a CPU-only torch lacks one generated header)
         stub = Path(tmp) / "stub"
         macros = "c10/cuda/impl/cuda_cmake_macros.h"
@@ -88,7 +97,9 @@ def compile_only(nvcc: str) -> bool:
             (stub / macros).parent.mkdir(parents=True)
             (stub / macros).write_text("#pragma once\n")
         cxx = os.environ.get("CXX", "c++")
-        for src in ("wkv_cuda.cpp", "wkv4_cuda.cpp", "wkv7_train_cuda.cpp"):
+        bindings = sorted({src for spec in build.EXTENSIONS.values() if spec.device == "cuda"
+                           for src in spec.sources if src.endswith(".cpp")})
+        for src in bindings:
             ok &= run([cxx, "-std=c++20", "-fsyntax-only", "-DTORCH_EXTENSION_NAME=check", *includes,
                        f"-I{sysconfig.get_paths()['include']}", f"-I{cuda_include}", f"-I{stub}",
                        str(build.CSRC / src)], f"{src} (host compiler, syntax only)")

@@ -60,11 +60,7 @@ class _Prepared:
             f64 = all(x.dtype == torch.float64 for x in (r, w, k, v, a, b, state))
             self.io = self.decay = self.state = torch.float64 if f64 else torch.float32
         else:
-            N = r.shape[-1]
-            if not 1 <= N <= build.CUDA_MAX_HEAD_SIZE:
-                raise ValueError(f"the CUDA WKV kernels support head sizes 1..{build.CUDA_MAX_HEAD_SIZE}, got "
-                                 f"N={N}; use backend='torch' for larger heads")
-            self.ext = build.load_cuda_train(N)
+            self.ext = build.load_cuda_train(r.shape[-1])  # ValueError for a head size it does not support
             dtypes = {x.dtype for x in (r, k, v, a, b)}
             self.io = dtypes.pop() if len(dtypes) == 1 and r.dtype in _HALF_TYPES else torch.float32
             self.decay = self.state = torch.float32

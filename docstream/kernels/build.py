@@ -11,10 +11,15 @@ Python, torch version and compile flags, under a lock that dies with its holder;
 torch's ``load`` left behind when a process was killed mid-build is removed, and waiting for another
 live process's build gives up after :data:`LOCK_TIMEOUT_S` seconds with a :class:`BuildError`.
 
-* :func:`load_cpu` -- ``wkv4``, ``wkv6`` and ``wkv7`` for CPU tensors (one extension, built once per
-  machine: ``-O3 -march=native`` and OpenMP, so the name carries a tag of the CPU it was built for).
+Every extension is one entry of :data:`EXTENSIONS` (name, sources, device, defines), built by
+:func:`load_spec`; the loaders below name their entry:
+
+* :func:`load_cpu` -- ``wkv4``, ``wkv6``, ``wkv7`` and ``linear_rows`` for CPU tensors (one extension,
+  built once per machine: ``-O3 -march=native`` and OpenMP, so the name carries a tag of the CPU).
 * :func:`load_cuda` -- ``wkv6`` and ``wkv7`` for CUDA tensors with head size ``N`` baked in at
-  compile time (one extension per head size and GPU architecture, both in its name).
+  compile time (one extension per head size and GPU architecture, both in its name). The head size is
+  checked in one place, :func:`check_head_size`, against :data:`MAX_HEAD_SIZE`, which the CUDA
+  sources also get (``-DWKV_MAX_N``) for their ``static_assert``.
 * :func:`load_cuda_wkv4` -- ``wkv4`` for CUDA tensors.
 * :func:`load_cpu_train` / :func:`load_cuda_train` -- the RWKV-7 training kernels (a forward that
   saves state checkpoints, and the backward) used by :mod:`docstream.kernels.autograd`: separate
@@ -32,6 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -49,8 +55,9 @@ TORCH_BATON = "lock"
 
 log = logging.getLogger(__name__)
 
-#: Largest head size the CUDA kernels accept (one thread per state row, the row in registers).
-CUDA_MAX_HEAD_SIZE = 256
+#: Largest head size the CUDA kernels accept (one thread per state row, the row in registers). The one
+#: source of truth: the CUDA builds get it as ``-DWKV_MAX_N`` and static_assert against it.
+MAX_HEAD_SIZE = 256
 
 CPU_INSTALL_HINT = ("install a C++ compiler (e.g. `apt install g++` / Xcode command line tools) "
                     "and ninja (`pip install ninja`)")
@@ -301,41 +308,9 @@ def cpu_flags() -> tuple[list[str], list[str]]:
     return cflags, ldflags
 
 
-def load_cpu() -> ModuleType:
-    """The CPU extension (``wkv4``, ``wkv6``, ``wkv7`` on fp32 tensors); built on first call."""
-    return _load_cpu_extension("docstream_wkv_cpu", "wkv_cpu.cpp")
-
-
-def load_cpu_train() -> ModuleType:
-    """The CPU RWKV-7 training extension (``wkv7_forward_train``, ``wkv7_backward``; fp32 and fp64)."""
-    return _load_cpu_extension("docstream_wkv7_train_cpu", "wkv7_train_cpu.cpp")
-
-
-def _load_cpu_extension(prefix: str, source: str) -> ModuleType:
-    """The CPU extension built from ``csrc/<source>`` with :func:`cpu_flags`, once per process."""
-    name = f"{prefix}_{_cpu_tag()}"
-
-    def build() -> ModuleType:
-        cflags, ldflags = cpu_flags()
-        sources = [str(CSRC / source)]
-        return _locked_load(name, sources, _build_directory(name, sources, [*cflags, "|", *ldflags]),
-                            extra_cflags=cflags, extra_ldflags=ldflags)
-
-    return _memoized(name, build, CPU_INSTALL_HINT)
-
-
 def cuda_flags() -> list[str]:
     """nvcc flags shared by the CUDA extensions (architectures come from torch / TORCH_CUDA_ARCH_LIST)."""
     return ["-O3", "-res-usage", "--extra-device-vectorization", "-Xptxas", "-O3"]
-
-
-def _load_cuda_extension(name: str, sources: list[str], defines: list[str]) -> ModuleType:
-    import torch
-    if torch.version.cuda is None:
-        raise RuntimeError(f"this PyTorch ({torch.__version__}) was built without CUDA")
-    cflags, cuda_cflags = ["-O3", *defines], [*cuda_flags(), *defines]
-    return _locked_load(name, sources, _build_directory(name, sources, [*cflags, "|", *cuda_cflags]),
-                        extra_cflags=cflags, extra_cuda_cflags=cuda_cflags)
 
 
 def _cuda_arch_tag() -> str:
@@ -352,42 +327,119 @@ def _cuda_arch_tag() -> str:
     return "_".join(f"sm{major}{minor}" for major, minor in caps) or "smx"
 
 
-def load_cuda(head_size: int) -> ModuleType:
-    """The CUDA extension for RWKV-5.2/6/7 (``wkv6``, ``wkv7``) with head size ``head_size``."""
-    if not 1 <= head_size <= CUDA_MAX_HEAD_SIZE:
-        raise ValueError(f"the CUDA WKV kernels support head sizes 1..{CUDA_MAX_HEAD_SIZE}, got {head_size}")
-    name = f"docstream_wkv_cuda_n{head_size}_{_cuda_arch_tag()}"
+#: Tokens between two state checkpoints of the RWKV-7 training kernels (compiled into the CUDA one).
+TRAIN_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class ExtensionSpec:
+    """One compiled extension: its name stem, its sources under ``csrc/``, the device it is built for,
+    and the ``-D`` defines it is compiled with. ``per_head_size`` extensions bake the head size in
+    (``-DWKV_N=<N>``, and ``-DWKV_MAX_N`` = :data:`MAX_HEAD_SIZE`): one build per head size."""
+
+    prefix: str
+    sources: tuple[str, ...]
+    device: str  # "cpu" or "cuda"
+    defines: tuple[str, ...] = ()
+    per_head_size: bool = False
+    tag: str = ""  # a part of the name that tells builds with other defines apart
+
+    def name(self, head_size: int | None = None) -> str:
+        parts = [self.prefix, f"n{head_size}" if self.per_head_size else "", self.tag,
+                 _cpu_tag() if self.device == "cpu" else _cuda_arch_tag()]
+        return "_".join(part for part in parts if part)
+
+    def flags(self, head_size: int | None = None) -> list[str]:
+        """The ``-D`` flags of the build (the head-size ones included)."""
+        sized = [f"-DWKV_N={head_size}", f"-DWKV_MAX_N={MAX_HEAD_SIZE}"] if self.per_head_size else []
+        return [*sized, *self.defines]
+
+
+#: Every compiled extension docstream builds, by the key its loader passes to :func:`load`.
+EXTENSIONS: dict[str, ExtensionSpec] = {
+    # wkv4, wkv6, wkv7 and linear_rows for CPU tensors (-march=native: the name carries a CPU tag)
+    "cpu": ExtensionSpec("docstream_wkv_cpu", ("wkv_cpu.cpp", "linear_rows.cpp"), "cpu"),
+    # the same without the GCC/Clang vector types: what other compilers build (for the tests)
+    "cpu_scalar": ExtensionSpec("docstream_wkv_cpu", ("wkv_cpu.cpp", "linear_rows.cpp"), "cpu",
+                                ("-DWKV_SCALAR",), tag="scalar"),
+    # the RWKV-7 training kernels: separate, so that inference never builds them
+    "cpu_train": ExtensionSpec("docstream_wkv7_train_cpu", ("wkv7_train_cpu.cpp",), "cpu"),
+    "cuda": ExtensionSpec("docstream_wkv_cuda", ("wkv_cuda.cpp", "wkv_cuda.cu"), "cuda", per_head_size=True),
+    "cuda_wkv4": ExtensionSpec("docstream_wkv4_cuda", ("wkv4_cuda.cpp", "wkv4_cuda.cu"), "cuda"),
+    "cuda_train": ExtensionSpec("docstream_wkv7_train_cuda", ("wkv7_train_cuda.cpp", "wkv7_train_cuda.cu"),
+                                "cuda", (f"-DWKV_CHUNK={TRAIN_CHUNK}",), per_head_size=True,
+                                tag=f"k{TRAIN_CHUNK}"),
+}
+
+
+def check_head_size(head_size: int) -> int:
+    """``head_size`` if the CUDA kernels support it (1..:data:`MAX_HEAD_SIZE`), else ``ValueError``."""
+    if not cuda_supports(head_size):
+        raise ValueError(f"the CUDA WKV kernels support head sizes 1..{MAX_HEAD_SIZE} (one thread per state "
+                         f"row), got N={head_size}; use backend='torch' for larger heads")
+    return head_size
+
+
+def cuda_supports(head_size: int) -> bool:
+    """Whether the CUDA kernels can be built for ``head_size``."""
+    return 1 <= head_size <= MAX_HEAD_SIZE
+
+
+def load_spec(spec: ExtensionSpec, head_size: int | None = None) -> ModuleType:
+    """The extension ``spec`` (for ``head_size`` if it is built per head size), built on first call and
+    remembered for the rest of the process."""
+    if spec.per_head_size:
+        check_head_size(head_size)
+    name = spec.name(head_size)
+    defines = spec.flags(head_size)
+    sources = [str(CSRC / src) for src in spec.sources]
+
+    if spec.device == "cpu":
+        def build() -> ModuleType:
+            cflags, ldflags = cpu_flags()
+            cflags = [*cflags, *defines]
+            return _locked_load(name, sources, _build_directory(name, sources, [*cflags, "|", *ldflags]),
+                                extra_cflags=cflags, extra_ldflags=ldflags)
+
+        return _memoized(name, build, CPU_INSTALL_HINT)
 
     def build() -> ModuleType:
-        return _load_cuda_extension(name, [str(CSRC / "wkv_cuda.cpp"), str(CSRC / "wkv_cuda.cu")],
-                                    [f"-DWKV_N={head_size}"])
+        import torch
+        if torch.version.cuda is None:
+            raise RuntimeError(f"this PyTorch ({torch.__version__}) was built without CUDA")
+        cflags, cuda_cflags = ["-O3", *defines], [*cuda_flags(), *defines]
+        return _locked_load(name, sources, _build_directory(name, sources, [*cflags, "|", *cuda_cflags]),
+                            extra_cflags=cflags, extra_cuda_cflags=cuda_cflags)
 
     return _memoized(name, build, cuda_install_hint())
+
+
+def load(key: str, head_size: int | None = None) -> ModuleType:
+    """The extension ``EXTENSIONS[key]``; see :func:`load_spec`."""
+    return load_spec(EXTENSIONS[key], head_size)
+
+
+def load_cpu() -> ModuleType:
+    """The CPU extension (``wkv4``, ``wkv6``, ``wkv7``, ``linear_rows`` on fp32 tensors)."""
+    return load("cpu")
+
+
+def load_cpu_train() -> ModuleType:
+    """The CPU RWKV-7 training extension (``wkv7_forward_train``, ``wkv7_backward``; fp32 and fp64)."""
+    return load("cpu_train")
+
+
+def load_cuda(head_size: int) -> ModuleType:
+    """The CUDA extension for RWKV-5.2/6/7 (``wkv6``, ``wkv7``) with head size ``head_size``."""
+    return load("cuda", head_size)
 
 
 def load_cuda_wkv4() -> ModuleType:
     """The CUDA extension for RWKV-4 (``wkv4``)."""
-    name = f"docstream_wkv4_cuda_{_cuda_arch_tag()}"
-
-    def build() -> ModuleType:
-        return _load_cuda_extension(name, [str(CSRC / "wkv4_cuda.cpp"), str(CSRC / "wkv4_cuda.cu")], [])
-
-    return _memoized(name, build, cuda_install_hint())
-
-
-#: Tokens between two state checkpoints of the RWKV-7 training kernels (compiled into the CUDA one).
-TRAIN_CHUNK = 16
+    return load("cuda_wkv4")
 
 
 def load_cuda_train(head_size: int) -> ModuleType:
     """The CUDA RWKV-7 training extension (``wkv7_forward_train``, ``wkv7_backward``) for head size
     ``head_size``, checkpointing every :data:`TRAIN_CHUNK` tokens."""
-    if not 1 <= head_size <= CUDA_MAX_HEAD_SIZE:
-        raise ValueError(f"the CUDA WKV kernels support head sizes 1..{CUDA_MAX_HEAD_SIZE}, got {head_size}")
-    name = f"docstream_wkv7_train_cuda_n{head_size}_k{TRAIN_CHUNK}_{_cuda_arch_tag()}"
-
-    def build() -> ModuleType:
-        return _load_cuda_extension(name, [str(CSRC / "wkv7_train_cuda.cpp"), str(CSRC / "wkv7_train_cuda.cu")],
-                                    [f"-DWKV_N={head_size}", f"-DWKV_CHUNK={TRAIN_CHUNK}"])
-
-    return _memoized(name, build, cuda_install_hint())
+    return load("cuda_train", head_size)

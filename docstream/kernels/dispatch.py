@@ -110,13 +110,6 @@ def _check_device(op: str, device: torch.device, xs: tuple[Tensor, ...]) -> None
                          f"{sorted({str(x.device) for x in xs})}")
 
 
-def _head_size_for_cuda(n: int) -> int:
-    if not 1 <= n <= build.CUDA_MAX_HEAD_SIZE:
-        raise ValueError(f"the CUDA WKV kernels support head sizes 1..{build.CUDA_MAX_HEAD_SIZE} (one thread "
-                         f"per state row), got N={n}; use backend='torch' for larger heads")
-    return n
-
-
 # --------------------------------------------------------------------------------------------------
 # the compiled ops
 
@@ -159,7 +152,7 @@ def _wkv6_compiled(device_type: str) -> Op:
             f32 = torch.float32
             y, s = ext.wkv6(_rows(r, f32), _rows(k, f32), _rows(v, f32), w, u, state, out)
         else:
-            ext = build.load_cuda(_head_size_for_cuda(N))
+            ext = build.load_cuda(N)  # ValueError for an unsupported head size
             dtype = _common_dtype((r, k, v))
             y, s = ext.wkv6(_rows(r, dtype), _rows(k, dtype), _rows(v, dtype), w, u, state)
         return y.to(r.dtype), _into(out, s)
@@ -181,7 +174,7 @@ def _wkv7_compiled(device_type: str) -> Op:
             y, s = ext.wkv7(_rows(r, f32), w, _rows(k, f32), _rows(v, f32), _rows(a, f32), _rows(b, f32), state,
                             out)
         else:
-            ext = build.load_cuda(_head_size_for_cuda(N))
+            ext = build.load_cuda(N)  # ValueError for an unsupported head size
             dtype = _common_dtype((r, k, v, a, b))
             y, s = ext.wkv7(_rows(r, dtype), w, _rows(k, dtype), _rows(v, dtype), _rows(a, dtype),
                             _rows(b, dtype), state)
@@ -233,7 +226,7 @@ def _auto(op: str, device_type: str) -> Op:
 
     def auto(*args: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if device_type == "cuda" and op != "wkv4" and args[0].dim() == 4 \
-                and args[0].shape[-1] > build.CUDA_MAX_HEAD_SIZE:
+                and not build.cuda_supports(args[0].shape[-1]):
             y, s = ref(*args)  # head size beyond the CUDA kernels: the reference handles it
             return y, _into(out, s)
         try:
@@ -275,7 +268,7 @@ def _wkv7_grad(backend: str, device_type: str) -> Op:
     def wkv7_grad(*args: Tensor) -> tuple[Tensor, Tensor]:
         if backend != "auto":
             return autograd.wkv7_train(*args, backend=backend)
-        if device_type == "cuda" and args[0].dim() == 4 and args[0].shape[-1] > build.CUDA_MAX_HEAD_SIZE:
+        if device_type == "cuda" and args[0].dim() == 4 and not build.cuda_supports(args[0].shape[-1]):
             return reference.wkv7_ref(*args)
         try:
             return autograd.wkv7_train(*args, backend=device_type)

@@ -2,7 +2,7 @@
 installs sharing one cache must never make a later build hang or rebuild needlessly.
 
 The builds here compile a tiny Python extension (a few lines of C++, seconds) through the same path as
-the WKV kernels (``build._load_cpu_extension`` with ``build.CSRC`` pointed at it). Every load that could
+the WKV kernels (``build.load_spec`` of a CPU ``ExtensionSpec``, ``build.CSRC`` pointed at it). Every load that could
 hang runs in a subprocess with a timeout, so a regression fails instead of hanging the suite.
 """
 import os
@@ -33,8 +33,8 @@ PyMODINIT_FUNC DS_XCAT(PyInit_, TORCH_EXTENSION_NAME)(void) { return PyModule_Cr
 """
 
 # what `docstream run` does on first use of a kernel, for the tiny extension in argv[1]
-LOAD = ("import sys; from pathlib import Path; from docstream.kernels import build; "
-        "build.CSRC = Path(sys.argv[1]); print(build._load_cpu_extension('docstream_tiny', 'tiny.cpp').answer())")
+LOAD = ("import sys; from pathlib import Path; from docstream.kernels import build; build.CSRC = Path(sys.argv[1]); "
+        "print(build.load_spec(build.ExtensionSpec('docstream_tiny', ('tiny.cpp',), 'cpu')).answer())")
 BUILDING = "building the compiled extension docstream_tiny"
 
 
@@ -174,3 +174,18 @@ def test_build_folder_per_install_torch_and_flags(monkeypatch, tmp_path):
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
     from torch.utils.cpp_extension import get_default_build_root
     assert folder("/clone_a").parent.parent == Path(get_default_build_root())
+
+
+def test_extension_table():
+    """Every extension's sources exist; names and defines tell apart what is built differently."""
+    for key, spec in build.EXTENSIONS.items():
+        assert spec.device in ("cpu", "cuda"), key
+        for src in spec.sources:
+            assert (build.CSRC / src).is_file(), f"{key}: {src}"
+    cuda, train = build.EXTENSIONS["cuda"], build.EXTENSIONS["cuda_train"]
+    assert cuda.name(64).startswith("docstream_wkv_cuda_n64_")
+    assert train.name(64).startswith(f"docstream_wkv7_train_cuda_n64_k{build.TRAIN_CHUNK}_")
+    assert f"-DWKV_CHUNK={build.TRAIN_CHUNK}" in train.flags(64)
+    names = {spec.name(64) for spec in build.EXTENSIONS.values()}
+    assert len(names) == len(build.EXTENSIONS)  # e.g. the scalar CPU build never shares the vector one's name
+    assert build.EXTENSIONS["cpu_scalar"].flags() == ["-DWKV_SCALAR"] and build.EXTENSIONS["cpu"].flags() == []

@@ -349,9 +349,20 @@ def test_explicit_backend_on_the_wrong_device_raises():
 
 
 def test_cuda_head_size_limit_is_a_clear_error():
-    with pytest.raises(ValueError, match="head sizes 1..256"):
-        dispatch._head_size_for_cuda(build.CUDA_MAX_HEAD_SIZE + 1)
-    assert dispatch._head_size_for_cuda(64) == 64
+    """One limit, checked in one place (build.check_head_size) by every loader built per head size, before
+    anything is built; the CUDA sources get the same number as -DWKV_MAX_N for their static_assert."""
+    assert build.MAX_HEAD_SIZE == 256
+    for bad in (0, build.MAX_HEAD_SIZE + 1):
+        for loader in (build.load_cuda, build.load_cuda_train, build.check_head_size):
+            with pytest.raises(ValueError, match="head sizes 1..256"):
+                loader(bad)
+    assert build.check_head_size(64) == 64 and build.cuda_supports(256) and not build.cuda_supports(257)
+    for key, spec in build.EXTENSIONS.items():
+        if spec.device == "cuda" and spec.per_head_size:
+            assert "-DWKV_MAX_N=256" in spec.flags(64) and "-DWKV_N=64" in spec.flags(64), key
+    for src in ("wkv_cuda.cu", "wkv7_train_cuda.cu"):
+        assert "kN <= WKV_MAX_N" in (build.CSRC / src).read_text() or \
+            "kN <= WKV_MAX_N" in (build.CSRC / "wkv_cuda_common.cuh").read_text(), src
 
 
 def test_compiled_ops_are_forward_only():

@@ -8,21 +8,15 @@
 
 #include <vector>
 
+#include "wkv_binding.h"
+
 const char* docstream_wkv4_cuda(int dtype, int64_t B, int64_t T, int64_t C, const float* w, const float* u,
                                 const void* k, int64_t k_sb, int64_t k_st, const void* v, int64_t v_sb,
                                 int64_t v_st, const float* s_in, float* s_out, void* y, void* stream);
 
 namespace {
 
-int dtype_code(const torch::Tensor& x) {
-  switch (x.scalar_type()) {
-    case torch::kFloat32: return 0;
-    case torch::kBFloat16: return 1;
-    case torch::kFloat16: return 2;
-    default: TORCH_CHECK(false, "WKV CUDA kernels take float32, bfloat16 or float16 inputs, got ", x.scalar_type());
-  }
-  return -1;
-}
+using namespace wkv;
 
 std::vector<torch::Tensor> wkv4_forward(torch::Tensor w, torch::Tensor u, torch::Tensor k, torch::Tensor v,
                                         torch::Tensor state) {

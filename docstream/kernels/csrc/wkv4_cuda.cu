@@ -5,23 +5,13 @@
 // dimension and arbitrary batch/time strides (fp32, bf16 or fp16); w, u and the state are fp32;
 // y is contiguous [B, T, C] in the dtype of k. The state is read from s_in and written to s_out.
 
-#include <cuda_runtime.h>
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
-
 #include <cstdint>
+
+#include "wkv_cuda_common.cuh"
 
 namespace {
 
-template <typename F> __device__ __forceinline__ float to_f(F x);
-template <> __device__ __forceinline__ float to_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename F> __device__ __forceinline__ F from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+using namespace wkv;
 
 constexpr int kThreads = 128;
 

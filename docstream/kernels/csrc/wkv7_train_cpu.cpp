@@ -16,8 +16,8 @@
 //
 // Layout: every state-sized buffer (state copy, checkpoints, scratch, G) is key-major, so that the
 // inner loops run over the contiguous value index i: accumulations over j are vector adds and the
-// sums over i are vectorized reductions (the fp32 forward step, N a multiple of 8, keeps blocks of
-// columns in vector registers like the inference kernel). The CUDA kernels (wkv7_train_cuda.cu)
+// sums over i are vectorized reductions. The forward step is the inference kernel's (wkv7_cpu.h) with
+// one partial sum for sa. The CUDA kernels (wkv7_train_cuda.cu)
 // compute the same quantities in the same order, thread i holding row i and column i of G.
 //
 // Types: the scalar type T is float (fp32 inputs; the Python wrapper casts bf16/fp16) or double (fp64
@@ -29,55 +29,19 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
-#include <type_traits>
 #include <vector>
 
-#if defined(__GNUC__) || defined(__clang__)
-#define WKV_INLINE inline __attribute__((always_inline))
-#define WKV_PRAGMA(x) _Pragma(#x)
-#define WKV_SIMD WKV_PRAGMA(omp simd)
-#define WKV_SIMD_SUM(...) WKV_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
-#else
-#define WKV_INLINE inline
-#define WKV_SIMD
-#define WKV_SIMD_SUM(...)
-#endif
+#include "wkv7_cpu.h"
+#include "wkv_simd.h"
 
 namespace {
 
-#if defined(__GNUC__) || defined(__clang__)
-// Eight floats as a GCC/Clang generic vector (one AVX register, two SSE/NEON ones): the fp32 forward
-// step keeps a block of columns of sa and y in registers, as the inference kernel (wkv_cpu.cpp) does.
-#define WKV_VEC 1
-typedef float vfloat __attribute__((vector_size(32)));
-constexpr int kVec = 8;
-WKV_INLINE vfloat vload(const float* p) {
-  vfloat x;
-  std::memcpy(&x, p, sizeof(x));
-  return x;
-}
-WKV_INLINE void vstore(float* p, vfloat x) { std::memcpy(p, &x, sizeof(x)); }
-WKV_INLINE vfloat vset1(float s) { return vfloat{s, s, s, s, s, s, s, s}; }
-#endif
-
-template <typename T>
-struct View {
-  const T* p;
-  int64_t sb, st, sh;
-  WKV_INLINE const T* at(int64_t b, int64_t t, int64_t h) const { return p + b * sb + t * st + h * sh; }
-};
+using namespace wkv;
 
 template <typename T>
 View<T> view4(const torch::Tensor& x) {
   return View<T>{x.data_ptr<T>(), x.stride(0), x.stride(1), x.stride(2)};
 }
-
-// The per-token input rows of one (batch, head) slice.
-template <typename T>
-struct Token {
-  const T *r, *w, *k, *v, *a, *b;
-};
 
 template <typename T>
 struct Inputs {
@@ -87,84 +51,11 @@ struct Inputs {
   }
 };
 
-#ifdef WKV_VEC
-// The fp32 forward step for BV * 8 columns starting at i0, sa and y of those columns in registers.
-template <int BV>
-WKV_INLINE void forward_vcols(int64_t N, int64_t i0, const float* in, float* out, const Token<float>& x, float* sa,
-                              float* y) {
-  vfloat s_a[BV], acc[BV], vv[BV];
-  for (int q = 0; q < BV; ++q) {
-    s_a[q] = vset1(0.0f);
-    acc[q] = vset1(0.0f);
-    vv[q] = vload(x.v + i0 + q * kVec);
-  }
-  for (int64_t j = 0; j < N; ++j) {
-    const vfloat aj = vset1(x.a[j]);
-    const float* row = in + j * N + i0;
-    for (int q = 0; q < BV; ++q) s_a[q] += aj * vload(row + q * kVec);
-  }
-  for (int64_t j = 0; j < N; ++j) {
-    const vfloat wj = vset1(x.w[j]), bj = vset1(x.b[j]), kj = vset1(x.k[j]), rj = vset1(x.r[j]);
-    const float* row = in + j * N + i0;
-    float* dst = out + j * N + i0;
-    for (int q = 0; q < BV; ++q) {
-      const vfloat s = vload(row + q * kVec) * wj + s_a[q] * bj + vv[q] * kj;
-      vstore(dst + q * kVec, s);
-      acc[q] += s * rj;
-    }
-  }
-  for (int q = 0; q < BV; ++q) {
-    vstore(sa + i0 + q * kVec, s_a[q]);
-    if (y != nullptr) vstore(y + i0 + q * kVec, acc[q]);
-  }
-}
-#endif
-
-// One token forward on key-major states: out = the state after the token, from `in` (the two may be
-// the same buffer: every element is read before it is written, at the same index). sa [N] receives
-// S_{t-1} a_t; y [N] (optional) receives S_t r_t.
+// One token forward (wkv7_cpu.h, one partial sum for sa): out = the state after the token, from `in`
+// (the same buffer or not); sa [N] receives S_{t-1} a_t, y [N] (optional) S_t r_t.
 template <typename T, int NC>
-WKV_INLINE void step_forward(int64_t N_, const T* in, T* out, const Token<T>& x, T* sa, T* y) {
-  const int64_t N = NC > 0 ? NC : N_;
-#ifdef WKV_VEC
-  if constexpr (std::is_same_v<T, float>) {
-    if (N % kVec == 0) {  // column blocks are independent: blocks of 32, then of 8
-      int64_t i0 = 0;
-      for (; i0 + 4 * kVec <= N; i0 += 4 * kVec) forward_vcols<4>(N, i0, in, out, x, sa, y);
-      for (; i0 < N; i0 += kVec) forward_vcols<1>(N, i0, in, out, x, sa, y);
-      return;
-    }
-  }
-#endif
-  WKV_SIMD
-  for (int64_t i = 0; i < N; ++i) sa[i] = T(0);
-  for (int64_t j = 0; j < N; ++j) {
-    const T aj = x.a[j];
-    const T* row = in + j * N;
-    WKV_SIMD
-    for (int64_t i = 0; i < N; ++i) sa[i] += aj * row[i];
-  }
-  if (y != nullptr) {
-    WKV_SIMD
-    for (int64_t i = 0; i < N; ++i) y[i] = T(0);
-  }
-  for (int64_t j = 0; j < N; ++j) {
-    const T wj = x.w[j], bj = x.b[j], kj = x.k[j];
-    const T* row = in + j * N;
-    T* dst = out + j * N;
-    if (y != nullptr) {
-      const T rj = x.r[j];
-      WKV_SIMD
-      for (int64_t i = 0; i < N; ++i) {
-        const T s = row[i] * wj + sa[i] * bj + x.v[i] * kj;
-        dst[i] = s;
-        y[i] += s * rj;
-      }
-    } else {
-      WKV_SIMD
-      for (int64_t i = 0; i < N; ++i) dst[i] = row[i] * wj + sa[i] * bj + x.v[i] * kj;
-    }
-  }
+WKV_INLINE void step_forward(int64_t N, const T* in, T* out, const Token<T>& x, T* sa, T* y) {
+  wkv7_step<T, NC, 1>(N, in, out, x, sa, y);
 }
 
 // Gradient rows of one token, written into the [B, T, H, N] gradient tensors.
@@ -221,23 +112,6 @@ WKV_INLINE void step_backward(int64_t N_, T* G, const T* cur, const T* prev, con
   WKV_SIMD
   for (int64_t i = 0; i < N; ++i) g.dv[i] = dv_acc[i];
 }
-
-// dst = src^T for one N x N matrix.
-template <typename T>
-void transpose_copy(const T* src, T* dst, int64_t N) {
-  for (int64_t i = 0; i < N; ++i)
-    for (int64_t j = 0; j < N; ++j) dst[j * N + i] = src[i * N + j];
-}
-
-template <typename T>
-struct Aligned {  // a 64-byte aligned scratch array
-  std::vector<T> store;
-  T* p;
-  explicit Aligned(int64_t n) : store(static_cast<size_t>(n) + 64 / sizeof(T)) {
-    p = store.data();
-    p += (64 - reinterpret_cast<uintptr_t>(p) % 64) % 64 / sizeof(T);
-  }
-};
 
 // ---------------------------------------------------------------------------------------------
 // forward with checkpoints

@@ -7,8 +7,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include <array>
 #include <vector>
+
+#include "wkv_binding.h"
 
 int docstream_wkv7_train_head_size();
 int docstream_wkv7_train_chunk();
@@ -26,29 +27,7 @@ const char* docstream_wkv7_backward_cuda(int dtype, int64_t B, int64_t T, int64_
 
 namespace {
 
-int dtype_code(const torch::Tensor& x) {
-  switch (x.scalar_type()) {
-    case torch::kFloat32: return 0;
-    case torch::kBFloat16: return 1;
-    case torch::kFloat16: return 2;
-    default: TORCH_CHECK(false, "WKV CUDA kernels take float32, bfloat16 or float16 inputs, got ", x.scalar_type());
-  }
-  return -1;
-}
-
-std::array<int64_t, 3> strides_of(const torch::Tensor& x) { return {x.stride(0), x.stride(1), x.stride(2)}; }
-
-void check_input(const torch::Tensor& x, const char* name, const torch::Tensor& like, bool fp32) {
-  TORCH_CHECK(x.is_cuda(), name, " must be a CUDA tensor");
-  TORCH_CHECK(x.device() == like.device(), name, " must be on ", like.device());
-  TORCH_CHECK(x.sizes() == like.sizes(), name, " must have the shape of r ", like.sizes(), ", got ", x.sizes());
-  TORCH_CHECK(x.size(3) <= 1 || x.stride(3) == 1, name, " must have a contiguous last dimension");
-  if (fp32) {
-    TORCH_CHECK(x.scalar_type() == torch::kFloat32, name, " must be float32");
-  } else {
-    TORCH_CHECK(x.scalar_type() == like.scalar_type(), name, " must have the dtype of r");
-  }
-}
+using namespace wkv;
 
 torch::Tensor checked_square(const torch::Tensor& r, torch::Tensor x, const char* name) {
   const int64_t N = r.size(3);

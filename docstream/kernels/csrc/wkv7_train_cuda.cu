@@ -24,11 +24,10 @@
 // sums over j: dv_i, dsa_i) and column i (Gcol[m] = G[m][i], for the sums over the value index: dr_i,
 // dk_i, dw_i, db_i, da_i). Both copies get the same updates, so they stay equal.
 
-#include <cuda_runtime.h>
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
-
 #include <cstdint>
+
+#include "wkv7_forward.cuh"
+#include "wkv_cuda_common.cuh"
 
 #ifndef WKV_N
 #error "compile with -DWKV_N=<head size>"
@@ -39,108 +38,12 @@
 
 namespace {
 
+using namespace wkv;
+
 constexpr int kN = WKV_N;
 constexpr int kK = WKV_CHUNK;
-static_assert(kN >= 1 && kN <= 1024, "WKV_N must be in 1..1024 (one thread per state row)");
+static_assert(kN >= 1 && kN <= WKV_MAX_N, "WKV_N must be in 1..WKV_MAX_N (one thread per state row)");
 static_assert(kK >= 1 && kK <= 256, "WKV_CHUNK must be in 1..256");
-
-struct WkvStrides {
-  int64_t b, t, h;
-};
-
-template <typename F> __device__ __forceinline__ float to_f(F x);
-template <> __device__ __forceinline__ float to_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename F> __device__ __forceinline__ F from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-constexpr int kChains = 4;  // interleaved partial sums: shorter dependency chains per token
-__device__ __forceinline__ float chain_sum(const float (&p)[kChains]) { return (p[0] + p[1]) + (p[2] + p[3]); }
-
-__device__ __forceinline__ int64_t offset(const WkvStrides& s, int64_t b, int64_t t, int64_t h) {
-  return b * s.b + t * s.t + h * s.h;
-}
-
-template <typename F>
-struct Inputs {
-  const F* __restrict__ r;
-  const float* __restrict__ w;
-  const F* __restrict__ k;
-  const F* __restrict__ v;
-  const F* __restrict__ a;
-  const F* __restrict__ b;
-  WkvStrides sr, sw, sk, sv, sa, sb;
-};
-
-// One token's per-head vectors, element i (the calling thread's), in fp32.
-struct Tok {
-  float r, w, k, v, a, b;
-};
-
-template <typename F>
-__device__ __forceinline__ Tok load_tok(const Inputs<F>& x, int64_t b, int64_t t, int64_t h, int i) {
-  return Tok{to_f(x.r[offset(x.sr, b, t, h) + i]), x.w[offset(x.sw, b, t, h) + i],
-             to_f(x.k[offset(x.sk, b, t, h) + i]), to_f(x.v[offset(x.sv, b, t, h) + i]),
-             to_f(x.a[offset(x.sa, b, t, h) + i]), to_f(x.b[offset(x.sb, b, t, h) + i])};
-}
-
-// Forward with checkpoints: the inference kernel (wkv_cuda.cu) plus a coalesced store of the state
-// before every K-th token. Thread i owns row i: S[j] = state[i][j].
-template <typename F, int N>
-__global__ void __launch_bounds__(N) wkv7_forward_train_kernel(int64_t T, int64_t H, Inputs<F> x,
-                                                               const float* __restrict__ s_in,
-                                                               float* __restrict__ s_out,
-                                                               float* __restrict__ ckpt, F* __restrict__ y) {
-  const int64_t bh = blockIdx.x;
-  const int64_t b = bh / H, h = bh % H;
-  const int i = threadIdx.x;
-  const int64_t nblk = (T + kK - 1) / kK;
-
-  __shared__ float rs[N], ws[N], ks[N], as[N], bs[N];
-
-  float S[N];
-  const float* sp = s_in + bh * N * N + static_cast<int64_t>(i) * N;
-#pragma unroll
-  for (int j = 0; j < N; ++j) S[j] = sp[j];
-
-  Tok nx{};
-  if (T > 0) nx = load_tok(x, b, 0, h, i);
-  F* yp = y + (b * T * H + h) * N + i;
-  for (int64_t t = 0; t < T; ++t) {
-    if (t % kK == 0) {
-      float* cp = ckpt + (bh * nblk + t / kK) * N * N + i;
-#pragma unroll
-      for (int j = 0; j < N; ++j) cp[j * N] = S[j];  // key-major: coalesced over i
-    }
-    __syncthreads();
-    rs[i] = nx.r;
-    ws[i] = nx.w;
-    ks[i] = nx.k;
-    as[i] = nx.a;
-    bs[i] = nx.b;
-    const float vi = nx.v;
-    __syncthreads();
-    if (t + 1 < T) nx = load_tok(x, b, t + 1, h, i);  // completes during the maths below
-    float part[kChains] = {};
-#pragma unroll
-    for (int j = 0; j < N; ++j) part[j % kChains] += as[j] * S[j];
-    const float sa = chain_sum(part);
-    float acc[kChains] = {};
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      S[j] = S[j] * ws[j] + sa * bs[j] + vi * ks[j];
-      acc[j % kChains] += S[j] * rs[j];
-    }
-    yp[t * H * N] = from_f<F>(chain_sum(acc));
-  }
-  float* op = s_out + bh * N * N + static_cast<int64_t>(i) * N;
-#pragma unroll
-  for (int j = 0; j < N; ++j) op[j] = S[j];
-}
 
 template <typename F>
 struct Grads {
@@ -272,21 +175,10 @@ __global__ void __launch_bounds__(N) wkv7_backward_kernel(int64_t T, int64_t H, 
 }
 
 template <typename F>
-Inputs<F> inputs_of(const void* r, const int64_t* sr, const float* w, const int64_t* sw, const void* k,
-                    const int64_t* sk, const void* v, const int64_t* sv, const void* a, const int64_t* sa,
-                    const void* b, const int64_t* sb) {
-  return Inputs<F>{static_cast<const F*>(r), w, static_cast<const F*>(k), static_cast<const F*>(v),
-                   static_cast<const F*>(a), static_cast<const F*>(b),
-                   WkvStrides{sr[0], sr[1], sr[2]}, WkvStrides{sw[0], sw[1], sw[2]},
-                   WkvStrides{sk[0], sk[1], sk[2]}, WkvStrides{sv[0], sv[1], sv[2]},
-                   WkvStrides{sa[0], sa[1], sa[2]}, WkvStrides{sb[0], sb[1], sb[2]}};
-}
-
-template <typename F>
 cudaError_t launch_forward(int64_t B, int64_t T, int64_t H, const Inputs<F>& x, const float* s_in, float* s_out,
                            float* ckpt, void* y, cudaStream_t stream) {
   if (B * H == 0) return cudaSuccess;
-  wkv7_forward_train_kernel<F, kN><<<static_cast<unsigned>(B * H), kN, 0, stream>>>(T, H, x, s_in, s_out, ckpt,
+  wkv7_forward_kernel<F, kN, kK><<<static_cast<unsigned>(B * H), kN, 0, stream>>>(T, H, x, s_in, s_out, ckpt,
                                                                                      static_cast<F*>(y));
   return cudaGetLastError();
 }

@@ -1,5 +1,5 @@
-// Compiled CPU kernels: the WKV recurrences of RWKV-4, RWKV-5.2/6 and RWKV-7, and the few-row matrix
-// product used by single-token decoding (linear_rows, at the end of this file).
+// Compiled CPU kernels: the WKV recurrences of RWKV-4, RWKV-5.2/6 and RWKV-7. The same extension
+// binds the few-row matrix product used by single-token decoding (linear_rows.cpp).
 //
 // The maths and the state contract are those of docstream/kernels/reference.py. The Python wrapper
 // (docstream/kernels/dispatch.py) hands over fp32 tensors whose last dimension has stride 1 (other
@@ -21,67 +21,25 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__GNUC__) || defined(__clang__)
-#define WKV_RESTRICT __restrict__
-#define WKV_INLINE inline __attribute__((always_inline))
-#else
-#define WKV_RESTRICT
-#define WKV_INLINE inline
-#endif
+#include "wkv7_cpu.h"
+#include "wkv_simd.h"
 
-#if defined(_OPENMP) || defined(__clang__) || defined(__GNUC__)
-#define WKV_SIMD _Pragma("omp simd")
-#else
-#define WKV_SIMD
-#endif
+namespace wkv {
+// linear_rows.cpp
+torch::Tensor linear_rows(const torch::Tensor& x, const torch::Tensor& w);
+}  // namespace wkv
 
 namespace {
 
-#if defined(__GNUC__) || defined(__clang__)
-// Eight floats as a GCC/Clang generic vector: the compiler maps it onto AVX (one register), SSE/NEON
-// (two) or scalars. Unlike local float arrays, these stay in registers across the j loops below.
-#define WKV_VEC 1
-typedef float vfloat __attribute__((vector_size(32)));
-constexpr int kVec = 8;
-WKV_INLINE vfloat vload(const float* p) {
-  vfloat x;
-  std::memcpy(&x, p, sizeof(x));
-  return x;
-}
-WKV_INLINE void vstore(float* p, vfloat x) { std::memcpy(p, &x, sizeof(x)); }
-WKV_INLINE vfloat vset1(float s) { return vfloat{s, s, s, s, s, s, s, s}; }
-WKV_INLINE float vsum(vfloat x) { return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7])); }
-#endif
-
-// The time loops walk one (batch, head) slice with a stride of H * N floats per token: fetch the
-// rows a few tokens ahead so that the loads of the next tokens overlap with the current maths.
-constexpr int64_t kPrefetch = 4;
-
-// Locality 3 fetches into every cache level (L1 included), 2 into L2 and the levels below it.
-template <int Locality = 3>
-WKV_INLINE void prefetch_row(const float* p, int64_t n) {
-#if defined(__GNUC__) || defined(__clang__)
-  const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t o = 0; o < n * static_cast<int64_t>(sizeof(float)); o += 64) __builtin_prefetch(c + o, 0, Locality);
-#else
-  (void)p;
-  (void)n;
-#endif
-}
+using namespace wkv;
 
 // A [B, T, H, N] (or [B, T, C]) fp32 tensor whose last dimension is contiguous.
-struct View {
-  const float* p;
-  int64_t sb, st, sh;
-  WKV_INLINE const float* at(int64_t b, int64_t t, int64_t h) const { return p + b * sb + t * st + h * sh; }
-};
-
-View view4(const torch::Tensor& x) {
-  return View{x.data_ptr<float>(), x.stride(0), x.stride(1), x.stride(2)};
+View<float> view4(const torch::Tensor& x) {
+  return View<float>{x.data_ptr<float>(), x.stride(0), x.stride(1), x.stride(2)};
 }
 
-View view3(const torch::Tensor& x) {
-  return View{x.data_ptr<float>(), x.stride(0), x.stride(1), 0};
+View<float> view3(const torch::Tensor& x) {
+  return View<float>{x.data_ptr<float>(), x.stride(0), x.stride(1), 0};
 }
 
 void check_f32_rows(const torch::Tensor& x, const char* name, int64_t dim) {
@@ -142,7 +100,7 @@ constexpr int64_t kCB4 = 64;
 
 template <int CB>
 WKV_INLINE void wkv4_block(int64_t T, const float* WKV_RESTRICT w, const float* WKV_RESTRICT u,
-                           View k, View v, float* WKV_RESTRICT y, int64_t y_sb, int64_t y_st,
+                           View<float> k, View<float> v, float* WKV_RESTRICT y, int64_t y_sb, int64_t y_st,
                            const float* WKV_RESTRICT s_in, float* WKV_RESTRICT s_out, int64_t C,
                            int64_t b, int64_t c0) {
   float aa[CB], bb[CB], pp[CB], ww[CB], uu[CB];
@@ -211,7 +169,7 @@ std::vector<torch::Tensor> wkv4_forward(torch::Tensor w, torch::Tensor u, torch:
   const float* sp = state.data_ptr<float>();
   float* op = s_new.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const View kv = view3(k), vv = view3(v);
+  const View<float> kv = view3(k), vv = view3(v);
   const int64_t nblk = (C + kCB4 - 1) / kCB4;
   at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
@@ -286,8 +244,8 @@ WKV_INLINE void wkv6_vcols(int64_t N, int64_t i0, const float* WKV_RESTRICT rt, 
 #endif
 
 template <int NC>
-void wkv6_head(int64_t N_, int64_t T, int64_t b, int64_t h, const View& r, const View& k, const View& v,
-               const View& w, const float* WKV_RESTRICT u, float* WKV_RESTRICT S, float* y, int64_t H) {
+void wkv6_head(int64_t N_, int64_t T, int64_t b, int64_t h, const View<float>& r, const View<float>& k,
+               const View<float>& v, const View<float>& w, const float* WKV_RESTRICT u, float* WKV_RESTRICT S, float* y, int64_t H) {
   const int64_t N = NC > 0 ? NC : N_;
   for (int64_t t = 0; t < T; ++t) {
     const float* WKV_RESTRICT rt = r.at(b, t, h);
@@ -339,7 +297,7 @@ std::vector<torch::Tensor> wkv6_forward(torch::Tensor r, torch::Tensor k, torch:
   auto s_new = state_out(out, state);  // updated in place, starting from a copy of the state
   if (!s_new.is_same(state)) s_new.copy_(state);
   const int64_t sb = s_new.stride(0);
-  const View rv = view4(r), kv = view4(k), vv = view4(v), wv = view4(w);
+  const View<float> rv = view4(r), kv = view4(k), vv = view4(v), wv = view4(w);
   const float* up = u.data_ptr<float>();
   float* sp = s_new.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -361,168 +319,20 @@ std::vector<torch::Tensor> wkv6_forward(torch::Tensor r, torch::Tensor k, torch:
 
 // ---------------------------------------------------------------------------------------------
 // RWKV-7. The state arrives indexed [value i][key j]; a task transposes it into a scratch buffer as
-// ST[j][i] (key-major) so that every inner loop runs over the contiguous value index i without
-// horizontal sums, and transposes it back into the output at the end. The per-token arithmetic is
-// the same whatever T, so splitting a sequence (carrying the state) gives bitwise the same result:
-//   sa_i = sum_j a_j ST_ji ;  ST_ji <- w_j ST_ji + b_j sa_i + k_j v_i ;  y_i = sum_j r_j ST_ji
-template <int BW>
-WKV_INLINE void wkv7_cols(int64_t N, int64_t i0, const float* WKV_RESTRICT rt, const float* WKV_RESTRICT wt,
-                          const float* WKV_RESTRICT kt, const float* WKV_RESTRICT vt,
-                          const float* WKV_RESTRICT at_, const float* WKV_RESTRICT bt,
-                          float* WKV_RESTRICT ST, float* WKV_RESTRICT yt) {
-  float sa[BW], sa2[BW], acc[BW], vv[BW];
-  WKV_SIMD
-  for (int i = 0; i < BW; ++i) {
-    sa[i] = 0.0f;
-    sa2[i] = 0.0f;
-    acc[i] = 0.0f;
-    vv[i] = vt[i0 + i];
-  }
-  int64_t j = 0;
-  for (; j + 2 <= N; j += 2) {  // two partial sums: twice the independent FMA chains
-    const float a0 = at_[j], a1 = at_[j + 1];
-    const float* WKV_RESTRICT row0 = ST + j * N + i0;
-    const float* WKV_RESTRICT row1 = row0 + N;
-    WKV_SIMD
-    for (int i = 0; i < BW; ++i) {
-      sa[i] += a0 * row0[i];
-      sa2[i] += a1 * row1[i];
-    }
-  }
-  if (j < N) {
-    const float a0 = at_[j];
-    const float* WKV_RESTRICT row0 = ST + j * N + i0;
-    WKV_SIMD
-    for (int i = 0; i < BW; ++i) sa[i] += a0 * row0[i];
-  }
-  WKV_SIMD
-  for (int i = 0; i < BW; ++i) sa[i] += sa2[i];
-  for (j = 0; j < N; ++j) {
-    const float wj = wt[j], bj = bt[j], kj = kt[j], rj = rt[j];
-    float* WKV_RESTRICT row = ST + j * N + i0;
-    WKV_SIMD
-    for (int i = 0; i < BW; ++i) {
-      const float s = row[i] * wj + sa[i] * bj + vv[i] * kj;
-      row[i] = s;
-      acc[i] += s * rj;
-    }
-  }
-  WKV_SIMD
-  for (int i = 0; i < BW; ++i) yt[i0 + i] = acc[i];
-}
-
-#ifdef WKV_VEC
-template <int BV>
-WKV_INLINE void wkv7_vcols(int64_t N, int64_t i0, const float* WKV_RESTRICT rt, const float* WKV_RESTRICT wt,
-                           const float* WKV_RESTRICT kt, const float* WKV_RESTRICT vt,
-                           const float* WKV_RESTRICT at_, const float* WKV_RESTRICT bt,
-                           float* WKV_RESTRICT ST, float* WKV_RESTRICT yt) {
-  vfloat sa[BV], sa2[BV], acc[BV], vv[BV];
-  for (int q = 0; q < BV; ++q) {
-    sa[q] = vset1(0.0f);
-    sa2[q] = vset1(0.0f);
-    acc[q] = vset1(0.0f);
-    vv[q] = vload(vt + i0 + q * kVec);
-  }
-  int64_t j = 0;
-  for (; j + 2 <= N; j += 2) {  // two partial sums: twice the independent FMA chains
-    const vfloat a0 = vset1(at_[j]), a1 = vset1(at_[j + 1]);
-    const float* row0 = ST + j * N + i0;
-    const float* row1 = row0 + N;
-    for (int q = 0; q < BV; ++q) {
-      sa[q] += a0 * vload(row0 + q * kVec);
-      sa2[q] += a1 * vload(row1 + q * kVec);
-    }
-  }
-  if (j < N) {
-    const vfloat a0 = vset1(at_[j]);
-    const float* row0 = ST + j * N + i0;
-    for (int q = 0; q < BV; ++q) sa[q] += a0 * vload(row0 + q * kVec);
-  }
-  for (int q = 0; q < BV; ++q) sa[q] += sa2[q];
-  for (j = 0; j < N; ++j) {
-    const vfloat wj = vset1(wt[j]), bj = vset1(bt[j]), kj = vset1(kt[j]), rj = vset1(rt[j]);
-    float* row = ST + j * N + i0;
-    for (int q = 0; q < BV; ++q) {
-      const vfloat s = vload(row + q * kVec) * wj + sa[q] * bj + vv[q] * kj;
-      vstore(row + q * kVec, s);
-      acc[q] += s * rj;
-    }
-  }
-  for (int q = 0; q < BV; ++q) vstore(yt + i0 + q * kVec, acc[q]);
-}
-#endif
-
+// ST[j][i] (key-major), runs the token steps of wkv7_cpu.h on it in place (two partial sums for sa),
+// and transposes it back into the output at the end.
 template <int NC>
-void wkv7_head(int64_t N_, int64_t T, int64_t b, int64_t h, const View& r, const View& w, const View& k,
-               const View& v, const View& a, const View& bb, float* WKV_RESTRICT ST, float* y, int64_t H) {
+void wkv7_head(int64_t N_, int64_t T, int64_t b, int64_t h, const View<float>& r, const View<float>& w,
+               const View<float>& k, const View<float>& v, const View<float>& a, const View<float>& bb,
+               float* WKV_RESTRICT ST, float* y, int64_t H) {
   const int64_t N = NC > 0 ? NC : N_;
   for (int64_t t = 0; t < T; ++t) {
-    const float* rt = r.at(b, t, h);
-    const float* wt = w.at(b, t, h);
-    const float* kt = k.at(b, t, h);
-    const float* vt = v.at(b, t, h);
-    const float* at_ = a.at(b, t, h);
-    const float* bt = bb.at(b, t, h);
-    float* yt = y + ((b * T + t) * H + h) * N;
+    const Token<float> x{r.at(b, t, h), w.at(b, t, h), k.at(b, t, h), v.at(b, t, h), a.at(b, t, h), bb.at(b, t, h)};
     if (t + kPrefetch < T) {
-      for (const View* x : {&r, &w, &k, &v, &a, &bb}) prefetch_row(x->at(b, t + kPrefetch, h), N);
+      for (const View<float>* p : {&r, &w, &k, &v, &a, &bb}) prefetch_row(p->at(b, t + kPrefetch, h), N);
     }
-    int64_t i0 = 0;
-#ifdef WKV_VEC
-    for (; i0 + 4 * kVec <= N; i0 += 4 * kVec) wkv7_vcols<4>(N, i0, rt, wt, kt, vt, at_, bt, ST, yt);
-    for (; i0 + kVec <= N; i0 += kVec) wkv7_vcols<1>(N, i0, rt, wt, kt, vt, at_, bt, ST, yt);
-#else
-    for (; i0 + 32 <= N; i0 += 32) wkv7_cols<32>(N, i0, rt, wt, kt, vt, at_, bt, ST, yt);
-    for (; i0 + 8 <= N; i0 += 8) wkv7_cols<8>(N, i0, rt, wt, kt, vt, at_, bt, ST, yt);
-#endif
-    for (; i0 < N; ++i0) wkv7_cols<1>(N, i0, rt, wt, kt, vt, at_, bt, ST, yt);
+    wkv7_step<float, NC, 2>(N, ST, ST, x, nullptr, y + ((b * T + t) * H + h) * N);
   }
-}
-
-#if defined(WKV_VEC) && defined(__has_builtin)
-#if __has_builtin(__builtin_shufflevector)
-#define WKV_SHUFFLE 1
-#endif
-#endif
-
-#ifdef WKV_SHUFFLE
-#define WKV_SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-// dst[c][r] = src[r][c] for one 8 x 8 tile (row strides ss, ds), in registers: 24 shuffles.
-WKV_INLINE void transpose8x8(const float* src, int64_t ss, float* dst, int64_t ds) {
-  const vfloat r0 = vload(src), r1 = vload(src + ss), r2 = vload(src + 2 * ss), r3 = vload(src + 3 * ss);
-  const vfloat r4 = vload(src + 4 * ss), r5 = vload(src + 5 * ss), r6 = vload(src + 6 * ss), r7 = vload(src + 7 * ss);
-  const vfloat t0 = WKV_SHUF(r0, r1, 0, 8, 1, 9, 4, 12, 5, 13), t1 = WKV_SHUF(r0, r1, 2, 10, 3, 11, 6, 14, 7, 15);
-  const vfloat t2 = WKV_SHUF(r2, r3, 0, 8, 1, 9, 4, 12, 5, 13), t3 = WKV_SHUF(r2, r3, 2, 10, 3, 11, 6, 14, 7, 15);
-  const vfloat t4 = WKV_SHUF(r4, r5, 0, 8, 1, 9, 4, 12, 5, 13), t5 = WKV_SHUF(r4, r5, 2, 10, 3, 11, 6, 14, 7, 15);
-  const vfloat t6 = WKV_SHUF(r6, r7, 0, 8, 1, 9, 4, 12, 5, 13), t7 = WKV_SHUF(r6, r7, 2, 10, 3, 11, 6, 14, 7, 15);
-  const vfloat u0 = WKV_SHUF(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13), u1 = WKV_SHUF(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);
-  const vfloat u2 = WKV_SHUF(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13), u3 = WKV_SHUF(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);
-  const vfloat u4 = WKV_SHUF(t4, t6, 0, 1, 8, 9, 4, 5, 12, 13), u5 = WKV_SHUF(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);
-  const vfloat u6 = WKV_SHUF(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13), u7 = WKV_SHUF(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);
-  vstore(dst, WKV_SHUF(u0, u4, 0, 1, 2, 3, 8, 9, 10, 11));
-  vstore(dst + ds, WKV_SHUF(u1, u5, 0, 1, 2, 3, 8, 9, 10, 11));
-  vstore(dst + 2 * ds, WKV_SHUF(u2, u6, 0, 1, 2, 3, 8, 9, 10, 11));
-  vstore(dst + 3 * ds, WKV_SHUF(u3, u7, 0, 1, 2, 3, 8, 9, 10, 11));
-  vstore(dst + 4 * ds, WKV_SHUF(u0, u4, 4, 5, 6, 7, 12, 13, 14, 15));
-  vstore(dst + 5 * ds, WKV_SHUF(u1, u5, 4, 5, 6, 7, 12, 13, 14, 15));
-  vstore(dst + 6 * ds, WKV_SHUF(u2, u6, 4, 5, 6, 7, 12, 13, 14, 15));
-  vstore(dst + 7 * ds, WKV_SHUF(u3, u7, 4, 5, 6, 7, 12, 13, 14, 15));
-}
-#undef WKV_SHUF
-#endif
-
-// dst = src^T for N x N matrices (exact: values are only moved).
-void transpose_copy(const float* WKV_RESTRICT src, float* WKV_RESTRICT dst, int64_t N) {
-#ifdef WKV_SHUFFLE
-  if (N % 8 == 0) {
-    for (int64_t i = 0; i < N; i += 8)
-      for (int64_t j = 0; j < N; j += 8) transpose8x8(src + i * N + j, N, dst + j * N + i, N);
-    return;
-  }
-#endif
-  for (int64_t i = 0; i < N; ++i)
-    for (int64_t j = 0; j < N; ++j) dst[j * N + i] = src[i * N + j];
 }
 
 std::vector<torch::Tensor> wkv7_forward(torch::Tensor r, torch::Tensor w, torch::Tensor k, torch::Tensor v,
@@ -539,15 +349,13 @@ std::vector<torch::Tensor> wkv7_forward(torch::Tensor r, torch::Tensor w, torch:
   auto y = torch::empty({B, T, H, N}, r.options().memory_format(c10::MemoryFormat::Contiguous));
   auto s_new = state_out(out, state);  // the input is read into scratch first, so out may alias it
   const int64_t sb_in = state.stride(0), sb_out = s_new.stride(0);
-  const View rv = view4(r), wv = view4(w), kv = view4(k), vv = view4(v), av = view4(a), bv = view4(b);
+  const View<float> rv = view4(r), wv = view4(w), kv = view4(k), vv = view4(v), av = view4(a), bv = view4(b);
   const float* sp = state.data_ptr<float>();
   float* op = s_new.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    // the transposed (key-major) state of the head being processed, 64-byte aligned
-    std::vector<float> scratch(static_cast<size_t>(N * N) + 16);
-    float* ST = scratch.data();
-    ST += (64 - reinterpret_cast<uintptr_t>(ST) % 64) % 64 / sizeof(float);
+    Aligned<float> scratch(N * N);  // the transposed (key-major) state of the head being processed
+    float* ST = scratch.p;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t bi = bh / H, h = bh % H;
       transpose_copy(sp + bi * sb_in + h * N * N, ST, N);
@@ -561,193 +369,6 @@ std::vector<torch::Tensor> wkv7_forward(torch::Tensor r, torch::Tensor w, torch:
     }
   });
   return {y, s_new};
-}
-
-// ---------------------------------------------------------------------------------------------
-// Few-row matrix products for decoding: y[M, O] = x[M, K] @ W[O, K]^T, with M small (one token per
-// sequence) and W in nn.Linear's [out, in] layout or any other strides (a transposed [in, out] LoRA
-// matrix). Each W element is read from memory once per call. Two forms:
-//
-// * dot form (fewer than kPanelRows rows, W rows contiguous): each task streams its rows of W once and
-//   reuses each from L1 for every row of x. Register tile: MR rows of x times OR rows of W, as MR * OR
-//   vector accumulators over K, reduced horizontally at the end.
-// * panel form (kPanelRows rows or more): x is packed once, transposed, into panels of P = 16 rows
-//   (xt[k][P]; a remainder of up to 8 rows gets a panel of 8, zero rows pad the last panel). A
-//   register tile is R rows of W times one panel: per k, P / 8 vector loads of the panel, R broadcasts
-//   of W[o][k] and R * P / 8 FMAs, so every W element loaded feeds P rows (at P = 16, R = 6 the tile
-//   holds 12 accumulators, 15 of AVX2's 16 registers with the loads; at P = 8, R = 12).
-//   Every output is one FMA chain over k in order, so a row's result depends neither on M nor on
-//   where the row sits in x.
-template <int MR, int OR>
-WKV_INLINE void rows_tile(int64_t K, const float* WKV_RESTRICT x, int64_t sx, const float* WKV_RESTRICT w,
-                          int64_t sw, float* WKV_RESTRICT y, int64_t sy) {
-  int64_t k = 0;
-  float sum[MR][OR];
-#ifdef WKV_VEC
-  vfloat acc[MR][OR];
-  for (int m = 0; m < MR; ++m)
-    for (int o = 0; o < OR; ++o) acc[m][o] = vset1(0.0f);
-  for (; k + kVec <= K; k += kVec) {
-    vfloat wv[OR];
-    for (int o = 0; o < OR; ++o) wv[o] = vload(w + o * sw + k);
-    for (int m = 0; m < MR; ++m) {
-      const vfloat xv = vload(x + m * sx + k);
-      for (int o = 0; o < OR; ++o) acc[m][o] += xv * wv[o];
-    }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int o = 0; o < OR; ++o) sum[m][o] = vsum(acc[m][o]);
-#else
-  for (int m = 0; m < MR; ++m)
-    for (int o = 0; o < OR; ++o) sum[m][o] = 0.0f;
-#endif
-  for (; k < K; ++k)
-    for (int m = 0; m < MR; ++m)
-      for (int o = 0; o < OR; ++o) sum[m][o] += x[m * sx + k] * w[o * sw + k];
-  for (int m = 0; m < MR; ++m)
-    for (int o = 0; o < OR; ++o) y[m * sy + o] = sum[m][o];
-}
-
-// All M rows of x against OR rows of W: tiles of MR rows, then the remainder with smaller tiles.
-template <int OR, int MR>
-void rows_group(int64_t M, int64_t K, const float* x, int64_t sx, const float* w, int64_t sw, float* y,
-                int64_t sy) {
-  int64_t m = 0;
-  for (; m + MR <= M; m += MR) rows_tile<MR, OR>(K, x + m * sx, sx, w, sw, y + m * sy, sy);
-  if constexpr (MR > 1) {
-    if (m < M) rows_group<OR, MR - 1>(M - m, K, x + m * sx, sx, w, sw, y + m * sy, sy);
-  }
-}
-
-constexpr int64_t kRowsAhead = 2;  // groups of W rows fetched ahead of the one being computed
-
-void linear_dot(int64_t M, int64_t K, int64_t O, const float* xp, int64_t sx, const float* wp, int64_t sw,
-                float* yp) {
-  const int OR = M == 1 ? 8 : M == 2 ? 4 : 6;  // at most 12 accumulators: the tile stays in registers
-  const int64_t block = 16 * OR;                // rows of W per task
-  at::parallel_for(0, (O + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t o1 = std::min(O, (blk + 1) * block);
-      int64_t o = blk * block;
-      for (; o + OR <= o1; o += OR) {
-        const float* wo = wp + o * sw;
-        // several rows of x share each group of W rows: fetch the groups ahead into L2 (the group being
-        // computed and the rows of x keep L1) while this one computes
-        if (M > 2 && o + (kRowsAhead + 1) * OR <= O)
-          for (int q = 0; q < OR; ++q) prefetch_row<2>(wo + (kRowsAhead * OR + q) * sw, K);
-        if (OR == 8) rows_group<8, 1>(M, K, xp, sx, wo, sw, yp + o, O);
-        else if (OR == 4) rows_group<4, 3>(M, K, xp, sx, wo, sw, yp + o, O);
-        else rows_group<6, 2>(M, K, xp, sx, wo, sw, yp + o, O);
-      }
-      for (; o < o1; ++o) rows_group<1, 4>(M, K, xp, sx, wp + o * sw, sw, yp + o, O);
-    }
-  });
-}
-
-constexpr int64_t kPanelRows = 6;     // from this many rows of x on, the panel form
-constexpr int64_t kPanelBlock = 96;   // rows of W per task in the panel form
-
-#ifdef WKV_VEC
-// One panel (V vectors: P = 8 V rows of x, packed as xt[k][P]) against R rows of W, element (o, k) at
-// w[o * so + k * sk]; writes y[m, 0:R] for the panel's first ``rows`` rows.
-template <int V, int R>
-WKV_INLINE void panel_tile(int64_t K, const float* WKV_RESTRICT xt, const float* WKV_RESTRICT w, int64_t so,
-                           int64_t sk, float* WKV_RESTRICT y, int64_t sy, int64_t rows) {
-  vfloat acc[R][V];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) acc[r][v] = vset1(0.0f);
-  for (int64_t k = 0; k < K; ++k) {
-    vfloat xv[V];
-    for (int v = 0; v < V; ++v) xv[v] = vload(xt + (k * V + v) * kVec);
-    for (int r = 0; r < R; ++r) {
-      const vfloat wv = vset1(w[r * so + k * sk]);
-      for (int v = 0; v < V; ++v) acc[r][v] += wv * xv[v];
-    }
-  }
-  float out[R][kVec * V];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) vstore(out[r] + v * kVec, acc[r][v]);
-  for (int64_t m = 0; m < rows; ++m)
-    for (int r = 0; r < R; ++r) y[m * sy + r] = out[r][m];
-}
-
-struct Panel {
-  int64_t row0, width, rows;  // first row of x, 8 or 16 packed rows, how many of them are real
-};
-
-// Rows [o0, o1) of W against every panel: tiles of R rows of W (each tile stays in L1 while it meets
-// the panels in turn), then the remainder with smaller tiles. R = 6 when there are 16-row panels.
-template <int R>
-void panel_rows(int64_t o0, int64_t o1, int64_t K, const float* xt, const std::vector<Panel>& panels,
-                const float* w, int64_t so, int64_t sk, float* y, int64_t O) {
-  int64_t o = o0;
-  for (; o + R <= o1; o += R)
-    for (size_t p = 0; p < panels.size(); ++p) {
-      const Panel& q = panels[p];
-      const float* xp = xt + static_cast<int64_t>(p) * K * 2 * kVec;
-      float* yp = y + q.row0 * O + o;
-      if constexpr (R <= 6) {
-        if (q.width == 2 * kVec) {
-          panel_tile<2, R>(K, xp, w + o * so, so, sk, yp, O, q.rows);
-          continue;
-        }
-      }
-      panel_tile<1, R>(K, xp, w + o * so, so, sk, yp, O, q.rows);
-    }
-  if constexpr (R > 1) {
-    if (o < o1) panel_rows<R - 1>(o, o1, K, xt, panels, w, so, sk, y, O);
-  }
-}
-
-void linear_panels(int64_t M, int64_t K, int64_t O, const float* xp, int64_t sxm, int64_t sxk, const float* wp,
-                   int64_t so, int64_t sk, float* yp) {
-  // panels of 16 rows; a remainder of up to 8 rows gets a panel of 8
-  std::vector<Panel> panels;
-  for (int64_t m = 0; m < M; m += 2 * kVec) {
-    const int64_t rows = std::min<int64_t>(2 * kVec, M - m);
-    panels.push_back({m, rows > kVec ? 2 * kVec : kVec, rows});
-  }
-  std::vector<float> xt(panels.size() * static_cast<size_t>(K * 2 * kVec));
-  for (size_t p = 0; p < panels.size(); ++p) {
-    const Panel& q = panels[p];
-    float* dst = xt.data() + static_cast<int64_t>(p) * K * 2 * kVec;
-    const float* src = xp + q.row0 * sxm;
-    for (int64_t k = 0; k < K; ++k) {
-      int64_t m = 0;
-      for (; m < q.rows; ++m) dst[k * q.width + m] = src[m * sxm + k * sxk];
-      for (; m < q.width; ++m) dst[k * q.width + m] = 0.0f;
-    }
-  }
-  at::parallel_for(0, (O + kPanelBlock - 1) / kPanelBlock, 1, [&](int64_t begin, int64_t end) {
-    const int64_t o0 = begin * kPanelBlock, o1 = std::min(O, end * kPanelBlock);
-    if (M <= kVec) panel_rows<12>(o0, o1, K, xt.data(), panels, wp, so, sk, yp, O);
-    else panel_rows<6>(o0, o1, K, xt.data(), panels, wp, so, sk, yp, O);
-  });
-}
-#endif
-
-torch::Tensor linear_rows(const torch::Tensor& x_in, const torch::Tensor& w_in) {
-  TORCH_CHECK(x_in.device().is_cpu() && w_in.device().is_cpu(), "linear_rows: x and w must be CPU tensors");
-  TORCH_CHECK(x_in.scalar_type() == torch::kFloat32 && w_in.scalar_type() == torch::kFloat32,
-              "linear_rows: x and w must be float32");
-  TORCH_CHECK(x_in.dim() == 2 && w_in.dim() == 2 && x_in.size(1) == w_in.size(1),
-              "linear_rows: x must be [M, K] and w [O, K], got ", x_in.sizes(), " and ", w_in.sizes());
-  const int64_t M = x_in.size(0), K = x_in.size(1), O = w_in.size(0);
-  auto y = torch::empty({M, O}, x_in.options());
-  if (M == 0 || O == 0) return y;
-  if (K == 0) return y.zero_();
-  float* yp = y.data_ptr<float>();
-#ifdef WKV_VEC
-  if (M >= kPanelRows || w_in.stride(1) != 1) {
-    linear_panels(M, K, O, x_in.data_ptr<float>(), x_in.stride(0), x_in.stride(1), w_in.data_ptr<float>(),
-                  w_in.stride(0), w_in.stride(1), yp);
-    return y;
-  }
-#endif
-  const auto x = K > 1 && x_in.stride(1) != 1 ? x_in.contiguous() : x_in;
-  const auto w = K > 1 && w_in.stride(1) != 1 ? w_in.contiguous() : w_in;
-  linear_dot(M, K, O, x.data_ptr<float>(), x.stride(0), w.data_ptr<float>(), w.stride(0), yp);
-  return y;
 }
 
 }  // namespace
@@ -766,6 +387,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_rows", &linear_rows, "x [M, K] @ w [O, K]^T for few rows M (decoding), any strides -> [M, O]",
         py::arg("x"), py::arg("w"), py::call_guard<py::gil_scoped_release>());
   m.def("num_threads", []() { return at::get_num_threads(); });
+#ifdef WKV_VEC
+  m.attr("vector_types") = true;  // false: the scalar loops (other compilers, or -DWKV_SCALAR)
+#else
+  m.attr("vector_types") = false;
+#endif
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

@@ -2,20 +2,19 @@
 //
 // Maths and state contract: docstream/kernels/reference.py. One thread block per (batch, head) with
 // N threads; thread i keeps one row of the head's N x N fp32 state in registers for the whole
-// sequence. Each token's per-head vectors are staged in shared memory (fp32) between two
-// __syncthreads; the next token's values are loaded into registers while the current one is being
-// computed. Inputs are fp32, bf16 or fp16 (the decay w and bonus u are always fp32); everything
+// sequence (the RWKV-7 kernel is the one of wkv7_forward.cuh, shared with the training forward).
+// Each token's per-head vectors are staged in shared memory (fp32) between two __syncthreads; the
+// next token's values are loaded into registers while the current one is being computed. Inputs are fp32, bf16 or fp16 (the decay w and bonus u are always fp32); everything
 // accumulates in fp32. Any T: the time loop has no compile-time bound. The state is read from
 // s_in and written to s_out (separate buffers, so the caller's state is never modified).
 //
 // Inputs are [B, T, H, N] tensors with a contiguous last dimension and arbitrary other strides
 // (in elements), e.g. the stride-0 decay of RWKV-5.2. The output y is contiguous [B, T, H, N].
 
-#include <cuda_runtime.h>
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
-
 #include <cstdint>
+
+#include "wkv7_forward.cuh"
+#include "wkv_cuda_common.cuh"
 
 #ifndef WKV_N
 #error "compile with -DWKV_N=<head size>"
@@ -23,31 +22,10 @@
 
 namespace {
 
+using namespace wkv;
+
 constexpr int kN = WKV_N;
-static_assert(kN >= 1 && kN <= 1024, "WKV_N must be in 1..1024 (one thread per state row)");
-
-struct WkvStrides {
-  int64_t b, t, h;
-};
-
-template <typename F> __device__ __forceinline__ float to_f(F x);
-template <> __device__ __forceinline__ float to_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename F> __device__ __forceinline__ F from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-// The sums over j use kChains interleaved partial sums: shorter dependency chains per token, which
-// is what bounds the time loop when there are few (batch, head) blocks.
-constexpr int kChains = 4;
-__device__ __forceinline__ float chain_sum(const float (&p)[kChains]) { return (p[0] + p[1]) + (p[2] + p[3]); }
-
-__device__ __forceinline__ int64_t offset(const WkvStrides& s, int64_t b, int64_t t, int64_t h) {
-  return b * s.b + t * s.t + h * s.h;
-}
+static_assert(kN >= 1 && kN <= WKV_MAX_N, "WKV_N must be in 1..WKV_MAX_N (one thread per state row)");
 
 // y_t = r_t (diag(u) k_t^T v_t + S) ;  S <- diag(w_t) S + k_t^T v_t,  S indexed [key j][value i].
 // Thread i owns column i (value i) of S: S[j] = state[j][i].
@@ -107,73 +85,6 @@ __global__ void __launch_bounds__(N) wkv6_kernel(int64_t T, int64_t H,
   for (int j = 0; j < N; ++j) op[j * N] = S[j];
 }
 
-// S <- S diag(w_t) + (S a_t^T) b_t + v_t^T k_t ;  y_t = S r_t,  S indexed [value i][key j].
-// Thread i owns row i (value i): S[j] = state[i][j].
-template <typename F, int N>
-__global__ void __launch_bounds__(N) wkv7_kernel(int64_t T, int64_t H,
-                                                 const F* __restrict__ r, WkvStrides sr,
-                                                 const float* __restrict__ w, WkvStrides sw,
-                                                 const F* __restrict__ k, WkvStrides sk,
-                                                 const F* __restrict__ v, WkvStrides sv,
-                                                 const F* __restrict__ a, WkvStrides sa_,
-                                                 const F* __restrict__ bb, WkvStrides sb,
-                                                 const float* __restrict__ s_in, float* __restrict__ s_out,
-                                                 F* __restrict__ y) {
-  const int64_t bh = blockIdx.x;
-  const int64_t b = bh / H, h = bh % H;
-  const int i = threadIdx.x;
-
-  __shared__ float rs[N], ws[N], ks[N], as[N], bs[N];
-
-  float S[N];
-  const float* sp = s_in + bh * N * N + static_cast<int64_t>(i) * N;
-#pragma unroll
-  for (int j = 0; j < N; ++j) S[j] = sp[j];
-
-  float nr = 0.f, nw = 0.f, nk = 0.f, nv = 0.f, na = 0.f, nb = 0.f;
-  if (T > 0) {
-    nr = to_f(r[offset(sr, b, 0, h) + i]);
-    nw = w[offset(sw, b, 0, h) + i];
-    nk = to_f(k[offset(sk, b, 0, h) + i]);
-    nv = to_f(v[offset(sv, b, 0, h) + i]);
-    na = to_f(a[offset(sa_, b, 0, h) + i]);
-    nb = to_f(bb[offset(sb, b, 0, h) + i]);
-  }
-  F* yp = y + (b * T * H + h) * N + i;
-  for (int64_t t = 0; t < T; ++t) {
-    __syncthreads();
-    rs[i] = nr;
-    ws[i] = nw;
-    ks[i] = nk;
-    as[i] = na;
-    bs[i] = nb;
-    const float vi = nv;
-    __syncthreads();
-    if (t + 1 < T) {
-      nr = to_f(r[offset(sr, b, t + 1, h) + i]);
-      nw = w[offset(sw, b, t + 1, h) + i];
-      nk = to_f(k[offset(sk, b, t + 1, h) + i]);
-      nv = to_f(v[offset(sv, b, t + 1, h) + i]);
-      na = to_f(a[offset(sa_, b, t + 1, h) + i]);
-      nb = to_f(bb[offset(sb, b, t + 1, h) + i]);
-    }
-    float part[kChains] = {};
-#pragma unroll
-    for (int j = 0; j < N; ++j) part[j % kChains] += as[j] * S[j];
-    const float sa = chain_sum(part);
-    float acc[kChains] = {};
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      S[j] = S[j] * ws[j] + sa * bs[j] + vi * ks[j];
-      acc[j % kChains] += S[j] * rs[j];
-    }
-    yp[t * H * N] = from_f<F>(chain_sum(acc));
-  }
-  float* op = s_out + bh * N * N + static_cast<int64_t>(i) * N;
-#pragma unroll
-  for (int j = 0; j < N; ++j) op[j] = S[j];
-}
-
 template <typename F>
 cudaError_t launch6(int64_t B, int64_t T, int64_t H, const void* r, WkvStrides sr, const void* k,
                     WkvStrides sk, const void* v, WkvStrides sv, const float* w, WkvStrides sw,
@@ -191,9 +102,10 @@ cudaError_t launch7(int64_t B, int64_t T, int64_t H, const void* r, WkvStrides s
                     WkvStrides sa, const void* b, WkvStrides sb, const float* s_in, float* s_out, void* y,
                     cudaStream_t stream) {
   if (B * H == 0) return cudaSuccess;
-  wkv7_kernel<F, kN><<<static_cast<unsigned>(B * H), kN, 0, stream>>>(
-      T, H, static_cast<const F*>(r), sr, w, sw, static_cast<const F*>(k), sk, static_cast<const F*>(v), sv,
-      static_cast<const F*>(a), sa, static_cast<const F*>(b), sb, s_in, s_out, static_cast<F*>(y));
+  const Inputs<F> x{static_cast<const F*>(r), w, static_cast<const F*>(k), static_cast<const F*>(v),
+                    static_cast<const F*>(a), static_cast<const F*>(b), sr, sw, sk, sv, sa, sb};
+  wkv7_forward_kernel<F, kN, 0><<<static_cast<unsigned>(B * H), kN, 0, stream>>>(T, H, x, s_in, s_out, nullptr,
+                                                                                  static_cast<F*>(y));
   return cudaGetLastError();
 }
 
