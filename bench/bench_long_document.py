@@ -26,7 +26,7 @@ sys.path.insert(0, sys.argv[1])
 import torch
 torch.set_num_threads(int(sys.argv[4]))
 from docstream.stream import build_config, run
-from docstream.stream.store import RunStore
+from docstream.store.run_store import RunStore
 settings = json.loads(sys.argv[2])
 spent = {"commit": 0.0}
 original = RunStore.commit

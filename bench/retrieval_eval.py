@@ -163,7 +163,7 @@ def random_model(path: Path, n_layer: int, n_embd: int) -> Path:
 
 def run_docstream(args: argparse.Namespace, model: Path, tokenizer: Path, corpus: Path, out: Path) -> float:
     """Stream the corpus into ``out``; returns the seconds it took."""
-    from docstream.stream.config import build_config
+    from docstream.store.config import build_config
     from docstream.stream.run import run
 
     config = build_config(None, dict(model=model, tokenizer=tokenizer, input=corpus, out=out, chunk_len=args.chunk_len,
@@ -228,8 +228,8 @@ class TfIdf:
 
 def chunk_texts(corpus: Path, tokenizer, rows) -> list[str]:
     """The text of each chunk row, decoding token slices of each document's token stream once."""
-    from docstream.stream.chunker import iter_tokens
-    from docstream.stream.corpus import Document, iter_corpus
+    from docstream.corpus import Document, iter_corpus
+    from docstream.corpus.chunker import iter_tokens
 
     tokens = {item.doc_id: [t for ids in iter_tokens(item, tokenizer) for t in ids]
               for item in iter_corpus(corpus) if isinstance(item, Document)}
@@ -316,7 +316,7 @@ def build_corpus(args: argparse.Namespace, corpus: Path) -> list[Query]:
 
 
 def evaluate(args: argparse.Namespace, out: Path, corpus: Path, queries: list[Query]) -> None:
-    from docstream.stream.pooling import POOLINGS
+    from docstream.model.pooling import POOLINGS
     from docstream.tasks.embed import QueryEmbedder, chunk_vectors
     from docstream.tasks.index import build_index, search_index
 

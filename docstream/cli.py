@@ -34,7 +34,7 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from docstream.stream.config import build_config
+    from docstream.store.config import build_config
     from docstream.stream.ray_engine import RayUnavailableError, WorkerFailedError
     from docstream.stream.run import run
 
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not bring the run's FAISS index up to date at the end (docstream index does it later)")
     rn.set_defaults(func=_cmd_run)
 
-    demo = sub.add_parser("demo", help="stream the bundled sample corpus end to end (random-weight model)")
+    demo = sub.add_parser("demo", help="stream the bundled sample corpus end to end (the built-in model)")
     demo.add_argument("--out", default="docstream-demo", help="output directory (default ./docstream-demo)")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: exit codes of the errors a command can end with (the first matching class wins)
-EXIT_CODES = (("docstream.stream.store", "RunLockedError", 3), ("docstream.train.loop", "TrainingLockedError", 3),
+EXIT_CODES = (("docstream.store.run_store", "RunLockedError", 3), ("docstream.train.loop", "TrainingLockedError", 3),
               ("docstream.files", "DiskFullError", 5), ("docstream.kernels.build", "BuildError", 6))
 
 

@@ -11,8 +11,9 @@ import fcntl
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 #: temp files docstream writes: ``.NAME.tmp-PID`` (the only names clean-up ever removes)
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
@@ -21,6 +22,9 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 class DiskFullError(OSError):
     """A write ran out of space (or quota); nothing committed before it was lost."""
+
+    def __str__(self) -> str:
+        return self.strerror  # the message names the file already: no "[Errno 28] ...: 'path'" around it
 
 
 class DamagedFileError(ValueError):
@@ -96,6 +100,19 @@ def try_lock(path: Path) -> int | None:
             return None
         raise
     return fd
+
+
+@contextmanager
+def locked(directory: Path, exclusive: bool) -> Iterator[None]:
+    """Hold ``directory/.lock`` (waiting for it): exclusively while updating, shared while reading.
+    The lock dies with its holder."""
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def read_json(path: Path, what: str, fix: str) -> Any:

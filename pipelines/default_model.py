@@ -27,8 +27,7 @@ import torch
 from docstream.defaults import DEFAULT_MODEL_DIR
 from docstream.model import load_model
 from docstream.tokenizer import load_tokenizer
-from docstream.train.card import (CardFacts, gzip_bits_per_byte, model_card, plot_loss, read_log,
-                                  unigram_bits_per_byte)
+from docstream.train.card import CardFacts, gzip_bits_per_byte, model_card, plot_loss, read_log, unigram_bits_per_byte
 from docstream.train.data import heldout_bytes, text_files
 from docstream.train.loop import heldout_bits_per_byte
 

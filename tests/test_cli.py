@@ -42,7 +42,7 @@ def test_info_describes_a_checkpoint_and_errors_are_clean(tmp_path):
 
 def test_run_and_info_use_the_built_in_model_when_none_is_given(tmp_path):
     from docstream.defaults import default_model_path, default_tokenizer_path
-    from docstream.stream.reader import run_settings
+    from docstream.store.reader import run_settings
 
     notes = ROOT / "docstream" / "data" / "sample_corpus" / "notes"
     result = _cli("run", "--input", str(notes), "--out", str(tmp_path / "out"), "--quiet", "--no-index")
@@ -62,7 +62,7 @@ def test_errors_map_to_exit_codes_without_tracebacks():
     from docstream.cli import exit_code
     from docstream.files import DiskFullError
     from docstream.kernels.build import BuildError
-    from docstream.stream.store import RunLockedError, StoreDamagedError
+    from docstream.store.run_store import RunLockedError, StoreDamagedError
     from docstream.train.loop import TrainingLockedError
 
     assert exit_code(ValueError("bad value")) == 2

@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
+
+from docstream.files import atomic_write
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -439,18 +440,5 @@ def save_random_checkpoint(path: str | os.PathLike[str], version: str, **kw) -> 
     sd = make_random_checkpoint(version, **kw)
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(sd, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp_name, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(dest, lambda tmp: torch.save(sd, tmp))
     return dest

@@ -23,7 +23,8 @@ class TimeMix4(nn.Module):
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
                 backend: str, wkv_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         sx = token_shift(xx, shift)
-        # lerp(sx, xx, m) = xx * m + sx * (1 - m), one pass instead of four
+        # RWKV-4/5 mix as xx * m + sx * (1 - m) = lerp(sx, xx, m): m weighs the current token (RWKV-6/7
+        # store the other weight and lerp from xx towards sx), one pass instead of four
         kx, vx, rx = (torch.lerp(sx, xx, m) for m in (self.time_mix_k, self.time_mix_v, self.time_mix_r))
         r = torch.sigmoid(self.receptance(rx))
         k, v = self.key(kx).float(), self.value(vx).float()
@@ -43,7 +44,7 @@ class ChannelMix4(nn.Module):
         self.value = Linear(dim_ffn, n_embd)
 
     def forward(self, xx: Tensor, shift: Tensor) -> Tensor:
-        sx = token_shift(xx, shift)
+        sx = token_shift(xx, shift)  # lerp(sx, xx, m): m weighs the current token, as in the attention
         kx, rx = torch.lerp(sx, xx, self.time_mix_k), torch.lerp(sx, xx, self.time_mix_r)
         return torch.sigmoid(self.receptance(rx)) * self.value(squared_relu(self.key(kx)))
 

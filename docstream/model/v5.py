@@ -50,7 +50,7 @@ class TimeMix5(GatedHeadMix):
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
                 backend: str, wkv_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         b, t, _ = xx.shape
-        sx = token_shift(xx, shift)
+        sx = token_shift(xx, shift)  # xx * m + sx * (1 - m) = lerp(sx, xx, m): m weighs the current token
         kx, vx, rx, gx = (torch.lerp(sx, xx, m) for m in
                           (self.time_mix_k, self.time_mix_v, self.time_mix_r, self.time_mix_g))
         w = torch.exp(-torch.exp(self.time_decay.float())).expand(b, t, self.n_head, self.head_size)

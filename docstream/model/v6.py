@@ -23,7 +23,8 @@ class TimeMix6(GatedHeadMix):
     def forward(self, xx: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None,
                 backend: str, wkv_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         b, t, c = xx.shape
-        sx = token_shift(xx, shift)  # xx + (sx - xx) * m = lerp(xx, sx, m)
+        # xx + (sx - xx) * m = lerp(xx, sx, m): m weighs the previous token (RWKV-4/5 weigh the current one)
+        sx = token_shift(xx, shift)
         lora = torch.tanh(matmul(torch.lerp(xx, sx, self.time_maa_x), self.time_maa_w1)).view(b, t, 5, -1)
         mw, mk, mv, mr, mg = (matmul(lora[:, :, f], self.time_maa_w2[f]) for f in range(5))
         wx = torch.lerp(xx, sx, self.time_maa_w + mw)

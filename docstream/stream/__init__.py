@@ -1,5 +1,6 @@
-"""Streaming long documents through RWKV models: corpus readers, chunking, the batching engine, the
-Parquet snapshot store and the resumable ``run``.
+"""The stream stage: the batching engine that streams documents through an RWKV model, the resumable
+``run`` job that commits its outputs to the store, and the Ray engine. The corpus and store names
+most callers need are re-exported here.
 
 Python use::
 
@@ -13,12 +14,19 @@ Python use::
             ...  # event.vectors["last"], event.state (a State when a snapshot is due)
 """
 
-from docstream.stream.chunker import TokenChunk, iter_chunks, iter_tokens, text_of_span
-from docstream.stream.config import RunConfig, build_config
-from docstream.stream.corpus import Document, Rejected, TextStats, iter_corpus
+from docstream.corpus import (
+                              Document,
+                              Rejected,
+                              TextStats,
+                              TokenChunk,
+                              iter_chunks,
+                              iter_corpus,
+                              iter_tokens,
+                              text_of_span,
+)
+from docstream.store import RunConfig, RunStore, build_config
 from docstream.stream.engine import ChunkRecord, DocumentDone, Stream, StreamTask
 from docstream.stream.run import RunSummary, run
-from docstream.stream.store import RunStore
 
 __all__ = [
     "ChunkRecord",

@@ -15,10 +15,11 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from docstream.corpus import Document, Rejected, TextStats
+from docstream.corpus.chunker import ResumeError, TokenChunk, iter_chunks
 from docstream.model import RWKVModel, State
-from docstream.stream.chunker import ResumeError, TokenChunk, iter_chunks
-from docstream.stream.corpus import Document, Rejected, TextStats
-from docstream.stream.pooling import pool
+from docstream.model.pooling import pool
+
 
 @dataclass(frozen=True)
 class StreamTask:
@@ -31,7 +32,7 @@ class StreamTask:
 
 @dataclass(frozen=True)
 class ChunkRecord:
-    """One processed chunk: its vectors (one per pooling of :mod:`docstream.stream.pooling`), and the
+    """One processed chunk: its vectors (one per pooling of :mod:`docstream.model.pooling`), and the
     document's state when a snapshot is due (every ``snapshot_every`` chunks and at the document's end)."""
 
     doc_id: str
@@ -66,7 +67,7 @@ class _Row:
 
 class Stream:
     """Streams documents through ``model`` and yields :class:`ChunkRecord`, :class:`DocumentDone`
-    and :class:`~docstream.stream.corpus.Rejected` events, in a deterministic order."""
+    and :class:`~docstream.corpus.Rejected` events, in a deterministic order."""
 
     def __init__(self, model: RWKVModel, tokenizer, chunk_len: int = 1024, batch_size: int = 8,
                  snapshot_every: int = 4):
@@ -78,7 +79,7 @@ class Stream:
 
     def run(self, tasks: Iterable[StreamTask | Document | Rejected | str]
             ) -> Iterator[ChunkRecord | DocumentDone | Rejected]:
-        """Stream ``tasks``: documents (:func:`~docstream.stream.corpus.iter_corpus` yields them),
+        """Stream ``tasks``: documents (:func:`~docstream.corpus.iter_corpus` yields them),
         snapshot resumptions (:class:`StreamTask`), rejections to pass on, or plain strings, each a
         document whose id is ``"doc-<i>"`` with ``i`` its position in ``tasks`` (from 0)."""
         if isinstance(tasks, str):

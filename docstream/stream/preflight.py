@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 from docstream.checksum import sha256_file
+from docstream.corpus import SUFFIXES, Document, Rejected, iter_corpus
 from docstream.defaults import DEFAULT_MODEL_DIR
-from docstream.stream.corpus import SUFFIXES, Document, Rejected, iter_corpus
 from docstream.tokenizer import WORLD_VOCAB_FILENAME, Tokenizer, load_tokenizer
 
 #: a tokenizer may have fewer tokens than the model has embeddings (released models pad their
@@ -130,7 +130,7 @@ def check_corpus(path: str | os.PathLike[str], fmt: str = "auto", id_field: str 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: no readable document, or the errors of
-            :func:`~docstream.stream.corpus.iter_corpus` (unknown format, missing Parquet columns).
+            :func:`~docstream.corpus.iter_corpus` (unknown format, missing Parquet columns).
     """
     reasons: Counter[str] = Counter()
     first: Rejected | None = None
@@ -190,7 +190,7 @@ def _suffix(name: str) -> str:
 
 
 def check_run(config, tokenizer: Tokenizer | None = None) -> Document:
-    """Every check above for a :class:`~docstream.stream.config.RunConfig`; the corpus's first document.
+    """Every check above for a :class:`~docstream.store.config.RunConfig`; the corpus's first document.
 
     ``tokenizer`` is ``config.tokenizer`` loaded (loaded here when not given). Needs the model,
     tokenizer and input paths to exist (``run.check_inputs``).

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from docstream.stream.config import RunConfig
-from docstream.stream.corpus import Document, Rejected
+from docstream.corpus import Document, Rejected
+from docstream.store.config import RunConfig
 from docstream.stream.engine import ChunkRecord, DocumentDone, StreamTask
 
 if TYPE_CHECKING:

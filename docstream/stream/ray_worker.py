@@ -15,8 +15,8 @@ from pathlib import Path
 import ray
 
 from docstream.checksum import sha256_file
+from docstream.corpus import Rejected
 from docstream.model import load_model
-from docstream.stream.corpus import Rejected
 from docstream.stream.engine import ChunkRecord, DocumentDone, Stream, StreamTask
 from docstream.tokenizer import load_tokenizer
 

@@ -19,12 +19,13 @@ from tqdm import tqdm
 
 import docstream
 from docstream.checksum import sha256_bytes, sha256_file
+from docstream.corpus import SUFFIXES, Document, Rejected, iter_corpus
 from docstream.model import State, load_model
-from docstream.stream.config import RunConfig
-from docstream.stream.corpus import SUFFIXES, Document, Rejected, iter_corpus
+from docstream.store.config import RunConfig
+from docstream.store.run_store import Progress, RunStore, SnapshotRef
+from docstream.store.schemas import SCHEMAS
 from docstream.stream.engine import ChunkRecord, DocumentDone, Stream, StreamTask
 from docstream.stream.preflight import check_run
-from docstream.stream.store import SCHEMAS, Progress, RunStore, SnapshotRef
 from docstream.tokenizer import Tokenizer, load_tokenizer
 
 

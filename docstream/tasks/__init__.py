@@ -1,7 +1,7 @@
 """Task heads over a run's outputs: embeddings, FAISS indexes and semantic search.
 
-Tasks read a run only through :class:`~docstream.stream.store.RunStore` (via
-:mod:`docstream.stream.reader`), never its files directly. Names are imported on first use, so
+Tasks read a run only through :class:`~docstream.store.run_store.RunStore` (via
+:mod:`docstream.store.reader`), never its files directly. Names are imported on first use, so
 importing this package (as the command line does) loads neither torch nor FAISS.
 
 Python use::

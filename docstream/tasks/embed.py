@@ -1,6 +1,6 @@
 """Embeddings from a run: per-chunk vectors, per-document vectors, and query text embedded the run's way.
 
-A run stores three vectors per chunk (see :mod:`docstream.stream.pooling`): ``last`` (final hidden
+A run stores three vectors per chunk (see :mod:`docstream.model.pooling`): ``last`` (final hidden
 state at the chunk's last token), ``mean`` (final hidden states averaged over the chunk) and ``state``
 (the last layer's recurrent state as a vector). Here:
 
@@ -20,12 +20,18 @@ import numpy as np
 from tqdm import tqdm
 
 from docstream.checksum import sha256_file
+from docstream.corpus import Document, Rejected
 from docstream.model import load_model
-from docstream.stream.corpus import Document, Rejected
+from docstream.model.pooling import DEFAULT_POOLING, POOLINGS
+from docstream.store.reader import (
+    EmbeddingRows,
+    check_pooling,
+    finished_documents,
+    read_embeddings,
+    read_run_config,
+    run_settings,
+)
 from docstream.stream.engine import ChunkRecord, Stream, StreamTask
-from docstream.stream.pooling import DEFAULT_POOLING, POOLINGS
-from docstream.stream.reader import (EmbeddingRows, check_pooling, finished_documents, read_embeddings,
-                                     read_run_config, run_settings)
 from docstream.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["DocumentVectors", "POOLINGS", "QueryEmbedder", "chunk_vectors", "document_vectors", "embed_text",

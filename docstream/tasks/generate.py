@@ -22,8 +22,8 @@ token), or ``"length"`` after ``max_tokens`` tokens.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator

@@ -6,8 +6,8 @@ display is needed.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["METRICS", "format_tokens", "plot_heatmap"]
 

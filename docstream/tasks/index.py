@@ -31,8 +31,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 try:
@@ -41,11 +39,21 @@ except ImportError as _err:
     raise ImportError("docstream's indexes and search need FAISS: install it with pip install "
                       "'docstream[faiss]' (faiss-cpu), or faiss-gpu") from _err
 
-from docstream.stream.pooling import DEFAULT_POOLING
-from docstream.stream.reader import EmbeddingRows, check_pooling, read_embeddings, read_run_config
+from docstream.files import locked
+from docstream.model.pooling import DEFAULT_POOLING
+from docstream.store.reader import EmbeddingRows, check_pooling, read_embeddings, read_run_config
 from docstream.tasks.embed import l2_normalize
-from docstream.tasks.index_files import (ChunkId, DiskFullError, IdTable, IndexDamagedError, atomic_write,
-                                         file_problems, last_generation, locked, rebuild_hint, remove_unnamed)
+from docstream.tasks.index_files import (
+    ChunkId,
+    DiskFullError,
+    IdTable,
+    IndexDamagedError,
+    atomic_write,
+    file_problems,
+    last_generation,
+    rebuild_hint,
+    remove_unnamed,
+)
 
 __all__ = ["ChunkId", "DEFAULT_FACTORY", "DiskFullError", "IdTable", "IndexDamagedError", "IndexMeta", "LoadedIndex",
            "METRICS", "UpdateResult", "build_index", "index_dir", "load_index", "new_index", "prepare_vectors",

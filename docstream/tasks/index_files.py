@@ -6,13 +6,10 @@ freeing disk space and re-running) fixes it, and a failed write removes what it 
 """
 from __future__ import annotations
 
-import fcntl
-import os
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +18,8 @@ import pyarrow.parquet as pq
 from docstream import files
 from docstream.checksum import sha256_file
 from docstream.files import DamagedFileError, DiskFullError
-from docstream.stream.reader import EmbeddingRows
+from docstream.store.reader import EmbeddingRows
+from docstream.store.schemas import ID_TABLE_SCHEMA
 
 __all__ = ["DiskFullError", "IdTable", "IndexDamagedError", "atomic_write", "file_problems", "last_generation",
            "locked", "rebuild_hint", "remove_unnamed"]
@@ -96,18 +94,6 @@ def file_problems(directory: Path, named: dict[str, str | None]) -> list[tuple[P
     return problems
 
 
-@contextmanager
-def locked(directory: Path, exclusive: bool) -> Iterator[None]:
-    """Hold ``directory/.lock``: exclusively while updating, shared while reading."""
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class ChunkId:
     """Where a FAISS id points: a chunk of a document and its token range."""
@@ -148,15 +134,13 @@ class IdTable:
 
     def write(self, path: Path) -> str:
         """Write the table as Parquet to ``path`` atomically (see :func:`atomic_write`); its sha256."""
-        table = pa.table({"doc_id": pa.array(self.doc_id.tolist(), pa.string()),
-                          "chunk_index": pa.array(self.chunk_index, pa.int32()),
-                          "token_start": pa.array(self.token_start, pa.int64()),
-                          "token_end": pa.array(self.token_end, pa.int64())})
+        table = pa.table({"doc_id": self.doc_id.tolist(), "chunk_index": self.chunk_index,
+                          "token_start": self.token_start, "token_end": self.token_end}, schema=ID_TABLE_SCHEMA)
         return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
     @classmethod
     def read(cls, path: Path) -> IdTable:
-        table = pq.read_table(path)
+        table = pq.read_table(path, schema=ID_TABLE_SCHEMA)
         return cls(np.asarray(table.column("doc_id").to_pylist(), dtype=object),
                    table.column("chunk_index").to_numpy().astype(np.int32),
                    table.column("token_start").to_numpy().astype(np.int64),

@@ -8,7 +8,7 @@ Tasks:
   pass key? The pass key is"``; the answer is ``" N"``, a random key in 1..50000 per trial.
 * ``needle``: needle in a haystack with a configurable needle, question and answer.
 
-The haystack is the filler, or the text of any corpus (:func:`~docstream.stream.corpus.iter_corpus`,
+The haystack is the filler, or the text of any corpus (:func:`~docstream.corpus.iter_corpus`,
 documents joined with blank lines, repeated if too short, each trial starting at a random offset).
 
 A cell is a context length ``L`` (in tokens of the given tokenizer: header + haystack + needle +
@@ -46,10 +46,10 @@ import random
 import re
 import statistics
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -60,9 +60,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm import tqdm
 
+from docstream.corpus import Document, iter_corpus
+from docstream.corpus.chunker import iter_tokens
 from docstream.model import RWKVModel, State
-from docstream.stream.chunker import iter_tokens
-from docstream.stream.corpus import Document, iter_corpus
 from docstream.tasks.generate import Generation, SamplingConfig, generate
 from docstream.tasks.heatmap import METRICS, format_tokens, plot_heatmap
 from docstream.tokenizer import Tokenizer

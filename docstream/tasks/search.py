@@ -34,7 +34,7 @@ __all__ = ["Hit", "SNIPPET_CHARS", "Searcher", "add_search_command", "format_hit
 
 # Registering the commands must stay cheap (no torch, no FAISS: `docstream --help` imports this module), so
 # the heavy modules are imported where they are used and the CLI's choices are spelled out here; the tests
-# check they equal docstream.stream.pooling.POOLINGS and DEFAULT_POOLING, docstream.tasks.index.METRICS and
+# check they equal docstream.model.pooling.POOLINGS and DEFAULT_POOLING, docstream.tasks.index.METRICS and
 # DEFAULT_FACTORY.
 POOLING_CHOICES = ("last", "mean", "state")
 DEFAULT_POOLING = "mean"
@@ -75,7 +75,7 @@ class Searcher:
     def __init__(self, out: str | Path, pooling: str = DEFAULT_POOLING, factory: str | None = None,
                  metric: str | None = None, *, update: bool = True, params: str | None = None,
                  embedder: QueryEmbedder | None = None, **embedder_options):
-        from docstream.stream.reader import check_pooling
+        from docstream.store.reader import check_pooling
         from docstream.tasks.embed import QueryEmbedder
 
         self.out, self.pooling, self.params = Path(out), check_pooling(pooling), params
@@ -126,8 +126,8 @@ def _open_index(out: Path, pooling: str, factory: str | None, metric: str | None
 
 def _corpus_reader(out: Path) -> Callable[[], Iterable]:
     """A function giving a fresh iterator over the run's corpus (the resolved input path of its identity)."""
-    from docstream.stream.corpus import iter_corpus
-    from docstream.stream.reader import read_run_config, run_settings
+    from docstream.corpus import iter_corpus
+    from docstream.store.reader import read_run_config, run_settings
 
     settings = run_settings(out)
     path = read_run_config(out)["identity"].get("input", str(settings.input))
@@ -138,7 +138,7 @@ def read_snippets(corpus: Iterable, tokenizer: Tokenizer, chunks: list[ChunkId],
                   limit: int = SNIPPET_CHARS) -> dict[ChunkId, str]:
     """The text of each chunk (whitespace collapsed, cut to ``limit`` characters), reading the corpus only
     until every wanted document was seen. Chunks whose document is missing or unreadable are left out."""
-    from docstream.stream.corpus import Document
+    from docstream.corpus import Document
 
     wanted: dict[str, list[ChunkId]] = {}
     for chunk in chunks:
@@ -160,7 +160,7 @@ def read_snippets(corpus: Iterable, tokenizer: Tokenizer, chunks: list[ChunkId],
 
 def _span_text(doc, tokenizer: Tokenizer, chunk: ChunkId) -> str | None:
     """The text of ``chunk`` in ``doc``, or None when the document no longer reaches it."""
-    from docstream.stream.chunker import text_of_span
+    from docstream.corpus.chunker import text_of_span
 
     try:
         return text_of_span(doc, tokenizer, chunk.token_start, chunk.token_end)

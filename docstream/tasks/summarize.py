@@ -25,23 +25,24 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Callable, Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from docstream.checksum import sha256_file
+from docstream.corpus import Document, iter_corpus
+from docstream.corpus.chunker import iter_chunks
+from docstream.files import atomic_write_bytes
 from docstream.model import RWKVModel, State, load_model
-from docstream.stream.chunker import iter_chunks
-from docstream.stream.config import RunConfig
-from docstream.stream.corpus import Document, iter_corpus
-from docstream.stream.reader import document_rows, run_settings
-from docstream.stream.snapshots import SnapshotInfo, final_snapshot, list_snapshots, load_snapshot, snapshot_at
-from docstream.stream.store import atomic_write_bytes
+from docstream.store.config import RunConfig
+from docstream.store.reader import document_rows, run_settings
+from docstream.store.schemas import SUMMARY_SCHEMA
+from docstream.store.snapshots import SnapshotInfo, final_snapshot, list_snapshots, load_snapshot, snapshot_at
 from docstream.tasks.generate import Generation, SamplingConfig, generate
 from docstream.tokenizer import Tokenizer, load_tokenizer
 
@@ -394,14 +395,6 @@ def _generate_batch(model: RWKVModel, tokenizer: Tokenizer, source: _StateSource
 def _summary(target: _Target, loaded: tuple[State, int, int, bool], g: Generation) -> Summary:
     _, token_end, chunk_index, is_final = loaded
     return Summary(target.doc_id, chunk_index, token_end, is_final, g.text, g.tokens, g.finish_reason, g.seed)
-
-
-SUMMARY_SCHEMA = pa.schema([
-    ("doc_id", pa.string()), ("chunk_index", pa.int32()), ("token_end", pa.int64()), ("is_final", pa.bool_()),
-    ("template", pa.string()), ("instruction_first", pa.bool_()), ("prefix", pa.string()), ("prompt", pa.string()),
-    ("sampling", pa.string()), ("seed", pa.int64()), ("text", pa.string()), ("n_tokens", pa.int32()),
-    ("finish_reason", pa.string()), ("model_fingerprint", pa.string()), ("created_at", pa.string()),
-])
 
 
 def _write(path: Path, summaries: Iterable[Summary], prompt: Prompt, config: SamplingConfig,

@@ -10,7 +10,7 @@ Python use::
     report = verify_run("out/", repair=True)    # also rebuilds damaged indexes and updates stale ones
 
 The run's own files (commit records, parts, snapshots, config.json) are checked by
-:meth:`RunStore.verify <docstream.stream.store.RunStore.verify>` and are never changed here: for them
+:meth:`RunStore.verify <docstream.store.run_store.RunStore.verify>` and are never changed here: for them
 the report only says what the user can do. Indexes are derived data, so repairing one means
 rebuilding it from the run's committed embeddings.
 """
@@ -21,12 +21,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-from docstream.stream.pooling import POOLINGS
-from docstream.stream.reader import last_seq
-from docstream.stream.store import Problem, RunStore
-from docstream.tasks.index import (DEFAULT_FACTORY, META_NAME, IndexMeta, index_dir, read_generation, run_identity,
-                                   update_index)
-from docstream.tasks.index_files import IndexDamagedError, file_problems, locked, rebuild_hint
+from docstream.files import locked
+from docstream.model.pooling import POOLINGS
+from docstream.store.check import verify_store
+from docstream.store.reader import last_seq
+from docstream.store.run_store import Problem, RunStore
+from docstream.tasks.index import (
+    DEFAULT_FACTORY,
+    META_NAME,
+    IndexMeta,
+    index_dir,
+    read_generation,
+    run_identity,
+    update_index,
+)
+from docstream.tasks.index_files import IndexDamagedError, file_problems, rebuild_hint
 
 __all__ = ["EXIT_PROBLEMS", "EXIT_SOUND", "VerifyReport", "check_index", "print_report", "verify_run"]
 
@@ -79,7 +88,7 @@ def verify_run(out: str | Path, repair: bool = False) -> VerifyReport:
     Never deletes or rewrites the run's own committed files.
     """
     out = Path(out)
-    run_problems = RunStore(out).verify()
+    run_problems = verify_store(RunStore(out))
     checks = _check_indexes(out)
     repaired: list[str] = []
     if repair:

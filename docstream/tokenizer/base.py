@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -38,11 +37,6 @@ class Tokenizer(Protocol):
     def fingerprint(self) -> str:
         """The sha256 hex digest of the vocabulary file's bytes."""
         ...
-
-
-def sha256_hex(data: bytes) -> str:
-    """The sha256 hex digest of ``data``."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def read_vocab_bytes(path: str | Path, kind: str, hint: str = "check the path") -> tuple[Path, bytes]:

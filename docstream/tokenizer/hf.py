@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from docstream.tokenizer.base import read_vocab_bytes, sha256_hex
+from docstream.checksum import sha256_bytes
+from docstream.tokenizer.base import read_vocab_bytes
 
 _KIND = "Hugging Face tokenizer JSON"
 
@@ -65,7 +66,7 @@ class HFTokenizer:
         """
         file, data = read_vocab_bytes(path, _KIND)
         self._path = file
-        self._fingerprint = sha256_hex(data)
+        self._fingerprint = sha256_bytes(data)
         self._backend = _load_backend(data, str(file))
         self._vocab_size = int(self._backend.get_vocab_size(with_added_tokens=True))
 

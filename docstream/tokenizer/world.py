@@ -21,7 +21,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from docstream.tokenizer.base import read_vocab_bytes, sha256_hex
+from docstream.checksum import sha256_bytes
+from docstream.tokenizer.base import read_vocab_bytes
 
 END_OF_TEXT_ID = 0
 WORLD_VOCAB_FILENAME = "rwkv_vocab_v20230424.txt"
@@ -268,7 +269,7 @@ class WorldTokenizer:
         """
         file, data = read_vocab_bytes(path, _KIND, hint=f"check the path; {WORLD_VOCAB_SOURCES}")
         self._path = file
-        self._fingerprint = sha256_hex(data)
+        self._fingerprint = sha256_bytes(data)
         with _gc_paused():
             self._id_to_bytes = parse_world_vocab(data, str(file))
             self._root = _build_trie(self._id_to_bytes)

@@ -5,10 +5,10 @@ Byte-level means every string encodes (no unknown tokens) and decodes back exact
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from docstream.files import atomic_write
 from docstream.train.data import read_texts
 
 END_OF_TEXT = "<|endoftext|>"
@@ -32,7 +32,5 @@ def train_bpe(paths: Iterable[Path], vocab_size: int, out: str | Path) -> Path:
         raise RuntimeError(f"{END_OF_TEXT} did not get id 0 in the trained tokenizer")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tokenizer.save(str(tmp))
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: tokenizer.save(str(tmp)))
     return out

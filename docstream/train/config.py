@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from docstream.stream.config import read_config_file, validated
+from docstream.settings import read_config_file, validated
 
 #: settings that decide the loss curve: resuming a training directory with other values is refused
 CURVE_FIELDS = ("data", "heldout", "tokenizer", "vocab_size", "init_from", "n_layer", "n_embd", "head_size",

@@ -6,7 +6,6 @@ training checkpoint is its step.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from docstream.files import atomic_write
 from docstream.tokenizer.base import Tokenizer
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -55,9 +55,7 @@ def tokenize_to_file(tokenizer: Tokenizer, paths: Iterable[Path], out: Path) -> 
         for text in read_texts(paths):
             ids.extend(tokenizer.encode(text))
             ids.append(DOC_SEPARATOR)
-        tmp = out.with_suffix(".tmp.npy")
-        np.save(tmp, np.asarray(ids, dtype=np.uint16))
-        os.replace(tmp, out)
+        atomic_write(out, lambda tmp: _save_npy(tmp, np.asarray(ids, dtype=np.uint16)))
     return np.load(out, mmap_mode="r")
 
 
@@ -89,3 +87,8 @@ class Batches:
         windows = np.stack([np.asarray(self.tokens[s:s + self.ctx_len + 1], dtype=np.int64) for s in starts])
         w = torch.from_numpy(windows)
         return w[:, :-1], w[:, 1:]
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object, so numpy does not append ".npy" to the temp name
+        np.save(f, array)

@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from docstream.files import atomic_write_bytes, try_lock
 from docstream.model.base import RWKVModel
 from docstream.model.loader import build_model, read_checkpoint
 from docstream.model.synthetic import make_random_checkpoint
-from docstream.stream.store import atomic_write_bytes, try_lock
 from docstream.tokenizer import load_tokenizer
 from docstream.tokenizer.base import Tokenizer
 from docstream.train.bpe import train_bpe
@@ -81,10 +81,11 @@ def _directory_lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
-#: the temporary names docstream's own writers use in a training directory: ``atomic_write_bytes``
-#: (``.<name>.tmp-<pid>``), the token file and the BPE trainer; nothing else is ever removed
-_TEMP_NAME = re.compile(r"\.(settings\.json|train_state\.pt|model\.pth|log\.jsonl)\.tmp-\d+"
-                        r"|train_tokens\.tmp\.npy|tokenizer\.json\.tmp")
+#: the temporary names docstream's own writers use in a training directory (``.<name>.tmp-<pid>``, see
+#: :mod:`docstream.files`), and the fixed names older versions used for the token file and the BPE
+#: tokenizer; nothing else is ever removed
+_TEMP_NAME = re.compile(r"\.(settings\.json|train_state\.pt|model\.pth|log\.jsonl|train_tokens\.npy|tokenizer\.json)"
+                        r"\.tmp-\d+|train_tokens\.tmp\.npy|tokenizer\.json\.tmp")
 
 
 def _remove_stale_temp_files(out: Path) -> None:

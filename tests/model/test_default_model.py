@@ -45,10 +45,9 @@ def test_held_out_bits_per_byte_are_below_both_baselines():
 
 @pytest.mark.slow
 def test_the_shipped_numbers_are_reproduced_by_measuring_again():
+    from docstream.demo import SAMPLE_CORPUS
     from docstream.train.card import gzip_bits_per_byte
     from docstream.train.loop import heldout_bits_per_byte
-
-    from docstream.demo import SAMPLE_CORPUS
     plays = sorted((SAMPLE_CORPUS / "plays").glob("*.txt"))
     text = "\n".join(p.read_text(encoding="utf-8") for p in plays).encode()
     heldout = json.loads((DEFAULT_MODEL_DIR / "heldout.json").read_text())

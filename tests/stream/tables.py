@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from docstream.model import State
-from docstream.stream.store import RunStore
+from docstream.store.run_store import RunStore
 
 KEYS = {"embeddings": ("doc_id", "chunk_index"), "snapshots": ("doc_id", "chunk_index"),
         "documents": ("doc_id",), "errors": ("source",)}

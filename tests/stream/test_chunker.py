@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from docstream.stream.chunker import TokenChunk, iter_chunks, iter_tokens, text_of_span
-from docstream.stream.corpus import Document, TextStats, iter_corpus
+from docstream.corpus import Document, TextStats, iter_corpus
+from docstream.corpus.chunker import TokenChunk, iter_chunks, iter_tokens, text_of_span
 from docstream.tokenizer import WorldTokenizer, default_world_vocab_path
 
 PARAGRAPH = (

@@ -2,11 +2,11 @@
 import numpy as np
 import torch
 
+from docstream.corpus import TextStats
 from docstream.model import State
-from docstream.stream.corpus import TextStats
+from docstream.store.run_store import RunStore
 from docstream.stream.engine import ChunkRecord, DocumentDone
 from docstream.stream.run import _CommitWriter
-from docstream.stream.store import RunStore
 
 
 def _state():

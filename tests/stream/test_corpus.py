@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from docstream.stream.corpus import (
+from docstream.corpus import (
     MAX_PIECE_CHARS,
     MIN_PIECE_CHARS,
     READ_BLOCK_SIZE,

@@ -13,9 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from docstream.files import DiskFullError, is_temp_name
-from docstream.stream.reader import read_embeddings
+from docstream.store.check import verify_store
+from docstream.store.reader import read_embeddings
+from docstream.store.run_store import RunFolderError, RunStore, StoreDamagedError
 from docstream.stream.run import run
-from docstream.stream.store import RunFolderError, RunStore, StoreDamagedError
 from tests.stream.tables import assert_same_outputs
 from tests.stream.tables import sorted_tables as _tables
 from tests.stream.test_run import ROOT, _config, _corpus, model_path  # noqa: F401 (fixture)
@@ -124,7 +125,7 @@ def test_a_missing_commit_record_is_reported_and_nothing_is_deleted(model_path, 
     after = _files(out)
     after.pop(".lock", None), before.pop(".lock", None)
     assert after == before, "a damaged folder must not be repaired by deleting data"
-    assert any(problem.path == str(victim) for problem in RunStore(out).verify())
+    assert any(problem.path == str(victim) for problem in verify_store(RunStore(out)))
 
 
 def test_a_flipped_byte_in_a_committed_part_is_caught_when_read(finished_run):
@@ -137,7 +138,7 @@ def test_a_flipped_byte_in_a_committed_part_is_caught_when_read(finished_run):
         read_embeddings(out)
     with pytest.raises(StoreDamagedError, match=part.name):
         RunStore(out).read_table("embeddings")
-    assert [p.path for p in RunStore(out).verify()] == [str(part)]
+    assert [p.path for p in verify_store(RunStore(out))] == [str(part)]
 
 
 def test_a_damaged_snapshot_footer_names_the_file_on_resume(model_path, tmp_path, monkeypatch):
@@ -280,8 +281,8 @@ def test_a_real_full_disk_then_resume_after_freeing_space(model_path, tmp_path, 
            "--batch-size", "3", "--snapshot-every", "2", "--commit-every", "5", "--quiet", "--no-index"]
     full = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert full.returncode == 5, full.stderr
-    lines = full.stderr.strip().splitlines()
-    assert len(lines) == 1 and "no space left on the device writing" in lines[0] and str(out) in lines[0]
+    lines = [line for line in full.stderr.splitlines() if line.startswith("docstream: error")]
+    assert len(lines) == 1 and lines[0] == full.stderr.strip().splitlines()[-1] and "no space left on the device writing" in lines[0] and str(out) in lines[0]
     assert not [p for p in out.rglob("*") if is_temp_name(p.name)]
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -291,7 +292,7 @@ def test_a_real_full_disk_then_resume_after_freeing_space(model_path, tmp_path, 
 
 
 def test_a_bare_bundled_vocabulary_name_works_in_run_settings(tmp_path, monkeypatch):
-    from docstream.stream.config import RunConfig
+    from docstream.store.config import RunConfig
     from docstream.tokenizer import default_world_vocab_path
 
     monkeypatch.chdir(tmp_path)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from docstream.corpus import Document, Rejected
 from docstream.model import build_model
 from docstream.model.synthetic import make_random_checkpoint
-from docstream.stream.corpus import Document, Rejected
 from docstream.stream.engine import ChunkRecord, DocumentDone, Stream
 
 POISON = "~"  # its byte's embedding row is set to NaN below

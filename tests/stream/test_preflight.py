@@ -10,11 +10,11 @@ import pytest
 from tokenizers import Tokenizer as HFBackend
 from tokenizers.models import WordLevel
 
+from docstream.corpus import Document
 from docstream.defaults import default_model_path, default_tokenizer_path
 from docstream.model.synthetic import save_random_checkpoint
+from docstream.store.config import build_config
 from docstream.stream import preflight
-from docstream.stream.config import build_config
-from docstream.stream.corpus import Document
 from docstream.stream.preflight import (
     check_corpus,
     check_default_pairing,

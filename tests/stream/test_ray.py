@@ -17,7 +17,8 @@ import torch
 
 from docstream import cli
 from docstream.model.synthetic import save_random_checkpoint
-from docstream.stream.config import build_config
+from docstream.store.config import build_config
+from docstream.store.run_store import RunStore
 from docstream.stream.ray_engine import (
     RayEngine,
     RayUnavailableError,
@@ -25,7 +26,6 @@ from docstream.stream.ray_engine import (
     stream_on_ray,
 )
 from docstream.stream.run import _Recorder, run
-from docstream.stream.store import RunStore
 from docstream.tokenizer import default_world_vocab_path
 from tests.stream.tables import assert_same_outputs
 from tests.stream.tables import sorted_tables as _tables

@@ -16,9 +16,9 @@ import pytest
 
 from docstream.model import State
 from docstream.model.synthetic import save_random_checkpoint
-from docstream.stream.config import build_config
+from docstream.store.config import build_config
+from docstream.store.run_store import RunLockedError, RunStore
 from docstream.stream.run import run
-from docstream.stream.store import RunLockedError, RunStore
 from docstream.tokenizer import default_world_vocab_path
 from tests.blas_variation import vary_rounding_by_row_count
 from tests.stream.tables import RUN_TOL, assert_same_outputs, assert_states_close

@@ -5,7 +5,7 @@ import random
 from pathlib import Path
 
 from docstream.model.synthetic import save_random_checkpoint
-from docstream.stream.config import build_config
+from docstream.store.config import build_config
 from docstream.stream.run import run
 from docstream.tokenizer import default_world_vocab_path
 

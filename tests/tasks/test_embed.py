@@ -6,10 +6,16 @@ import shutil
 import numpy as np
 import pytest
 
-from docstream.stream.pooling import POOLINGS
-from docstream.stream.reader import EmbeddingRows, document_rows
-from docstream.tasks.embed import (QueryEmbedder, chunk_vectors, document_vectors, embed_text, l2_normalize,
-                                   mean_by_document)
+from docstream.model.pooling import POOLINGS
+from docstream.store.reader import EmbeddingRows, document_rows
+from docstream.tasks.embed import (
+    QueryEmbedder,
+    chunk_vectors,
+    document_vectors,
+    embed_text,
+    l2_normalize,
+    mean_by_document,
+)
 from tests.tasks import DIM, make_model, run_corpus, write_corpus
 
 #: vectors of the same text computed in other batches (other row counts through the BLAS) agree to float32

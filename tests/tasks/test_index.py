@@ -15,13 +15,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from docstream.stream.pooling import POOLINGS
-from docstream.stream.reader import EmbeddingRows, last_seq
+from docstream.model.pooling import POOLINGS
+from docstream.store.reader import EmbeddingRows, last_seq
 from docstream.tasks import index as index_module
-from docstream.tasks.embed import chunk_vectors
 from docstream.tasks import index_files
-from docstream.tasks.index import (DiskFullError, IdTable, IndexDamagedError, build_index, index_dir, load_index,
-                                   read_meta, search_index, training_minimum, update_index)
+from docstream.tasks.embed import chunk_vectors
+from docstream.tasks.index import (
+    DiskFullError,
+    IdTable,
+    IndexDamagedError,
+    build_index,
+    index_dir,
+    load_index,
+    read_meta,
+    search_index,
+    training_minimum,
+    update_index,
+)
 from tests.tasks import DIM, make_model, run_corpus, write_corpus
 
 

@@ -12,8 +12,18 @@ import torch
 from docstream.model import load_model
 from docstream.tasks import recall
 from docstream.tasks.generate import Generation
-from docstream.tasks.recall import (ProbeConfig, add_probe_command, answer_matches, build_trials, context_tokens,
-                                    layout, parse_depths, parse_lengths, probe, write_results)
+from docstream.tasks.recall import (
+    ProbeConfig,
+    add_probe_command,
+    answer_matches,
+    build_trials,
+    context_tokens,
+    layout,
+    parse_depths,
+    parse_lengths,
+    probe,
+    write_results,
+)
 from docstream.tokenizer import load_tokenizer
 from tests.blas_variation import vary_rounding_by_row_count
 from tests.tasks.test_generate import byte_tokenizer_file, tiny_model_file

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from docstream.stream.reader import document_rows
+from docstream.store.reader import document_rows
 from docstream.tasks.index import read_meta
 from docstream.tasks.search import Searcher, add_search_command, format_hits, search, shorten
 from tests.tasks import make_model, run_corpus, write_corpus
@@ -131,8 +131,9 @@ def test_cli_rejects_bad_k_and_pooling(out, capsys):
 
 
 def test_cli_choices_match_the_library():
-    from docstream.stream.pooling import DEFAULT_POOLING, POOLINGS
-    from docstream.tasks import index, search as search_module
+    from docstream.model.pooling import DEFAULT_POOLING, POOLINGS
+    from docstream.tasks import index
+    from docstream.tasks import search as search_module
 
     assert search_module.POOLING_CHOICES == POOLINGS
     assert search_module.DEFAULT_POOLING == DEFAULT_POOLING

@@ -8,14 +8,21 @@ import random
 import pyarrow.parquet as pq
 import pytest
 
+from docstream.corpus import Document
+from docstream.corpus.chunker import iter_tokens
 from docstream.model import load_model
-from docstream.stream.chunker import iter_tokens
-from docstream.stream.config import build_config
-from docstream.stream.corpus import Document
+from docstream.store.config import build_config
 from docstream.stream.run import run
 from docstream.tasks.generate import SamplingConfig, generate
-from docstream.tasks.summarize import (TEMPLATES, add_summarize_command, build_prompt, prefix_state, row_seed,
-                                       summarize, summarize_text)
+from docstream.tasks.summarize import (
+    TEMPLATES,
+    add_summarize_command,
+    build_prompt,
+    prefix_state,
+    row_seed,
+    summarize,
+    summarize_text,
+)
 from docstream.tokenizer import load_tokenizer
 from tests.tasks.test_generate import byte_tokenizer_file, tiny_model_file
 

@@ -9,8 +9,9 @@ import pytest
 
 from docstream.checksum import sha256_file
 from docstream.cli import main
-from docstream.stream.reader import last_seq
-from docstream.stream.store import Problem, RunStore
+from docstream.store.reader import last_seq
+import docstream.tasks.verify as verify_module
+from docstream.store.run_store import Problem, RunStore
 from docstream.tasks.index import index_dir, load_index, read_meta, update_index
 from docstream.tasks.verify import EXIT_PROBLEMS, EXIT_SOUND, verify_run
 from tests.tasks import make_model, run_corpus, write_corpus
@@ -167,7 +168,7 @@ def test_an_index_behind_the_run_is_a_note_and_repair_updates_it(model, tmp_path
 
 def test_run_problems_are_reported_and_left_to_the_user(out, monkeypatch, capsys):
     found = [Problem(str(out / "commits" / "00000002.json"), "cannot be parsed", "restore it from a backup")]
-    monkeypatch.setattr(RunStore, "verify", lambda self: list(found))
+    monkeypatch.setattr(verify_module, "verify_store", lambda store: list(found))
     before = _run_files(out)
     code, lines = _verify(out, "--repair", capsys=capsys)
     assert code == EXIT_PROBLEMS and lines == [f"{out}/commits/00000002.json: cannot be parsed; fix: restore it "

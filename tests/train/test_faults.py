@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from docstream.files import try_lock
 from docstream.model import load_model
-from docstream.stream.store import try_lock
 from docstream.train.loop import TrainingLockedError, train
 from tests.train.test_train import corpus, curve, tiny, uninterrupted  # noqa: F401 (fixtures)
 

@@ -35,39 +35,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from docstream.checksum import sha256_bytes, sha256_file
-from docstream.files import (DamagedFileError, atomic_write, atomic_write_bytes, is_temp_name, read_json,
-                             try_lock)
+from docstream.files import DamagedFileError, atomic_write, atomic_write_bytes, is_temp_name, read_json, try_lock
+from docstream.store.schemas import SCHEMAS, TABLES, WRITE_OPTIONS
 
-__all__ = ["MARKER_NAME", "Problem", "Progress", "RunFolderError", "RunLockedError", "RunStore", "SCHEMAS", "SnapshotRef",
-           "StoreDamagedError", "TABLES", "atomic_write_bytes", "try_lock"]
+__all__ = ["MARKER_NAME", "Problem", "Progress", "RunFolderError", "RunLockedError", "RunStore", "SnapshotRef",
+           "StoreDamagedError"]
 
-TABLES = ("embeddings", "snapshots", "documents", "errors")
 MARKER_NAME = "docstream-run.json"
 MARKER = {"format": "docstream run folder", "version": 2}
 _PART_NAME = re.compile(r"^part-(\d{8})\.parquet$")
 _RECORD_NAME = re.compile(r"^(\d{8})\.json$")
-
-SCHEMAS = {
-    "embeddings": pa.schema([("doc_id", pa.string()), ("chunk_index", pa.int32()), ("token_start", pa.int64()),
-                             ("token_end", pa.int64()), ("embedding", pa.list_(pa.float32())),
-                             ("embedding_mean", pa.list_(pa.float32())), ("embedding_state", pa.list_(pa.float32()))]),
-    "snapshots": pa.schema([("doc_id", pa.string()), ("chunk_index", pa.int32()), ("token_start", pa.int64()),
-                            ("token_end", pa.int64()), ("is_final", pa.bool_()), ("model_fingerprint", pa.string()),
-                            ("state", pa.binary()), ("state_sha256", pa.string())]),
-    "documents": pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("n_tokens", pa.int64()),
-                            ("n_chunks", pa.int32()), ("invalid_utf8_bytes", pa.int64()), ("nul_chars", pa.int64())]),
-    "errors": pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("reason", pa.string()),
-                         ("detail", pa.string())]),
-}
-# Snapshot settings chosen with bench/bench_snapshots.py on 169M-shape fp32 states (see bench/RESULTS.md):
-# zstd saves ~7% over raw (recurrent states barely compress) and one row per row group makes reading a
-# single document's snapshot ~15x faster than groups of 16, for ~1% more bytes.
-WRITE_OPTIONS = {
-    "embeddings": dict(compression="zstd", row_group_size=8192),
-    "snapshots": dict(compression="zstd", row_group_size=1, use_dictionary=["doc_id", "model_fingerprint"]),
-    "documents": dict(compression="zstd"),
-    "errors": dict(compression="zstd"),
-}
 
 
 class RunLockedError(RuntimeError):
@@ -372,13 +349,6 @@ class RunStore:
         if sha256_bytes(row["state"]) != row["state_sha256"]:
             raise damaged(path, f"the snapshot of {doc_id!r} at chunk {ref.chunk_index} fails its checksum")
         return row
-
-    def verify(self) -> list[Problem]:
-        """Every damaged or missing file of the run itself (the indexes are checked elsewhere); an empty
-        list when the run's own files are sound. Reads every committed part once."""
-        from docstream.stream.store_check import verify_store
-
-        return verify_store(self)
 
     # -- clean-up ------------------------------------------------------------------------------
     def _remove_uncommitted(self) -> None:

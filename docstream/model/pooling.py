@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from docstream.model import State
+from docstream.model.state import State
 
 POOLINGS = ("last", "mean", "state")
 #: chosen by bench/retrieval_eval.py (recall@10 0.24 for "mean", 0.20 "state", 0.14 "last" on held-out
-#: passages; see bench/RESULTS.md). Measured with random weights until a trained default model ships,
-#: so it is to be measured again then.
+#: passages; see bench/RESULTS.md), measured with random weights; the built-in trained model's numbers
+#: are in bench/RESULTS.md under retrieval.
 DEFAULT_POOLING = "mean"
 
 

@@ -1,7 +1,7 @@
 """Read-only access to a run's settings and committed snapshots (document states), for the task heads.
 
 A run stores one snapshot per document every ``snapshot_every`` chunks and at the document's end
-(see :mod:`docstream.stream.store`). Here they are listed without reading the state bytes, and
+(see :mod:`docstream.store.run_store`). Here they are listed without reading the state bytes, and
 loaded one at a time through :meth:`RunStore.read_snapshot`, which verifies each state's checksum.
 Only rows that a commit record names are seen, so a run still writing the directory does no harm.
 """
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docstream.model import State
-from docstream.stream.store import SCHEMAS, RunStore, SnapshotRef, drop_retracted, retracted_before
+from docstream.store.run_store import RunStore, SnapshotRef, drop_retracted, retracted_before
+from docstream.store.schemas import SCHEMAS
 
 _INFO_COLUMNS = ["doc_id", "chunk_index", "token_start", "token_end", "is_final", "model_fingerprint"]
 

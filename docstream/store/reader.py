@@ -1,6 +1,6 @@
 """Read-only views of a run's committed outputs, for the task heads in :mod:`docstream.tasks`.
 
-Everything here reads through :class:`~docstream.stream.store.RunStore`'s commit records, so only
+Everything here reads through :class:`~docstream.store.run_store.RunStore`'s commit records, so only
 committed rows are ever seen, and a run still writing the directory does no harm: a reader works on
 the commits that existed when it listed them. Embedding rows come back as NumPy arrays, so callers
 never depend on the storage format.
@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from docstream.stream.config import RunConfig
-from docstream.stream.pooling import DEFAULT_POOLING, POOLINGS
-from docstream.stream.store import SCHEMAS, RunStore, drop_retracted, retracted_before
+from docstream.model.pooling import DEFAULT_POOLING, POOLINGS
+from docstream.store.config import RunConfig
+from docstream.store.run_store import RunStore, drop_retracted, retracted_before
+from docstream.store.schemas import SCHEMAS
 
 #: the embeddings-table column that holds each pooling's vectors
 EMBEDDING_COLUMNS = {"last": "embedding", "mean": "embedding_mean", "state": "embedding_state"}
@@ -25,7 +26,7 @@ ID_COLUMNS = ("doc_id", "chunk_index", "token_start", "token_end")
 
 
 def check_pooling(pooling: str) -> str:
-    """``pooling`` if it is one of :data:`~docstream.stream.pooling.POOLINGS`, else ``ValueError``."""
+    """``pooling`` if it is one of :data:`~docstream.model.pooling.POOLINGS`, else ``ValueError``."""
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(map(repr, POOLINGS))}")
     return pooling

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from docstream.stream.corpus import Document, TextStats
+from docstream.corpus.documents import Document, TextStats
 from docstream.tokenizer.base import Tokenizer
 
 

@@ -13,14 +13,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from docstream.checksum import sha256_bytes, sha256_file
-from docstream.stream.store import MARKER_NAME, SCHEMAS, TABLES, Problem, RunStore
+from docstream.store.run_store import MARKER_NAME, Problem, RunStore
+from docstream.store.schemas import SCHEMAS, TABLES
 
 _PART_NAME = re.compile(r"^part-(\d{8})\.parquet$")
 RESTORE = "restore it from a backup of the run folder, or run again into a new --out"
 
 
 def verify_store(store: RunStore) -> list[Problem]:
-    """Every problem of ``store``'s own files (see :meth:`RunStore.verify`)."""
+    """Every damaged or missing file of the run itself, each with how to repair it (the run half of
+    ``docstream verify``; the indexes are checked in :mod:`docstream.tasks.verify`)."""
     out = store.out
     if not (out / MARKER_NAME).exists() and not (out / "commits").is_dir():
         return [Problem(str(out), "is not a docstream run folder (no docstream-run.json, no commits/)",

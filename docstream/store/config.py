@@ -1,15 +1,12 @@
 """Typed settings of a ``docstream run``, read from YAML/TOML/JSON files and overridden by flags."""
 from __future__ import annotations
 
-import json
-import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-M = TypeVar("M", bound=BaseModel)
+from docstream.settings import read_config_file, validated
 
 #: settings that change what a run writes: resuming with other values would mix incompatible results
 RESULT_FIELDS = ("input", "input_format", "id_field", "text_field", "chunk_len", "snapshot_every", "dtype",
@@ -78,29 +75,6 @@ class RunConfig(BaseModel):
         return {k: data[k] for k in RESULT_FIELDS}
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Settings from a .yaml/.yml, .toml or .json file, as a dict (validated later with the flags)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".toml", ".json"):
-        raise ValueError(f"config file {str(path)!r} must end in .yaml, .yml, .toml or .json")
-    text = path.read_text()
-    try:
-        if suffix == ".toml":
-            data = tomllib.loads(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text) or {}
-    except (ValueError, yaml.YAMLError) as err:  # json and toml errors are ValueErrors
-        raise ValueError(f"config file {str(path)!r} does not parse: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r} must hold a mapping of settings, got {type(data).__name__}")
-    return data
-
-
 def build_config(file: str | Path | None, overrides: dict[str, Any]) -> RunConfig:
     """A validated config: the file's settings, then every override that is not None. Without a model,
     the built-in default model and its tokenizer are used."""
@@ -111,12 +85,3 @@ def build_config(file: str | Path | None, overrides: dict[str, Any]) -> RunConfi
 
         data["model"], data["tokenizer"] = resolve_model_files(None, data.get("tokenizer"))
     return validated(RunConfig, data, "run")
-
-
-def validated(cls: type[M], data: dict[str, Any], what: str) -> M:
-    """``cls(**data)``, with pydantic's complaints turned into one ``ValueError`` naming each setting."""
-    try:
-        return cls(**data)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"invalid {what} settings: {problems}") from err
