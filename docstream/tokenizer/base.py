@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from docstream.checksum import sha256_bytes
+
 
 @runtime_checkable
 class Tokenizer(Protocol):
@@ -37,6 +39,38 @@ class Tokenizer(Protocol):
     def fingerprint(self) -> str:
         """The sha256 hex digest of the vocabulary file's bytes."""
         ...
+
+
+class VocabFile:
+    """What every tokenizer loaded from one file shares: the file, its sha256 fingerprint, the number of
+    ids, and a name ``"<prefix>:<file name>"``. Subclasses call :meth:`_loaded` from ``__init__``."""
+
+    prefix = "file"
+
+    def _loaded(self, file: Path, data: bytes, vocab_size: int) -> None:
+        self._path, self._fingerprint, self._vocab_size = file, sha256_bytes(data), vocab_size
+
+    @property
+    def name(self) -> str:
+        """``"<prefix>:<file name>"``, e.g. ``"world:rwkv_vocab_v20230424.txt"``."""
+        return f"{self.prefix}:{self._path.name}"
+
+    @property
+    def path(self) -> Path:
+        """The file this tokenizer was loaded from."""
+        return self._path
+
+    @property
+    def vocab_size(self) -> int:
+        """One more than the largest token id this tokenizer can produce or decode."""
+        return self._vocab_size
+
+    def fingerprint(self) -> str:
+        """The sha256 hex digest of the file's bytes."""
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self._path)!r}, vocab_size={self._vocab_size})"
 
 
 def read_vocab_bytes(path: str | Path, kind: str, hint: str = "check the path") -> tuple[Path, bytes]:

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from docstream.checksum import sha256_bytes
-from docstream.tokenizer.base import read_vocab_bytes
+from docstream.tokenizer.base import VocabFile, read_vocab_bytes
 
 _KIND = "Hugging Face tokenizer JSON"
 
@@ -45,7 +44,7 @@ def _load_backend(data: bytes, source: str) -> Any:
         ) from None
 
 
-class HFTokenizer:
+class HFTokenizer(VocabFile):
     """A Hugging Face ``tokenizers`` tokenizer loaded from its JSON file.
 
     Encoding adds no special tokens; decoding keeps special tokens.
@@ -56,6 +55,8 @@ class HFTokenizer:
         assert tok.decode(tok.encode("Hello world")) == "Hello world"
     """
 
+    prefix = "hf"
+
     def __init__(self, path: str | Path) -> None:
         """Load the tokenizer JSON file at ``path``.
 
@@ -65,29 +66,8 @@ class HFTokenizer:
             ImportError: the ``tokenizers`` package is not installed.
         """
         file, data = read_vocab_bytes(path, _KIND)
-        self._path = file
-        self._fingerprint = sha256_bytes(data)
         self._backend = _load_backend(data, str(file))
-        self._vocab_size = int(self._backend.get_vocab_size(with_added_tokens=True))
-
-    @property
-    def name(self) -> str:
-        """``"hf:<file name>"``."""
-        return f"hf:{self._path.name}"
-
-    @property
-    def path(self) -> Path:
-        """The JSON file this tokenizer was loaded from."""
-        return self._path
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids, including added (special) tokens."""
-        return self._vocab_size
-
-    def fingerprint(self) -> str:
-        """The sha256 hex digest of the JSON file's bytes."""
-        return self._fingerprint
+        self._loaded(file, data, int(self._backend.get_vocab_size(with_added_tokens=True)))
 
     def token_to_id(self, token: str) -> int | None:
         """The id of a vocabulary entry such as ``"<|endoftext|>"``, or ``None``."""
@@ -120,6 +100,3 @@ class HFTokenizer:
                 "check the ids came from this tokenizer"
             )
         return value
-
-    def __repr__(self) -> str:
-        return f"HFTokenizer({str(self._path)!r}, vocab_size={self._vocab_size})"

@@ -21,8 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from docstream.checksum import sha256_bytes
-from docstream.tokenizer.base import read_vocab_bytes
+from docstream.tokenizer.base import VocabFile, read_vocab_bytes
 
 END_OF_TEXT_ID = 0
 WORLD_VOCAB_FILENAME = "rwkv_vocab_v20230424.txt"
@@ -250,7 +249,7 @@ def _insert(top: _Children, token: bytes, token_id: int) -> None:
     children[token[-1]] = (token_id, {} if final is None else final[1])
 
 
-class WorldTokenizer:
+class WorldTokenizer(VocabFile):
     """Greedy longest-match tokenizer over an RWKV World vocabulary file.
 
     Example::
@@ -260,6 +259,8 @@ class WorldTokenizer:
         assert tok.decode(ids) == "Hello world"
     """
 
+    prefix = "world"
+
     def __init__(self, path: str | Path) -> None:
         """Load and validate the vocabulary file at ``path``.
 
@@ -268,37 +269,17 @@ class WorldTokenizer:
             ValueError: the file is malformed; the message names the line.
         """
         file, data = read_vocab_bytes(path, _KIND, hint=f"check the path; {WORLD_VOCAB_SOURCES}")
-        self._path = file
-        self._fingerprint = sha256_bytes(data)
         with _gc_paused():
             self._id_to_bytes = parse_world_vocab(data, str(file))
             self._root = _build_trie(self._id_to_bytes)
-        self._vocab_size = max(self._id_to_bytes) + 1
+        self._loaded(file, data, max(self._id_to_bytes) + 1)  # largest id in the file + 1 (id 0: end-of-text)
         self._decode_table = {END_OF_TEXT_ID: b"", **self._id_to_bytes}
-
-    @property
-    def name(self) -> str:
-        """``"world:<file name>"``."""
-        return f"world:{self._path.name}"
-
-    @property
-    def path(self) -> Path:
-        """The vocabulary file this tokenizer was loaded from."""
-        return self._path
-
-    @property
-    def vocab_size(self) -> int:
-        """Largest token id in the file plus one (id 0 is end-of-text)."""
-        return self._vocab_size
 
     @property
     def eot_id(self) -> int:
         """The end-of-text token id (0)."""
         return END_OF_TEXT_ID
 
-    def fingerprint(self) -> str:
-        """The sha256 hex digest of the vocabulary file's bytes."""
-        return self._fingerprint
 
     def encode(self, text: str) -> list[int]:
         """Token ids for ``text`` (UTF-8 encoded); no end-of-text token is added.
@@ -372,9 +353,6 @@ class WorldTokenizer:
             f"byte 0x{data[pos]:02x} at offset {pos} starts no token in {self.name}; "
             "the vocabulary should contain every single byte 0x00-0xff"
         )
-
-    def __repr__(self) -> str:
-        return f"WorldTokenizer({str(self._path)!r}, vocab_size={self._vocab_size})"
 
 
 def _is_hashable(value: object) -> bool:
