@@ -90,6 +90,14 @@ def count_layers(sd: dict[str, Tensor]) -> int:
     return 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
 
 
+def common_shapes(sd: dict[str, Tensor]) -> dict[str, int]:
+    """The sizes every version reads the same way from a BlinkDL state dict: layers, width, vocabulary,
+    and the attention and feed-forward widths (from the first block's key projections)."""
+    v, c = sd["emb.weight"].shape
+    return dict(n_layer=count_layers(sd), n_embd=c, vocab_size=v, dim_att=sd["blocks.0.att.key.weight"].shape[0],
+                dim_ffn=sd["blocks.0.ffn.key.weight"].shape[0])
+
+
 def mix_param(n: int) -> nn.Parameter:
     """A [1, 1, n] token-shift mixing coefficient, the shape BlinkDL checkpoints store."""
     return nn.Parameter(torch.empty(1, 1, n))

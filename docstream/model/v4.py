@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from docstream.kernels import wkv4
-from docstream.model.base import Linear, RWKVModel, count_layers, mix_param, squared_relu, token_shift
+from docstream.model.base import Linear, RWKVModel, common_shapes, mix_param, squared_relu, token_shift
 from docstream.model.config import ModelConfig
 
 
@@ -55,10 +55,7 @@ class RWKV4(RWKVModel):
 
     @classmethod
     def config_from_state_dict(cls, sd: dict[str, Tensor]) -> ModelConfig:
-        v, c = sd["emb.weight"].shape
-        return ModelConfig(version="4", n_layer=count_layers(sd), n_embd=c, vocab_size=v,
-                           dim_att=sd["blocks.0.att.key.weight"].shape[0],
-                           dim_ffn=sd["blocks.0.ffn.key.weight"].shape[0], head_size=0)
+        return ModelConfig(version="4", **common_shapes(sd), head_size=0)
 
     def make_att(self, layer_id: int) -> nn.Module:
         return TimeMix4(self.config.n_embd, self.config.dim_att)

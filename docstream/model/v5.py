@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from docstream.kernels import wkv6
-from docstream.model.base import Linear, RWKVModel, count_layers, group_norm_heads, mix_param, token_shift
+from docstream.model.base import Linear, RWKVModel, common_shapes, group_norm_heads, mix_param, token_shift
 from docstream.model.config import ModelConfig
 from docstream.model.v4 import ChannelMix4
 
@@ -64,11 +64,8 @@ class RWKV5(RWKVModel):
 
     @classmethod
     def config_from_state_dict(cls, sd: dict[str, Tensor]) -> ModelConfig:
-        v, c = sd["emb.weight"].shape
-        n_head, head_size = sd["blocks.0.att.time_decay"].shape
-        return ModelConfig(version="5.2", n_layer=count_layers(sd), n_embd=c, vocab_size=v,
-                           dim_att=sd["blocks.0.att.key.weight"].shape[0],
-                           dim_ffn=sd["blocks.0.ffn.key.weight"].shape[0], head_size=head_size)
+        head_size = sd["blocks.0.att.time_decay"].shape[1]
+        return ModelConfig(version="5.2", **common_shapes(sd), head_size=head_size)
 
     def make_att(self, layer_id: int) -> nn.Module:
         return TimeMix5(self.config.n_embd, self.config.dim_att, self.config.head_size)

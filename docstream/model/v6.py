@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from docstream.model.base import Linear, RWKVModel, count_layers, matmul, mix_param, squared_relu, token_shift
+from docstream.model.base import Linear, RWKVModel, common_shapes, matmul, mix_param, squared_relu, token_shift
 from docstream.model.config import ModelConfig
 from docstream.model.v5 import GatedHeadMix
 
@@ -60,11 +60,8 @@ class RWKV6(RWKVModel):
 
     @classmethod
     def config_from_state_dict(cls, sd: dict[str, Tensor]) -> ModelConfig:
-        v, c = sd["emb.weight"].shape
-        n_head, head_size = sd["blocks.0.att.time_faaaa"].shape
-        return ModelConfig(version="6", n_layer=count_layers(sd), n_embd=c, vocab_size=v,
-                           dim_att=sd["blocks.0.att.key.weight"].shape[0],
-                           dim_ffn=sd["blocks.0.ffn.key.weight"].shape[0], head_size=head_size,
+        head_size = sd["blocks.0.att.time_faaaa"].shape[1]
+        return ModelConfig(version="6", **common_shapes(sd), head_size=head_size,
                            lora={"mix": sd["blocks.0.att.time_maa_w2"].shape[1],
                                  "decay": sd["blocks.0.att.time_decay_w1"].shape[1]})
 
