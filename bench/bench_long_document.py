@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from docstream.model.synthetic import save_random_checkpoint
+    from docstream.testing.checkpoints import save_random_checkpoint
     from docstream.tokenizer import default_world_vocab_path
 
     with tempfile.TemporaryDirectory(prefix="docstream-long-") as tmp:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from docstream.checksum import sha256_bytes  # noqa: E402
 from docstream.model import build_model  # noqa: E402
-from docstream.model.synthetic import make_random_checkpoint  # noqa: E402
+from docstream.testing.checkpoints import make_random_checkpoint  # noqa: E402
 from docstream.store.schemas import SCHEMAS  # noqa: E402
 
 SETTINGS = [("none", 16), ("snappy", 16), ("zstd", 16), ("zstd", 1), ("none", 128)]

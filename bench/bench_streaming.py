@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from docstream.model import load_model  # noqa: E402
-from docstream.model.synthetic import save_random_checkpoint  # noqa: E402
+from docstream.testing.checkpoints import save_random_checkpoint  # noqa: E402
 
 SHAPES = {  # the RWKV-4 Pile 169M and RWKV-7 World 0.1B shapes, and the 1.5B shapes
     "169m": dict(n_layer=12, n_embd=768, head_size=64),

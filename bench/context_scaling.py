@@ -142,7 +142,7 @@ def kv_bytes(shape: dict, context: int) -> int:
 
 
 def sweep(args, work: Path) -> list[dict]:
-    from docstream.model.synthetic import save_random_checkpoint
+    from docstream.testing.checkpoints import save_random_checkpoint
 
     rows = []
     for shape_name in args.shapes.split(","):

@@ -182,7 +182,7 @@ def train_bpe(path: Path, vocab_size: int) -> Path:
 
 def prepare_model(name: str, work: Path, args) -> dict:
     """Checkpoint and tokenizer of a configuration, with a note of what stands in for what."""
-    from docstream.model.synthetic import save_random_checkpoint
+    from docstream.testing.checkpoints import save_random_checkpoint
     from docstream.tokenizer import default_world_vocab_path
 
     if name == "default":

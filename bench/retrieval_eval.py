@@ -154,9 +154,9 @@ def write_corpus(docs: list[Doc], directory: Path) -> None:
 
 def random_model(path: Path, n_layer: int, n_embd: int) -> Path:
     """A random RWKV-7 checkpoint with the World vocabulary's size."""
-    from docstream.model.synthetic import save_random_checkpoint
+    from docstream.testing.checkpoints import save_random_checkpoint
 
-    lora = {"w": 16, "a": 16, "v": 16, "g": 16}
+    lora = {"decay": 16, "iclr": 16, "value": 16, "gate": 16}
     return save_random_checkpoint(path, "7", n_layer=n_layer, n_embd=n_embd, head_size=min(64, n_embd),
                                   vocab_size=65536, seed=0, lora=lora)
 

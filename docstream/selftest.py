@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from docstream.model import load_model
-from docstream.model.synthetic import save_random_checkpoint
+from docstream.testing.checkpoints import save_random_checkpoint
 
 TOLERANCE = 1e-4
 SHAPE = dict(n_layer=4, n_embd=256, head_size=64, vocab_size=1000)

@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from docstream.model.synthetic import save_random_checkpoint
+from docstream.testing.checkpoints import save_random_checkpoint
 from docstream.stream import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -38,9 +38,10 @@ Differences from the reference, all forced by layout or edge cases, none in the 
 
 * docstream's layer 0 has no ``v0``/``v1``/``v2`` (layer 0 never uses the value residual); the
   reference creates and initialises them there without using them.
-* low-rank widths are whatever the model was built with (``config.lora``); the reference derives
-  them from ``C`` (``2.5 sqrt(C)``, ``1.7 sqrt(C)``, ``5 sqrt(C)`` rounded to 32). The init formulas do
-  not depend on the width.
+* low-rank widths are whatever the model was built with (``config.lora``: ``decay``, ``iclr``,
+  ``value``, ``gate``; ``ModelConfig.new`` defaults to those of the released models); the reference
+  derives them from ``C`` (``2.5 sqrt(C)``, ``1.7 sqrt(C)``, ``5 sqrt(C)`` rounded to 32). The init
+  formulas do not depend on the width.
 * ``r01`` is 0 for a one-layer model (the reference divides by ``L - 1``); ``head_size`` must be >= 2
   (the zigzag divides by ``N - 1``).
 * random values are drawn in float32 on the CPU from one ``torch.Generator`` (emb, then per layer

@@ -39,8 +39,9 @@ from tqdm import tqdm
 
 from docstream.files import atomic_write_bytes, try_lock
 from docstream.model.base import RWKVModel
+from docstream.model.config import ModelConfig
 from docstream.model.loader import build_model, read_checkpoint
-from docstream.model.synthetic import make_random_checkpoint
+from docstream.model.v7 import RWKV7
 from docstream.tokenizer import load_tokenizer
 from docstream.tokenizer.base import Tokenizer
 from docstream.train.bpe import train_bpe
@@ -106,12 +107,11 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 
 def new_rwkv7(config: TrainConfig, vocab_size: int) -> RWKVModel:
-    """A new RWKV-7 of the configured shape, initialized as the RWKV authors initialize one."""
-    sd = make_random_checkpoint(version="7", n_layer=config.n_layer, n_embd=config.n_embd,
-                                head_size=config.head_size, vocab_size=vocab_size,
-                                ffn_dim=config.dim_ffn or 4 * config.n_embd, seed=config.seed)
-    model = build_model(sd, source="new RWKV-7")
-    return init_rwkv7_(model, seed=config.seed)
+    """A new RWKV-7 of the configured shape (default widths of :meth:`ModelConfig.new`), initialized
+    as the RWKV authors initialize one."""
+    shape = ModelConfig.new("7", n_layer=config.n_layer, n_embd=config.n_embd, head_size=config.head_size,
+                            vocab_size=vocab_size, dim_ffn=config.dim_ffn)
+    return init_rwkv7_(RWKV7(shape), seed=config.seed)
 
 
 def make_optimizer(model: RWKVModel, config: TrainConfig) -> torch.optim.AdamW:

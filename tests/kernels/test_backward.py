@@ -21,7 +21,7 @@ from docstream.kernels import (
     wkv7_train,
 )
 from docstream.model.loader import build_model
-from docstream.model.synthetic import make_random_checkpoint
+from docstream.testing.checkpoints import make_random_checkpoint
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -281,7 +281,7 @@ def test_tiny_rwkv7_model_gradients_match_torch_backend():
     backward (backend="cpu") and with autograd through the reference (backend="torch")."""
     backend_for("cpu", 16)
     sd = make_random_checkpoint("7", n_layer=2, n_embd=32, head_size=16, vocab_size=61,
-                                lora={"w": 16, "a": 16, "v": 16, "g": 16}, seed=7)
+                                lora={"decay": 16, "iclr": 16, "value": 16, "gate": 16}, seed=7)
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, 61, (3, 21), generator=g)
     targets = torch.randint(0, 61, (3, 21), generator=g)

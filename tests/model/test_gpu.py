@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from docstream.model import load_model
-from docstream.model.synthetic import save_random_checkpoint
+from docstream.testing.checkpoints import save_random_checkpoint
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -18,11 +18,11 @@ SPLIT = 11
 TOL = 2e-4  # fp32, max abs difference of logits whose scale is ~1-10; TF32 matmuls are off
 
 CASES = {
-    "v4": dict(version="4", n_layer=3, n_embd=48, vocab_size=131, ffn_dim=136),
+    "v4": dict(version="4", n_layer=3, n_embd=48, vocab_size=131, dim_ffn=136),
     "v5.2": dict(version="5.2", n_layer=2, n_embd=64, head_size=16, vocab_size=113),
     "v6": dict(version="6", n_layer=2, n_embd=128, head_size=64, vocab_size=127),
     "v7": dict(version="7", n_layer=3, n_embd=64, head_size=16, vocab_size=109),
-    "v7-h64": dict(version="7", n_layer=2, n_embd=256, head_size=64, vocab_size=151, ffn_dim=300),
+    "v7-h64": dict(version="7", n_layer=2, n_embd=256, head_size=64, vocab_size=151, dim_ffn=300),
 }
 
 

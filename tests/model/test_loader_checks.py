@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from docstream.model import load_model
-from docstream.model.synthetic import make_random_checkpoint
+from docstream.testing.checkpoints import make_random_checkpoint
 
-SPEC = dict(n_layer=2, n_embd=32, head_size=16, vocab_size=61, lora={"w": 16, "a": 16, "v": 16, "g": 16})
+SPEC = dict(n_layer=2, n_embd=32, head_size=16, vocab_size=61, lora={"decay": 16, "iclr": 16, "value": 16, "gate": 16})
 TARGET = "blocks.1.ffn.key.weight"
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from docstream.model import State, build_model, load_model
-from docstream.model.synthetic import make_random_checkpoint, save_random_checkpoint
+from docstream.testing.checkpoints import make_random_checkpoint, save_random_checkpoint
 from tests.blas_variation import vary_rounding_by_row_count
 
 # widths are multiples of 16, as in every released model: elementwise ops then rarely take torch's
@@ -12,7 +12,7 @@ SPECS = {
     "4": dict(n_layer=2, n_embd=32, vocab_size=61),
     "5.2": dict(n_layer=2, n_embd=32, head_size=16, vocab_size=61),
     "6": dict(n_layer=2, n_embd=32, head_size=16, vocab_size=61, lora={"mix": 16, "decay": 16}),
-    "7": dict(n_layer=2, n_embd=32, head_size=16, vocab_size=61, lora={"w": 16, "a": 16, "v": 16, "g": 16}),
+    "7": dict(n_layer=2, n_embd=32, head_size=16, vocab_size=61, lora={"decay": 16, "iclr": 16, "value": 16, "gate": 16}),
 }
 
 

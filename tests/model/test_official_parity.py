@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from docstream.model import load_model
-from docstream.model.synthetic import save_random_checkpoint
+from docstream.testing.checkpoints import save_random_checkpoint
 from tests.official import run_official
 
 TOL = 1e-4
@@ -16,16 +16,16 @@ SPLIT = 5
 
 # varied widths, head sizes, feed-forward widths, low-rank widths and vocabularies
 CASES = {
-    "v4": dict(version="4", n_layer=3, n_embd=48, vocab_size=131, ffn_dim=136),
+    "v4": dict(version="4", n_layer=3, n_embd=48, vocab_size=131, dim_ffn=136),
     "v4-wide-ffn": dict(version="4", n_layer=2, n_embd=64, vocab_size=97),
     "v5.2": dict(version="5.2", n_layer=2, n_embd=64, head_size=16, vocab_size=113),
-    "v5.2-h32": dict(version="5.2", n_layer=3, n_embd=96, head_size=32, vocab_size=89, ffn_dim=200),
+    "v5.2-h32": dict(version="5.2", n_layer=3, n_embd=96, head_size=32, vocab_size=89, dim_ffn=200),
     "v6": dict(version="6", n_layer=2, n_embd=64, head_size=16, vocab_size=127),
     "v6-3.5x": dict(version="6", n_layer=3, n_embd=128, head_size=32, vocab_size=101,
                     lora={"mix": 8, "decay": 12}),
     "v7": dict(version="7", n_layer=3, n_embd=64, head_size=16, vocab_size=109),
-    "v7-h32": dict(version="7", n_layer=2, n_embd=128, head_size=32, vocab_size=151, ffn_dim=300,
-                   lora={"w": 12, "a": 10, "v": 6, "g": 20}),
+    "v7-h32": dict(version="7", n_layer=2, n_embd=128, head_size=32, vocab_size=151, dim_ffn=300,
+                   lora={"decay": 12, "iclr": 10, "value": 6, "gate": 20}),
 }
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from docstream.model import State, build_model
-from docstream.model.synthetic import make_random_checkpoint
+from docstream.testing.checkpoints import make_random_checkpoint
 
 
 @pytest.fixture(scope="module", params=["4", "7"])

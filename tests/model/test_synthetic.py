@@ -11,23 +11,19 @@ import math
 import pytest
 import torch
 
-from docstream.model.synthetic import (
-    SUPPORTED_VERSIONS,
-    default_ffn_dim,
-    default_lora_dims,
-    make_random_checkpoint,
-    save_random_checkpoint,
-)
+from docstream.model import build_model
+from docstream.model.config import ModelConfig, default_dim_ffn, default_lora
+from docstream.testing.checkpoints import SUPPORTED_VERSIONS, make_random_checkpoint, save_random_checkpoint
 from tests.official import OfficialRunError, run_official
 
 VERSIONS = ("4", "5.2", "6", "7")
 
 # tiny models; odd vocab sizes and (for v4, v6, v7) odd FFN widths
 CONFIGS: dict[str, dict] = {
-    "4": dict(n_layer=2, n_embd=64, vocab_size=97, ffn_dim=203),
+    "4": dict(n_layer=2, n_embd=64, vocab_size=97, dim_ffn=203),
     "5.2": dict(n_layer=2, n_embd=64, head_size=16, vocab_size=130),
-    "6": dict(n_layer=2, n_embd=128, head_size=32, vocab_size=300, ffn_dim=333),
-    "7": dict(n_layer=2, n_embd=64, head_size=16, vocab_size=211, ffn_dim=257),
+    "6": dict(n_layer=2, n_embd=128, head_size=32, vocab_size=300, dim_ffn=333),
+    "7": dict(n_layer=2, n_embd=64, head_size=16, vocab_size=211, dim_ffn=257),
 }
 SEQ_LEN = 9
 SPLIT_AT = 5
@@ -39,12 +35,12 @@ TOL = 1e-4
 # --------------------------------------------------------------------------
 
 
-def expected_shapes(version: str, *, n_layer, n_embd, vocab_size, head_size=64, ffn_dim=None, lora=None):
+def expected_shapes(version: str, *, n_layer, n_embd, vocab_size, head_size=64, dim_ffn=None, lora=None):
     C, V, L = n_embd, vocab_size, n_layer
-    F = ffn_dim or default_ffn_dim(version, C)
+    F = dim_ffn or default_dim_ffn(version, C)
     N = head_size
     H = C // N
-    d = {**default_lora_dims(version, C), **(lora or {})}
+    d = {**default_lora(version, C), **(lora or {})}
     vec = (1, 1, C)
     shapes = {"emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,)}
     for i in range(L):
@@ -74,11 +70,11 @@ def expected_shapes(version: str, *, n_layer, n_embd, vocab_size, head_size=64, 
             shapes.update({a + "ln_x.weight": (C,), a + "ln_x.bias": (C,)})
         else:
             shapes.update({a + f"x_{x}": vec for x in "rwkvag"})
-            for p, dim in (("w", d["w"]), ("a", d["a"]), ("v", d["v"])):
+            for p, dim in (("w", d["decay"]), ("a", d["iclr"]), ("v", d["value"])):
                 if p == "v" and i == 0:
                     continue  # value residual is unused in layer 0
                 shapes.update({a + f"{p}0": vec, a + f"{p}1": (C, dim), a + f"{p}2": (dim, C)})
-            shapes.update({a + "g1": (C, d["g"]), a + "g2": (d["g"], C)})
+            shapes.update({a + "g1": (C, d["gate"]), a + "g2": (d["gate"], C)})
             shapes.update({a + "k_k": vec, a + "k_a": vec, a + "r_k": (H, N)})
             shapes.update({a + f"{x}.weight": (C, C) for x in ("receptance", "key", "value", "output")})
             shapes.update({a + "ln_x.weight": (C,), a + "ln_x.bias": (C,)})
@@ -152,21 +148,51 @@ def test_deterministic_for_seed(version):
 
 
 def test_default_dims():
-    assert default_lora_dims("7", 768) == {"w": 64, "a": 64, "v": 32, "g": 128}
-    assert default_lora_dims("6", 768) == {"mix": 32, "decay": 64}
-    assert default_lora_dims("6", 4096) == {"mix": 64, "decay": 128}
-    assert default_lora_dims("7", 64) == {"w": 16, "a": 16, "v": 8, "g": 16}
-    assert default_lora_dims("6", 64) == {"mix": 8, "decay": 16}
-    assert default_lora_dims("4", 768) == {} == default_lora_dims("5.2", 768)
-    assert default_ffn_dim("4", 768) == 3072 == default_ffn_dim("7", 768)
-    assert default_ffn_dim("5.2", 768) == 2688 == default_ffn_dim("6", 768)
-    assert default_ffn_dim("6", 100) == 320
+    assert default_lora("7", 768) == {"decay": 64, "iclr": 64, "value": 32, "gate": 128}
+    assert default_lora("6", 768) == {"mix": 32, "decay": 64}
+    assert default_lora("6", 4096) == {"mix": 64, "decay": 128}
+    assert default_lora("7", 64) == {"decay": 16, "iclr": 16, "value": 8, "gate": 16}
+    assert default_lora("6", 64) == {"mix": 8, "decay": 16}
+    assert default_lora("4", 768) == {} == default_lora("5.2", 768)
+    assert default_dim_ffn("4", 768) == 3072 == default_dim_ffn("7", 768)
+    assert default_dim_ffn("5.2", 768) == 2688 == default_dim_ffn("6", 768)
+    assert default_dim_ffn("6", 100) == 320
+
+
+#: recorded from the generator before it moved out of docstream/model (seed 11, CONFIGS): emb[0, 0],
+#: head[-1, -1] and the sum of |every value|. A change of draw order or formula moves them far more
+#: than the tolerance, which only allows for float rounding that differs between CPUs.
+FINGERPRINTS = {
+    "4": (-0.5107975602149963, 0.07197844237089157, 15439.419111750805),
+    "5.2": (-0.5107975602149963, 0.06099700555205345, 18493.02849734886),
+    "6": (-0.5107975602149963, 0.07841280847787857, 64954.84625858011),
+    "7": (-0.5107975602149963, 0.3474668562412262, 23688.674300532002),
+}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_same_values_for_the_same_seed_as_before(version):
+    sd = make_random_checkpoint(version, seed=11, **CONFIGS[version])
+    got = (sd["emb.weight"][0, 0].item(), sd["head.weight"][-1, -1].item(),
+           sum(t.double().abs().sum().item() for t in sd.values()))
+    assert got == pytest.approx(FINGERPRINTS[version], rel=1e-5)
+
+
+@pytest.mark.parametrize("version, lora", [("4", None), ("5.2", None), ("6", {"decay": 12}),
+                                           ("7", {"iclr": 10, "gate": 12})])
+def test_checkpoint_has_the_sizes_model_config_new_gives(version, lora):
+    """One vocabulary: the generator's ``dim_ffn``/``lora`` mean what ``ModelConfig.new``'s do, so the
+    checkpoint loads as a model of exactly the config built from the same arguments."""
+    cfg = {**CONFIGS[version], "lora": lora}
+    loaded = build_model(make_random_checkpoint(version, **cfg)).config
+    assert loaded == ModelConfig.new(version, **cfg)
 
 
 def test_lora_override_and_dtype():
-    sd = make_random_checkpoint("7", n_layer=2, n_embd=32, head_size=8, vocab_size=11, lora={"w": 6, "g": 10}, dtype=torch.bfloat16)
+    sd = make_random_checkpoint("7", n_layer=2, n_embd=32, head_size=8, vocab_size=11, lora={"decay": 6, "gate": 10},
+                                dtype=torch.bfloat16)
     assert sd["blocks.0.att.w1"].shape == (32, 6) and sd["blocks.1.att.g2"].shape == (10, 32)
-    assert sd["blocks.1.att.v1"].shape == (32, default_lora_dims("7", 32)["v"])
+    assert sd["blocks.1.att.v1"].shape == (32, default_lora("7", 32)["value"])
     assert all(v.dtype == torch.bfloat16 for v in sd.values())
     sd6 = make_random_checkpoint("6", n_layer=1, n_embd=32, head_size=8, vocab_size=11, lora={"mix": 3})
     assert sd6["blocks.0.att.time_maa_w1"].shape == (32, 15) and sd6["blocks.0.att.time_maa_w2"].shape == (5, 3, 32)
@@ -187,11 +213,12 @@ def test_lora_override_and_dtype():
         ("4", dict(n_embd=1)),
         ("4", dict(vocab_size=1)),
         ("4", dict(n_layer=2.0)),
-        ("7", dict(ffn_dim=0)),
+        ("7", dict(dim_ffn=0)),
         ("4", dict(lora={"mix": 8})),
-        ("6", dict(lora={"w": 8})),
+        ("6", dict(lora={"iclr": 8})),
+        ("7", dict(lora={"w": 8})),  # the tensor letter, not the width's name
         ("7", dict(lora={"mix": 8})),
-        ("7", dict(lora={"w": 1})),
+        ("7", dict(lora={"decay": 1})),
         ("7", dict(seed=-1)),
         ("7", dict(dtype=torch.int64)),
     ],

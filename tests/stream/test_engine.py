@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 
 from docstream.model import build_model
-from docstream.model.synthetic import make_random_checkpoint
+from docstream.testing.checkpoints import make_random_checkpoint
 from docstream.stream import ChunkRecord, Document, DocumentDone, Stream
 from docstream.tokenizer import default_world_vocab_path, load_tokenizer
 
-LORA = {"w": 16, "a": 16, "v": 16, "g": 16}
+LORA = {"decay": 16, "iclr": 16, "value": 16, "gate": 16}
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import torch
 
 from docstream.corpus import Document, Rejected
 from docstream.model import build_model
-from docstream.model.synthetic import make_random_checkpoint
+from docstream.testing.checkpoints import make_random_checkpoint
 from docstream.stream.engine import ChunkRecord, DocumentDone, Stream
 
 POISON = "~"  # its byte's embedding row is set to NaN below
@@ -23,7 +23,7 @@ class ByteTokenizer:
 
 def _model():
     model = build_model(make_random_checkpoint("7", seed=5, n_layer=2, n_embd=32, head_size=16, vocab_size=256,
-                                               lora={"w": 16, "a": 16, "v": 16, "g": 16}))
+                                               lora={"decay": 16, "iclr": 16, "value": 16, "gate": 16}))
     with torch.no_grad():
         model.emb.weight[ord(POISON)] = float("nan")  # as fp16 overflow would leave it: past the load checks
     return model

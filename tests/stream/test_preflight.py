@@ -12,7 +12,7 @@ from tokenizers.models import WordLevel
 
 from docstream.corpus import Document
 from docstream.defaults import default_model_path, default_tokenizer_path
-from docstream.model.synthetic import save_random_checkpoint
+from docstream.testing.checkpoints import save_random_checkpoint
 from docstream.store.config import build_config
 from docstream.stream import preflight
 from docstream.stream.preflight import (
@@ -24,7 +24,7 @@ from docstream.stream.preflight import (
 )
 from docstream.tokenizer import default_world_vocab_path, load_tokenizer
 
-LORA = {"w": 16, "a": 16, "v": 16, "g": 16}
+LORA = {"decay": 16, "iclr": 16, "value": 16, "gate": 16}
 
 
 def _small_tokenizer(path: Path, size: int) -> Path:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from docstream import cli
-from docstream.model.synthetic import save_random_checkpoint
+from docstream.testing.checkpoints import save_random_checkpoint
 from docstream.store.config import build_config
 from docstream.store.run_store import RunStore
 from docstream.stream.ray_engine import (
@@ -67,7 +67,7 @@ def ray_cluster():
 def model_path(tmp_path_factory):
     return save_random_checkpoint(tmp_path_factory.mktemp("model") / "tiny7.pth", "7", n_layer=2, n_embd=32,
                                   head_size=16, vocab_size=65536, seed=3,
-                                  lora={"w": 16, "a": 16, "v": 16, "g": 16})
+                                  lora={"decay": 16, "iclr": 16, "value": 16, "gate": 16})
 
 
 def _corpus(root: Path, n_docs: int, seed: int) -> Path:

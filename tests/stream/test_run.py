@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from docstream.model import State
-from docstream.model.synthetic import save_random_checkpoint
+from docstream.testing.checkpoints import save_random_checkpoint
 from docstream.store.config import build_config
 from docstream.store.run_store import RunLockedError, RunStore
 from docstream.stream.run import run
@@ -25,7 +25,7 @@ from tests.stream.tables import RUN_TOL, assert_same_outputs, assert_states_clos
 from tests.stream.tables import sorted_tables as _tables
 
 ROOT = Path(__file__).resolve().parents[2]
-LORA = {"w": 16, "a": 16, "v": 16, "g": 16}  # widths that are multiples of 16, like released models
+LORA = {"decay": 16, "iclr": 16, "value": 16, "gate": 16}  # widths that are multiples of 16, like released models
 WORDS = ("river stone light quiet morning paper signal garden winter engine memory window seven "
          "across under between the a of and to in is was for on with as by at from").split()
 

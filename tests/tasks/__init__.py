@@ -4,12 +4,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from docstream.model.synthetic import save_random_checkpoint
+from docstream.testing.checkpoints import save_random_checkpoint
 from docstream.store.config import build_config
 from docstream.stream.run import run
 from docstream.tokenizer import default_world_vocab_path
 
-LORA = {"w": 16, "a": 16, "v": 16, "g": 16}  # widths that are multiples of 16, like released models
+LORA = {"decay": 16, "iclr": 16, "value": 16, "gate": 16}  # widths that are multiples of 16, like released models
 DIM = 32
 WORDS = ("river stone light quiet morning paper signal garden winter engine memory window seven across under "
          "between copper harbor lantern meadow orbit pillow quartz saddle timber velvet walnut yellow zephyr "

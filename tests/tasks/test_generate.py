@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from docstream.model import load_model
-from docstream.model.synthetic import save_random_checkpoint
+from docstream.testing.checkpoints import save_random_checkpoint
 from docstream.tasks.generate import EOS_ID, SamplingConfig, generate
 from docstream.tokenizer import load_tokenizer
 
-LORA = {"w": 16, "a": 16, "v": 16, "g": 16}
+LORA = {"decay": 16, "iclr": 16, "value": 16, "gate": 16}
 #: a byte-level vocabulary (ids 1..256) and end-of-text (0); the model has 16 ids no text decodes to
 MODEL_VOCAB = 272
 

@@ -5,6 +5,8 @@ docstream/train/init.py documents) and from properties they imply (orthogonality
 ratios, identity blocks), not from numbers recorded by running the code.
 """
 import math
+import subprocess
+import sys
 from itertools import pairwise
 
 import pytest
@@ -13,9 +15,11 @@ import torch.nn.functional as F
 
 from docstream.model import build_model
 from docstream.model.config import ModelConfig
-from docstream.model.synthetic import make_random_checkpoint
+from docstream.testing.checkpoints import make_random_checkpoint
 from docstream.model.v7 import RWKV7
 from docstream.train.init import init_rwkv7_
+from docstream.train.config import TrainConfig
+from docstream.train.loop import new_rwkv7
 
 L, C, N, V, FFN = 3, 64, 16, 100, 256
 H = C // N
@@ -241,3 +245,30 @@ def test_rejects_other_versions():
     v6 = build_model(make_random_checkpoint("6", n_layer=1, n_embd=32, head_size=16, vocab_size=50))
     with pytest.raises(TypeError, match="RWKV-7"):
         init_rwkv7_(v6)
+
+
+def _train_config(tmp_path, **kw) -> TrainConfig:
+    return TrainConfig(data=[tmp_path], heldout=[tmp_path], out=tmp_path / "run", n_layer=2, n_embd=32,
+                       head_size=16, seed=3, **kw)
+
+
+@pytest.mark.parametrize("dim_ffn", [None, 50])
+def test_training_builds_its_model_from_model_config_new(tmp_path, dim_ffn):
+    """A new training model is ``init_rwkv7_`` applied to the model of ``ModelConfig.new``: the same
+    weights the earlier path (a random checkpoint, loaded, then initialised) gave."""
+    config = _train_config(tmp_path, dim_ffn=dim_ffn)
+    model = new_rwkv7(config, 300)
+    shape = ModelConfig.new("7", n_layer=2, n_embd=32, head_size=16, vocab_size=300, dim_ffn=dim_ffn)
+    assert model.config == shape
+    assert model.config.dim_ffn == (dim_ffn or 4 * 32)
+    earlier = init_rwkv7_(build_model(make_random_checkpoint("7", n_layer=2, n_embd=32, head_size=16,
+                                                             vocab_size=300, dim_ffn=dim_ffn, seed=3)), seed=3)
+    got, want = model.state_dict(), earlier.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_training_does_not_load_the_test_checkpoint_generator():
+    code = ("import sys, docstream.train.loop; "
+            "print(sorted(m for m in sys.modules if 'synthetic' in m or m.startswith('docstream.testing')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

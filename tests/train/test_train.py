@@ -10,7 +10,7 @@ import torch
 
 from docstream.cli import main
 from docstream.model import load_model
-from docstream.model.synthetic import save_random_checkpoint
+from docstream.testing.checkpoints import save_random_checkpoint
 from docstream.tokenizer import load_tokenizer
 from docstream.train import loop
 from docstream.train.bpe import END_OF_TEXT, train_bpe

@@ -9,8 +9,11 @@ loaders.  They are meant for tests: every parameter is random but *realistic*
 layer-norm weights around one, residual stream of order one), so that every
 parameter influences the logits and fp32 comparisons are numerically tame.
 
+Sizes are resolved by :meth:`docstream.model.config.ModelConfig.new`, so a checkpoint has the shape
+a model built from the same arguments has; the low-rank widths (``lora``) use its keys.
+
 Layout summary (C = n_embd, A = attention dim = C, H = C // head_size,
-N = head_size, F = ffn_dim, V = vocab_size; matrices are ``[out, in]`` like
+N = head_size, F = dim_ffn, V = vocab_size; matrices are ``[out, in]`` like
 ``nn.Linear.weight``):
 
 * all versions: ``emb.weight [V,C]``, ``blocks.0.ln0.weight/bias [C]``, per
@@ -30,9 +33,9 @@ N = head_size, F = ffn_dim, V = vocab_size; matrices are ``[out, in]`` like
   ``att.time_faaaa [H,N]``, r/k/v/g/output as v5.2, ``att.ln_x.* [A]``;
   ``ffn.time_maa_k/r [1,1,C]``, ffn weights as v4.
 * v7: ``att.x_r/x_w/x_k/x_v/x_a/x_g [1,1,C]``, ``att.w0 [1,1,C]``,
-  ``att.w1 [C,Dw]``, ``att.w2 [Dw,C]``, ``att.a0/a1/a2`` (``Da``),
-  ``att.v0/v1/v2`` (``Dv``; absent in layer 0, as in released checkpoints),
-  ``att.g1 [C,Dg]``, ``att.g2 [Dg,C]``, ``att.k_k [1,1,C]``,
+  ``att.w1 [C,Ddecay]``, ``att.w2 [Ddecay,C]``, ``att.a0/a1/a2`` (``Diclr``),
+  ``att.v0/v1/v2`` (``Dvalue``; absent in layer 0, as in released checkpoints),
+  ``att.g1 [C,Dgate]``, ``att.g2 [Dgate,C]``, ``att.k_k [1,1,C]``,
   ``att.k_a [1,1,C]``, ``att.r_k [H,N]``,
   ``att.receptance/key/value/output.weight [C,C]``, ``att.ln_x.* [C]``;
   ``ffn.x_k [1,1,C]``, ``ffn.key.weight [F,C]``, ``ffn.value.weight [C,F]``.
@@ -48,25 +51,11 @@ from typing import Callable, Mapping
 import torch
 
 from docstream.files import atomic_write
+from docstream.model.config import VERSIONS, ModelConfig
 
-__all__ = [
-    "SUPPORTED_VERSIONS",
-    "LORA_KEYS",
-    "default_ffn_dim",
-    "default_lora_dims",
-    "make_random_checkpoint",
-    "save_random_checkpoint",
-]
+__all__ = ["SUPPORTED_VERSIONS", "make_random_checkpoint", "save_random_checkpoint"]
 
-SUPPORTED_VERSIONS: tuple[str, ...] = ("4", "5.2", "6", "7")
-
-#: Low-rank ("LoRA") dimension names accepted in ``lora=`` for each version.
-LORA_KEYS: dict[str, tuple[str, ...]] = {
-    "4": (),
-    "5.2": (),
-    "6": ("mix", "decay"),  # time_maa_w1/w2 and time_decay_w1/w2
-    "7": ("w", "a", "v", "g"),  # w1/w2, a1/a2, v1/v2, g1/g2
-}
+SUPPORTED_VERSIONS: tuple[str, ...] = VERSIONS
 
 # E[tanh(z)^2] and E[sigmoid(z)^2] for z ~ N(0, 1); used to give the
 # low-rank branches a predictable output scale.
@@ -121,72 +110,14 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def _round_to(x: float, multiple: int) -> int:
-    return int(round(x / multiple)) * multiple
-
-
-def default_ffn_dim(version: str, n_embd: int) -> int:
-    """Default FFN width: ``4*C`` for v4/v7, ``int(3.5*C)//32*32`` for v5.2/v6.
-
-    For tiny ``C`` where the v5.2/v6 rule would give 0, falls back to ``int(3.5*C)``.
-    """
-    version = _normalize_version(version)
-    n_embd = _check_int("n_embd", n_embd, _MIN_DIM)
-    if version in ("4", "7"):
-        return 4 * n_embd
-    ffn = int(n_embd * 3.5) // 32 * 32
-    return ffn if ffn >= _MIN_DIM else max(_MIN_DIM, int(n_embd * 3.5))
-
-
-def default_lora_dims(version: str, n_embd: int) -> dict[str, int]:
-    """Default low-rank dims, scaled with ``C`` the way RWKV's own code does.
-
-    * v6 (RWKV-LM ``RWKV_Tmix_x060``): ``mix`` = 32, ``decay`` = 64 (64/128
-      for ``C >= 4096``).  For tiny models (``C < 256``): ``mix`` =
-      ``max(4, C // 8)``, ``decay`` = ``max(8, C // 4)``.
-    * v7 (RWKV-LM ``RWKV_Tmix_x070`` as used for the released "Goose"
-      models): ``w`` = ``a`` = ``max(32, round(1.8*sqrt(C)/32)*32)``,
-      ``v`` = ``max(32, round(1.3*sqrt(C)/32)*32)``,
-      ``g`` = ``max(32, round(0.6*C**0.8/32)*32)`` -> 64/64/32/128 at C=768.
-      For tiny models (``C < 256``) the same formulas are rounded to
-      multiples of 8 with a floor of 8 instead (C=64: 16/16/8/16).
-    * v4 / v5.2 have no low-rank parameters: ``{}``.
-    """
-    version = _normalize_version(version)
-    n_embd = _check_int("n_embd", n_embd, _MIN_DIM)
-    C = n_embd
-    if version == "6":
-        if C >= 256:
-            big = C >= 4096
-            return {"mix": 64 if big else 32, "decay": 128 if big else 64}
-        return {"mix": max(4, C // 8), "decay": max(8, C // 4)}
-    if version == "7":
-        raw = {
-            "w": 1.8 * C**0.5,
-            "a": 1.8 * C**0.5,
-            "v": 1.3 * C**0.5,
-            "g": 0.6 * C**0.8,
-        }
-        if C >= 256:
-            return {k: max(32, _round_to(x, 32)) for k, x in raw.items()}
-        return {k: max(8, _round_to(x, 8)) for k, x in raw.items()}
-    return {}
-
-
-def _resolve_lora(version: str, n_embd: int, lora: Mapping[str, int] | None) -> dict[str, int]:
-    dims = default_lora_dims(version, n_embd)
+def _check_lora(lora: Mapping[str, int] | None) -> Mapping[str, int] | None:
     if lora is None:
-        return dims
+        return None
     if not isinstance(lora, Mapping):
-        raise ValueError(f"lora must be a dict of low-rank dims, got {type(lora).__name__}")
-    allowed = LORA_KEYS[version]
+        raise ValueError(f"lora must be a dict of low-rank widths, got {type(lora).__name__}")
     for key, value in lora.items():
-        if key not in allowed:
-            if not allowed:
-                raise ValueError(f"RWKV-{version} has no low-rank parameters; lora must be empty, got key {key!r}")
-            raise ValueError(f"unknown lora key {key!r} for RWKV-{version}; allowed keys: {allowed}")
-        dims[key] = _check_int(f"lora[{key!r}]", value, _MIN_DIM)
-    return dims
+        _check_int(f"lora[{key!r}]", value, _MIN_DIM)
+    return lora
 
 
 # --------------------------------------------------------------------------
@@ -301,7 +232,7 @@ def _att_v6(put: _Put, r: _Rand, C: int, H: int, N: int, dims: dict[str, int], o
 def _att_v7(put: _Put, r: _Rand, layer: int, C: int, H: int, N: int, dims: dict[str, int], out_gain: float) -> None:
     for name in ("r", "w", "k", "v", "a", "g"):
         put(f"x_{name}", r.mix(C))
-    dw, da, dv, dg = dims["w"], dims["a"], dims["v"], dims["g"]
+    dw, da, dv, dg = dims["decay"], dims["iclr"], dims["value"], dims["gate"]
     # decay = exp(-exp(-0.5) * sigmoid(w0 + tanh(xw @ w1) @ w2)); w0 ramps
     # over [-2, 1] (+noise), the low-rank term adds std ~0.5
     put("w0", r.ramp(C, -2.0, 1.0, noise=0.25).reshape(1, 1, C))
@@ -348,8 +279,8 @@ def make_random_checkpoint(
     n_embd: int,
     vocab_size: int,
     head_size: int = 64,
-    ffn_dim: int | None = None,
-    lora: dict[str, int] | None = None,
+    dim_ffn: int | None = None,
+    lora: Mapping[str, int] | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
@@ -359,9 +290,9 @@ def make_random_checkpoint(
         version: ``"4"``, ``"5.2"``, ``"6"`` or ``"7"``.
         n_layer, n_embd, vocab_size: model size (``n_embd`` = C = attention dim).
         head_size: head size N (ignored for v4); ``n_embd`` must be divisible by it.
-        ffn_dim: FFN width F; default :func:`default_ffn_dim`.
-        lora: overrides for the low-rank dims (v6: ``mix``, ``decay``;
-            v7: ``w``, ``a``, ``v``, ``g``); defaults :func:`default_lora_dims`.
+        dim_ffn: FFN width F; default :func:`docstream.model.config.default_dim_ffn`.
+        lora: overrides for the low-rank widths (v6: ``mix``, ``decay``; v7: ``decay``,
+            ``iclr``, ``value``, ``gate``); defaults :func:`docstream.model.config.default_lora`.
         seed: seed of the ``torch.Generator`` -- same arguments, same tensors.
         dtype: floating dtype of every tensor (values are drawn in float32).
 
@@ -385,8 +316,11 @@ def make_random_checkpoint(
         if C % N != 0:
             raise ValueError(f"n_embd ({C}) must be divisible by head_size ({N}) for RWKV-{version}")
         H = C // N
-    F = default_ffn_dim(version, C) if ffn_dim is None else _check_int("ffn_dim", ffn_dim, _MIN_DIM)
-    dims = _resolve_lora(version, C, lora)
+    if dim_ffn is not None:
+        _check_int("dim_ffn", dim_ffn, _MIN_DIM)
+    shape = ModelConfig.new(version, n_layer=n_layer, n_embd=C, vocab_size=V, head_size=N, dim_ffn=dim_ffn,
+                            lora=_check_lora(lora))
+    F, dims = shape.dim_ffn, shape.lora
 
     r = _Rand(seed)
     # each block adds two residual branches; scale their output projections by
