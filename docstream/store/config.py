@@ -14,27 +14,35 @@ RESULT_FIELDS = ("input", "input_format", "id_field", "text_field", "chunk_len",
 #: Ray workers a ``--engine ray`` run starts when ``workers`` is not given
 DEFAULT_RAY_WORKERS = 2
 
+#: compiled-kernel choice of every command that loads a model (docstream.kernels.dispatch)
+Backend = Literal["auto", "cpu", "cuda", "torch"]
+#: weight and compute dtypes a model can be loaded in
+DType = Literal["fp32", "bf16", "fp16"]
+#: how a corpus file is read
+InputFormat = Literal["auto", "text", "jsonl", "parquet"]
+
 
 class RunConfig(BaseModel):
     """Settings of one streaming run over a corpus."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: keeps --help fast
 
-    model: Path = Field(description="BlinkDL RWKV .pth checkpoint")
-    tokenizer: Path = Field(description="World vocabulary .txt or Hugging Face tokenizer .json")
+    model: Path = Field(description="BlinkDL RWKV .pth checkpoint (default: the built-in model)")
+    tokenizer: Path = Field(description="World vocabulary .txt or Hugging Face tokenizer .json (default: the "
+                                         "built-in model's)")
     input: Path = Field(description="corpus: a directory of .txt/.md files, a .jsonl file or a .parquet file")
     out: Path = Field(description="output directory (created; re-running on it resumes)")
-    input_format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
-    id_field: str = "id"
-    text_field: str = "text"
+    input_format: InputFormat = Field("auto", description="corpus format (auto: from the file name)")
+    id_field: str = Field("id", description="JSONL/Parquet field holding the document id")
+    text_field: str = Field("text", description="JSONL/Parquet field holding the text")
     chunk_len: int = Field(1024, ge=1, description="tokens per chunk")
     batch_size: int = Field(8, ge=1, description="documents streamed at once")
     snapshot_every: int = Field(4, ge=1, description="snapshot a document's state every k chunks (and at its end)")
     commit_every: int = Field(64, ge=1, description="commit outputs after this many chunks")
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    device: str = "cpu"
-    backend: Literal["auto", "cpu", "cuda", "torch"] = "auto"
-    quiet: bool = False
+    dtype: DType = Field("fp32", description="dtype the model runs in")
+    device: str = Field("cpu", description="cpu or cuda[:N]")
+    backend: Backend = Field("auto", description="WKV kernels: compiled cpu/cuda, the torch reference, or auto")
+    quiet: bool = Field(False, description="no progress bar or summary")
     engine: Literal["local", "ray"] = Field("local", description="local: one process; ray: shard documents "
                                                                  "across Ray workers (pip install docstream[ray])")
     address: str | None = Field(None, description="Ray cluster to join (host:port or 'auto'); "

@@ -23,7 +23,7 @@ _EXPORTS = {
                               "l2_normalize"),
     "docstream.tasks.index": ("ChunkId", "IdTable", "IndexMeta", "LoadedIndex", "UpdateResult", "build_index",
                               "load_index", "read_meta", "update_index"),
-    "docstream.tasks.search": ("Hit", "Searcher", "add_search_command", "search"),
+    "docstream.tasks.search": ("Hit", "Searcher", "search"),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from docstream.model import RWKVModel, State
+from docstream.tasks.config import SamplingConfig
 from docstream.tokenizer import Tokenizer
 
 __all__ = ["EOS_ID", "Generation", "SamplingConfig", "TokenCallback", "feed_prompts", "generate", "sample_token"]
@@ -40,33 +40,6 @@ EOS_ID = 0
 #: ``on_token(row, token_id, new_text)``: called for every generated token with the text it made
 #: printable (possibly ""; text that could begin a stop string is held back until it cannot)
 TokenCallback = Callable[[int, int, str], None]
-
-
-class SamplingConfig(BaseModel):
-    """How the next token is chosen; see the module docstring for the order of the steps."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float = Field(1.0, ge=0, description="0 = greedy")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (1 = off)")
-    top_k: int = Field(0, ge=0, description="keep the k most likely tokens (0 = off)")
-    presence_penalty: float = Field(0.0, description="subtracted from every already generated token's logit")
-    frequency_penalty: float = Field(0.0, description="subtracted per (decayed) occurrence of a generated token")
-    penalty_decay: float = Field(1.0, gt=0, le=1, description="occurrence counts are multiplied by this each step")
-    max_tokens: int = Field(256, ge=1, description="tokens generated at most per row")
-    stop: list[str] = Field(default_factory=list, description="generation ends when the text contains one")
-    seed: int = Field(0, description="row i samples with a generator seeded with seed + i")
-
-    @field_validator("stop")
-    @classmethod
-    def _no_empty_stop(cls, stop: list[str]) -> list[str]:
-        if any(s == "" for s in stop):
-            raise ValueError("stop strings must not be empty (an empty string would stop at once)")
-        return stop
-
-    @property
-    def uses_penalties(self) -> bool:
-        return bool(self.presence_penalty or self.frequency_penalty)
 
 
 @dataclass

@@ -40,7 +40,6 @@ position of a haystack (at most lengths x depths x trials), plus ``batch_size`` 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -50,24 +49,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm import tqdm
 
 from docstream.corpus import Document, iter_corpus
 from docstream.corpus.chunker import iter_tokens
 from docstream.model import RWKVModel, State
+from docstream.tasks.config import ProbeConfig
 from docstream.tasks.generate import Generation, SamplingConfig, generate
 from docstream.tasks.heatmap import METRICS, format_tokens, plot_heatmap
 from docstream.tokenizer import Tokenizer
 
-__all__ = ["Cell", "ProbeConfig", "ProbeResult", "TrialText", "add_probe_command", "answer_matches",
+__all__ = ["Cell", "ProbeConfig", "ProbeResult", "TrialText", "answer_matches",
            "build_trials", "context_tokens", "layout", "parse_depths", "parse_lengths", "probe",
            "sentence_boundaries", "teacher_forced", "write_results"]
 
@@ -82,52 +80,6 @@ NEEDLE_ANSWER = "eat a sandwich and sit in Dolores Park on a sunny day."
 #: greedy decoding runs this many tokens past the answer's length, to see where the answer ends
 EXTRA_DECODE_TOKENS = 3
 _SENTENCE_END = re.compile(r"[.!?\n][\"')\]]*\s*$")
-
-
-class ProbeConfig(BaseModel):
-    """Settings of a recall probe (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    task: Literal["passkey", "needle"] = "passkey"
-    lengths: list[int] = Field(default_factory=lambda: [512, 1024, 2048, 4096], description="context lengths, tokens")
-    depths: list[float] = Field(default_factory=lambda: [0.0, 25.0, 50.0, 75.0, 100.0], description="needle depths, %")
-    trials: int = Field(3, ge=1, description="seeded trials per cell")
-    seed: int = 0
-    haystack: Path | None = Field(None, description="corpus for the haystack (default: the passkey filler)")
-    haystack_format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
-    id_field: str = "id"
-    text_field: str = "text"
-    needle: str | None = None
-    question: str | None = None
-    answer: str | None = None
-    snap_to_sentence: bool = True
-    chunk_len: int = Field(2048, ge=1, description="tokens per forward call")
-    batch_size: int = Field(8, ge=1, description="continuations run at once")
-
-    @field_validator("lengths")
-    @classmethod
-    def _check_lengths(cls, lengths: list[int]) -> list[int]:
-        if not lengths or min(lengths) < 1:
-            raise ValueError(f"lengths must be positive token counts, got {lengths}")
-        return sorted(set(lengths))
-
-    @field_validator("depths")
-    @classmethod
-    def _check_depths(cls, depths: list[float]) -> list[float]:
-        if not depths or any(not 0 <= d <= 100 for d in depths):
-            raise ValueError(f"depths must be percentages from 0 to 100, got {depths}")
-        return sorted(set(depths))
-
-    @model_validator(mode="after")
-    def _check_task(self) -> ProbeConfig:
-        custom = [n for n in ("needle", "question", "answer") if getattr(self, n) is not None]
-        if self.task == "passkey" and custom:
-            raise ValueError(f"{', '.join(custom)} can only be set with task 'needle' (the passkey task has its own)")
-        for name in ("needle", "question", "answer"):
-            if getattr(self, name) == "":
-                raise ValueError(f"{name} must not be empty")
-        return self
 
 
 @dataclass(frozen=True)
@@ -505,60 +457,3 @@ def write_results(result: ProbeResult, out_dir: str | Path, metric: str = "accur
     files["heatmap"] = plot_heatmap(result.cells, out / "heatmap.png", heatmap_title(result, metric), metric)
     result.files = files
     return files
-
-
-# -- command line ----------------------------------------------------------------------------------
-def add_probe_command(subparsers) -> argparse.ArgumentParser:
-    """Register ``docstream probe`` on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    p = subparsers.add_parser("probe", help="recall probe (passkey / needle in a haystack) over context lengths "
-                                            "and needle depths, with a heatmap")
-    p.add_argument("--model", help="BlinkDL .pth checkpoint (default: the built-in model)")
-    p.add_argument("--tokenizer", help="World vocabulary .txt or Hugging Face tokenizer .json (needed with --model)")
-    p.add_argument("--task", default="passkey", choices=["passkey", "needle"])
-    p.add_argument("--lengths", default="512,1k,2k,4k", help="context lengths in tokens, e.g. 512,4k,1M")
-    p.add_argument("--depths", default="0,25,50,75,100", help="needle depths in %%")
-    p.add_argument("--trials", type=int, default=3, help="seeded trials per cell (default 3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--haystack", help="corpus for the haystack text (default: the passkey filler sentences)")
-    p.add_argument("--format", dest="haystack_format", default="auto", choices=["auto", "text", "jsonl", "parquet"])
-    p.add_argument("--id-field", default="id")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--needle", help="needle sentence (task needle)")
-    p.add_argument("--question", help="question ending where the answer begins (task needle)")
-    p.add_argument("--answer", help="expected answer (task needle)")
-    p.add_argument("--no-snap", action="store_true", help="put needles at exact token depths, not sentence ends")
-    p.add_argument("--chunk-len", type=int, default=2048, help="tokens per forward call (default 2048)")
-    p.add_argument("--batch-size", type=int, default=8, help="continuations run at once (default 8)")
-    p.add_argument("--metric", default="accuracy", choices=sorted(METRICS), help="what the heatmap shows")
-    p.add_argument("--out", help="output directory (default: probes/<model>-<task>-<timestamp>)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "torch"])
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_probe)
-    return p
-
-
-def _cmd_probe(args: argparse.Namespace) -> int:
-    from docstream.defaults import resolve_model_files
-    from docstream.model import load_model
-    from docstream.tokenizer import load_tokenizer
-
-    model_path, tokenizer_path = resolve_model_files(args.model, args.tokenizer)
-    config = ProbeConfig(task=args.task, lengths=parse_lengths(args.lengths), depths=parse_depths(args.depths),
-                         trials=args.trials, seed=args.seed, haystack=args.haystack,
-                         haystack_format=args.haystack_format, id_field=args.id_field, text_field=args.text_field,
-                         needle=args.needle, question=args.question, answer=args.answer,
-                         snap_to_sentence=not args.no_snap, chunk_len=args.chunk_len, batch_size=args.batch_size)
-    tokenizer = load_tokenizer(tokenizer_path)
-    model = load_model(model_path, device=args.device, dtype=args.dtype, backend=args.backend)
-    name = "default" if args.model is None else model_path.stem
-    out = Path(args.out) if args.out else Path("probes") / f"{name}-{args.task}-{datetime.now():%Y%m%d-%H%M%S}"
-    result = probe(model, tokenizer, config, model_name=name, progress=not args.quiet)
-    files = write_results(result, out, args.metric)
-    for cell in result.cells:
-        print(f"length {cell['length']:>8}  depth {cell['depth']:>5g}%  accuracy {cell['accuracy']:.2f}  "
-              f"logprob/token {cell['mean_logprob_per_token']:8.3f}  "
-              f"first-token rank {cell['mean_first_token_rank']:.0f}")
-    print(f"results in {out} (heatmap {files['heatmap'].name})")
-    return 0

@@ -9,36 +9,26 @@ Python use::
     for hit in searcher.search("query text"):
         print(hit.rank, hit.score, hit.doc_id, hit.chunk_index, hit.snippet)
 
-Command line (registered by :func:`add_search_command`)::
-
-    docstream index  --run OUT [--pooling last|mean|state] [--factory Flat] [--metric cosine] [--rebuild]
-    docstream search --run OUT "query text" [-k 10] [--pooling last] [--index Flat] [--json]
+Command line: ``docstream search`` and ``docstream index`` (:mod:`docstream.commands.search`).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, TextIO
+from typing import TYPE_CHECKING, Callable, Iterable
 
 if TYPE_CHECKING:
     from docstream.tasks.embed import QueryEmbedder
     from docstream.tasks.index import ChunkId, LoadedIndex
     from docstream.tokenizer import Tokenizer
 
-__all__ = ["Hit", "SNIPPET_CHARS", "Searcher", "add_search_command", "format_hits", "print_hits", "read_snippets",
-           "search", "shorten"]
+__all__ = ["Hit", "SNIPPET_CHARS", "Searcher", "format_hits", "read_snippets", "search", "shorten"]
 
-# Registering the commands must stay cheap (no torch, no FAISS: `docstream --help` imports this module), so
-# the heavy modules are imported where they are used and the CLI's choices are spelled out here; the tests
-# check they equal docstream.model.pooling.POOLINGS and DEFAULT_POOLING, docstream.tasks.index.METRICS and
-# DEFAULT_FACTORY.
-POOLING_CHOICES = ("last", "mean", "state")
+# Importing this module stays cheap (no torch, no FAISS: `docstream.tasks` exports it lazily), so the heavy
+# modules are imported where they are used and the defaults are spelled out here; a test checks they equal
+# docstream.model.pooling.DEFAULT_POOLING and docstream.tasks.index.DEFAULT_FACTORY.
 DEFAULT_POOLING = "mean"
-METRIC_CHOICES = ("cosine", "ip", "l2")
 DEFAULT_FACTORY = "Flat"
 
 #: snippets are cut to this many characters
@@ -190,67 +180,3 @@ def format_hits(hits: list[Hit], width: int = 80) -> str:
         cells = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)]
         lines.append("  ".join([*cells, row[5]]).rstrip())
     return "\n".join(lines)
-
-
-def print_hits(hits: list[Hit], as_json: bool, file: TextIO | None = None) -> None:
-    """Print ``hits`` as a table, or as JSON lines (one object per hit), to ``file`` (default stdout)."""
-    file = file if file is not None else sys.stdout
-    if as_json:
-        for hit in hits:
-            print(json.dumps(hit.to_json(), ensure_ascii=False), file=file)
-    elif hits:
-        print(format_hits(hits), file=file)
-    else:
-        print("no results", file=file)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_search_command(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``docstream search`` and ``docstream index`` on a CLI's subparsers (each sets ``func``)."""
-    sp = subparsers.add_parser("search", help="find the chunks of a run nearest to a query text")
-    sp.add_argument("--run", dest="run_dir", required=True, metavar="OUT", help="output directory of a run")
-    sp.add_argument("query", help="query text")
-    sp.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    sp.add_argument("--pooling", choices=POOLING_CHOICES, default=DEFAULT_POOLING, help=f"chunk vectors to search (default {DEFAULT_POOLING})")
-    sp.add_argument("--index", dest="factory", metavar="FACTORY",
-                    help="FAISS index factory (default: the existing index's, else Flat)")
-    sp.add_argument("--metric", choices=METRIC_CHOICES, help="for a new index: cosine (default), ip or l2")
-    sp.add_argument("--params", help="FAISS search parameters, e.g. nprobe=8 (IVF) or efSearch=64 (HNSW)")
-    sp.add_argument("--no-update", action="store_true", help="search the index as it is, without adding new commits")
-    sp.add_argument("--device", help="device for the query model (default: the run's)")
-    sp.add_argument("--model", help="the run's checkpoint, when its recorded path is not valid here")
-    sp.add_argument("--tokenizer", help="the run's tokenizer file, when its recorded path is not valid here")
-    sp.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
-    sp.set_defaults(func=_cmd_search)
-
-    ix = subparsers.add_parser("index", help="build or update the FAISS index of a run's chunk vectors")
-    ix.add_argument("--run", dest="run_dir", required=True, metavar="OUT", help="output directory of a run")
-    ix.add_argument("--pooling", choices=POOLING_CHOICES, default=DEFAULT_POOLING, help=f"chunk vectors to index (default {DEFAULT_POOLING})")
-    ix.add_argument("--factory", default=DEFAULT_FACTORY,
-                    help="FAISS index factory: Flat (default), IVF64,Flat, HNSW32, IVF16,PQ8, ...")
-    ix.add_argument("--metric", choices=METRIC_CHOICES, default="cosine", help="cosine (default), ip or l2")
-    ix.add_argument("--rebuild", action="store_true", help="replace an existing index instead of extending it")
-    ix.set_defaults(func=_cmd_index)
-
-
-def _cmd_search(args: argparse.Namespace) -> int:
-    if args.k < 1:
-        raise ValueError(f"-k must be at least 1, got {args.k}")
-    searcher = Searcher(args.run_dir, args.pooling, args.factory, args.metric, update=not args.no_update,
-                        params=args.params, device=args.device, model=args.model, tokenizer=args.tokenizer)
-    print_hits(searcher.search(args.query, args.k), args.json)
-    return 0
-
-
-def _cmd_index(args: argparse.Namespace) -> int:
-    from docstream.tasks.index import update_index
-
-    result = update_index(args.run_dir, args.pooling, args.factory, args.metric, rebuild=args.rebuild,
-                          progress=True)
-    meta = result.meta
-    print(f"{meta.pooling} index {meta.factory!r} ({meta.metric}, {meta.dimension}-d) in {result.path}: "
-          f"{meta.count} vectors, {result.added} added, up to commit {meta.seq}")
-    return 0

@@ -21,7 +21,6 @@ prefix is a run setting of its own; :func:`prefix_state` gives the engine its in
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -43,11 +42,12 @@ from docstream.store.config import RunConfig
 from docstream.store.reader import document_rows, run_settings
 from docstream.store.schemas import SUMMARY_SCHEMA
 from docstream.store.snapshots import SnapshotInfo, final_snapshot, list_snapshots, load_snapshot, snapshot_at
+from docstream.tasks.config import DEFAULT_SAMPLING
 from docstream.tasks.generate import Generation, SamplingConfig, generate
 from docstream.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["DEFAULT_SAMPLING", "TEMPLATES", "Prompt", "Streamed", "Summary", "SummaryRun", "Template",
-           "add_summarize_command", "build_prompt", "prefix_state", "row_seed", "stream_document", "summarize",
+           "build_prompt", "prefix_state", "row_seed", "stream_document", "summarize",
            "summarize_text"]
 
 
@@ -78,10 +78,6 @@ TEMPLATES: dict[str, Template] = {
                          ("\n\n",)),
     "tldr": Template("tldr", "\n\nTL;DR:", None, None, None, None, ("\n\n",)),
 }
-
-#: ChatRWKV's chat defaults, used by the command line
-DEFAULT_SAMPLING = SamplingConfig(temperature=1.0, top_p=0.3, frequency_penalty=1.0, penalty_decay=0.996,
-                                  max_tokens=200)
 
 
 @dataclass(frozen=True)
@@ -411,93 +407,3 @@ def _write(path: Path, summaries: Iterable[Summary], prompt: Prompt, config: Sam
     pq.write_table(pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA), sink, compression="zstd")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
-
-
-# -- command line ----------------------------------------------------------------------------------
-class _TerminalPrinter:
-    """Prints summaries one after another: one document's text live, the others' once it is done."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stdout
-        self.live: str | None = None
-        self.buffered: dict[str, list[str]] = {}
-        self.waiting: list[Summary] = []
-
-    def token(self, doc_id: str, _token: int, text: str) -> None:
-        if self.live is None:
-            self._start(doc_id)
-        if doc_id == self.live:
-            self._write(text)
-        else:
-            self.buffered.setdefault(doc_id, []).append(text)
-
-    def finish(self, summary: Summary) -> None:
-        if self.live is None:
-            self._start(summary.doc_id)
-        if summary.doc_id != self.live:
-            self.waiting.append(summary)
-            return
-        self._end(summary)
-        for done in self.waiting:
-            self._start(done.doc_id)
-            self._end(done)
-        self.waiting.clear()
-
-    def _start(self, doc_id: str) -> None:
-        self.live = doc_id
-        self._write(f"== {doc_id} ==\n" + "".join(self.buffered.pop(doc_id, [])))
-
-    def _end(self, summary: Summary) -> None:
-        self._write(f"\n[{summary.finish_reason}, {len(summary.tokens)} tokens]\n\n")
-        self.live = None
-
-    def _write(self, text: str) -> None:
-        self.stream.write(text)
-        self.stream.flush()
-
-
-def add_summarize_command(subparsers) -> argparse.ArgumentParser:
-    """Register ``docstream summarize`` on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    d = DEFAULT_SAMPLING
-    p = subparsers.add_parser("summarize", help="summarize documents of a run from their snapshots")
-    p.add_argument("--run", required=True, dest="run_dir", help="output directory of `docstream run`")
-    p.add_argument("--doc", action="append", dest="doc_ids", help="document id (repeat; default: all finished)")
-    p.add_argument("--at", type=int, dest="at_chunk", help="summarize up to this chunk (it must have a snapshot)")
-    p.add_argument("--template", default="world", choices=sorted(TEMPLATES), help="prompt layout (default world)")
-    p.add_argument("--instruction", help="the instruction for the world/instruct templates")
-    p.add_argument("--instruction-first", action="store_true",
-                   help="put the instruction before the document (re-reads and re-streams the documents)")
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
-    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=d.top_p)
-    p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off")
-    p.add_argument("--presence-penalty", type=float, default=d.presence_penalty)
-    p.add_argument("--frequency-penalty", type=float, default=d.frequency_penalty)
-    p.add_argument("--penalty-decay", type=float, default=d.penalty_decay)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--stop", action="append", help="stop string, \\n for a newline (repeat; default: the template's)")
-    p.add_argument("--name", help="output file name under RUN/summaries/ (default: a timestamp)")
-    p.add_argument("--batch-size", type=int, default=8, help="documents generated at once (default 8)")
-    p.add_argument("--device", help="cpu or cuda[:N] (default: the run's)")
-    p.set_defaults(func=_cmd_summarize)
-    return p
-
-
-def _cmd_summarize(args: argparse.Namespace) -> int:
-    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                              presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-                              penalty_decay=args.penalty_decay, max_tokens=args.max_tokens,
-                              stop=[_unescape(s) for s in args.stop or []], seed=args.seed)
-    printer = _TerminalPrinter()
-    result = summarize(args.run_dir, doc_ids=args.doc_ids, at_chunk=args.at_chunk, template=args.template,
-                       instruction=args.instruction, sampling=sampling, instruction_first=args.instruction_first,
-                       name=args.name, batch_size=args.batch_size, device=args.device,
-                       on_token=printer.token, on_finish=printer.finish)
-    n = len(result.summaries)
-    print(f"{n} {'summary' if n == 1 else 'summaries'} written to {result.path}")
-    return 0
-
-
-def _unescape(text: str) -> str:
-    """``\\n`` and ``\\t`` typed on a command line as the newline and tab they stand for."""
-    return text.replace("\\n", "\n").replace("\\t", "\t")

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from docstream.settings import read_config_file, validated
+from docstream.store.config import Backend
 
 #: settings that decide the loss curve: resuming a training directory with other values is refused
 CURVE_FIELDS = ("data", "heldout", "tokenizer", "vocab_size", "init_from", "n_layer", "n_embd", "head_size",
@@ -17,7 +18,7 @@ CURVE_FIELDS = ("data", "heldout", "tokenizer", "vocab_size", "init_from", "n_la
 class TrainConfig(BaseModel):
     """Settings of one training run (from scratch, or fine-tuning ``init_from``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: keeps --help fast
 
     data: list[Path] = Field(min_length=1, description="training text: .txt/.md files or directories of them")
     heldout: list[Path] = Field(min_length=1, description="held-out text for evaluation (never trained on)")
@@ -25,29 +26,29 @@ class TrainConfig(BaseModel):
     tokenizer: Path | None = Field(None, description="tokenizer to use; None trains a byte-level BPE on `data`")
     vocab_size: int = Field(4096, ge=260, description="vocabulary of a newly trained BPE tokenizer")
     init_from: Path | None = Field(None, description="BlinkDL .pth to fine-tune (any version); None: a new RWKV-7")
-    n_layer: int = Field(6, ge=1)
-    n_embd: int = Field(256, ge=16)
-    head_size: int = Field(64, ge=8)
+    n_layer: int = Field(6, ge=1, description="layers of a new model")
+    n_embd: int = Field(256, ge=16, description="width of a new model")
+    head_size: int = Field(64, ge=8, description="head size of a new model")
     dim_ffn: int | None = Field(None, description="feed-forward width (default 4 x n_embd)")
     ctx_len: int = Field(256, ge=2, description="tokens per training sequence")
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(6e-4, gt=0)
-    lr_final: float = Field(6e-5, ge=0)
-    warmup_steps: int = Field(50, ge=0)
-    max_steps: int = Field(1000, ge=1)
-    weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1, description="sequences per optimizer step")
+    lr: float = Field(6e-4, gt=0, description="peak learning rate")
+    lr_final: float = Field(6e-5, ge=0, description="learning rate at the end of the cosine decay")
+    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps")
+    max_steps: int = Field(1000, ge=1, description="total optimizer steps")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas")
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
     eval_every: int = Field(100, ge=1, description="evaluate held-out bits per byte every this many steps")
     eval_bytes: int = Field(200_000, ge=1, description="held-out text evaluated each time (the first N bytes)")
     save_every: int = Field(100, ge=1, description="write a resumable checkpoint every this many steps")
     save_dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype of the exported model.pth")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the initial weights and of the data order")
     dtype: Literal["fp32", "bf16"] = Field("fp32", description="compute dtype; bf16 autocasts on CUDA")
-    device: str = "cpu"
-    backend: Literal["auto", "cpu", "cuda", "torch"] = "auto"
+    device: str = Field("cpu", description="cpu or cuda[:N]")
+    backend: Backend = Field("auto", description="WKV kernels: compiled cpu/cuda, the torch reference, or auto")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's choice)")
-    quiet: bool = False
+    quiet: bool = Field(False, description="no progress bar")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -2,19 +2,18 @@
 of states costs what the cost model says, exact-match scoring, and the files written."""
 from __future__ import annotations
 
-import argparse
 import csv
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from docstream.cli import build_parser
 from docstream.model import load_model
 from docstream.tasks import recall
 from docstream.tasks.generate import Generation
 from docstream.tasks.recall import (
     ProbeConfig,
-    add_probe_command,
     answer_matches,
     build_trials,
     context_tokens,
@@ -201,8 +200,7 @@ def test_files_are_written(tmp_path, passkey_run):
 
 def test_command_line(lm, tmp_path, capsys):
     _, _, model_path = lm
-    parser = argparse.ArgumentParser(prog="docstream")
-    add_probe_command(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     tok_path = byte_tokenizer_file(tmp_path / "bytes.json")
     args = parser.parse_args(["probe", "--model", str(model_path), "--tokenizer", str(tok_path), "--lengths", "300",
                               "--depths", "0,100", "--trials", "1", "--chunk-len", "128", "--out", str(tmp_path / "p"),

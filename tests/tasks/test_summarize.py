@@ -1,13 +1,13 @@
 """Summaries from a run's snapshots: equal to streaming the prefix, seeded, batch-independent, written."""
 from __future__ import annotations
 
-import argparse
 import json
 import random
 
 import pyarrow.parquet as pq
 import pytest
 
+from docstream.cli import build_parser
 from docstream.corpus import Document
 from docstream.corpus.chunker import iter_tokens
 from docstream.model import load_model
@@ -16,7 +16,6 @@ from docstream.stream.run import run
 from docstream.tasks.generate import SamplingConfig, generate
 from docstream.tasks.summarize import (
     TEMPLATES,
-    add_summarize_command,
     build_prompt,
     prefix_state,
     row_seed,
@@ -111,8 +110,7 @@ def test_a_chunk_without_snapshot_is_refused_with_the_chunks_that_have_one(strea
     out = streamed[0]
     with pytest.raises(ValueError, match=r"no snapshot at chunk 2; snapshots exist only at chunks 1, 3, 5, "):
         summarize(out, ["doc1.txt"], at_chunk=2, progress=False)
-    parser = argparse.ArgumentParser(prog="docstream")
-    add_summarize_command(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["summarize", "--run", str(out), "--doc", "doc1.txt", "--at", "2"])
     with pytest.raises(ValueError, match=r"doc1.txt.*no snapshot at chunk 2.*chunks 1, 3, 5"):
         args.func(args)
@@ -125,8 +123,7 @@ def test_a_chunk_without_snapshot_is_refused_with_the_chunks_that_have_one(strea
 
 def test_parquet_rows_and_the_command_line(streamed, capsys):
     out = streamed[0]
-    parser = argparse.ArgumentParser(prog="docstream")
-    add_summarize_command(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["summarize", "--run", str(out), "--template", "instruct", "--max-tokens", "6",
                               "--temperature", "0", "--name", "cli", "--stop", "\n"])
     assert args.func(args) == 0

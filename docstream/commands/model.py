@@ -1,0 +1,36 @@
+"""``docstream info``: what a checkpoint holds."""
+from __future__ import annotations
+
+import argparse
+
+from docstream.commands.flags import add_fields
+from docstream.store.config import RunConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    info = sub.add_parser("info", help="describe an RWKV checkpoint")
+    add_fields(info, RunConfig, ("model", "dtype", "device"))
+    info.set_defaults(func=_cmd_info)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from docstream.defaults import default_model_path
+    from docstream.model import load_model
+
+    defaults = RunConfig.model_fields
+    path = args.model if args.model is not None else default_model_path()
+    dtype = args.dtype or defaults["dtype"].default
+    device = args.device or defaults["device"].default
+    model = load_model(path, device=device, dtype=dtype)
+    c = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model      {path}")
+    print(f"version    RWKV-{c.version}")
+    print(f"layers     {c.n_layer}   width {c.n_embd}   attention {c.dim_att}   ffn {c.dim_ffn}")
+    if c.head_size:
+        print(f"heads      {c.n_head} x {c.head_size}")
+    if c.lora:
+        print("low-rank   " + ", ".join(f"{k} {v}" for k, v in sorted(c.lora.items())))
+    print(f"vocabulary {c.vocab_size}")
+    print(f"parameters {n_params / 1e6:.1f} M ({dtype} on {device})")
+    return 0

@@ -1,0 +1,59 @@
+"""``docstream run`` (stream a corpus into a run folder) and ``docstream demo`` (the same on the sample corpus)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from docstream.commands.flags import add_fields, add_quiet, given
+from docstream.store.config import RunConfig
+
+#: RunConfig fields given as flags (quiet is added by add_quiet, like on every command)
+RUN_FIELDS = ("model", "tokenizer", "input", "out", "input_format", "id_field", "text_field", "chunk_len",
+              "batch_size", "snapshot_every", "commit_every", "dtype", "device", "backend", "engine", "address",
+              "workers")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    rn = sub.add_parser("run", help="stream a corpus through a model into OUT (re-run to resume)")
+    rn.add_argument("--config", help="YAML/TOML/JSON file of run settings (flags override it)")
+    add_fields(rn, RunConfig, RUN_FIELDS, flags={"input_format": "--format"})
+    add_quiet(rn, RunConfig.model_fields["quiet"].description)
+    rn.add_argument("--no-index", action="store_true",
+                    help="do not bring the run's FAISS index up to date at the end (docstream index does it later)")
+    rn.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", help="stream the bundled sample corpus end to end (the built-in model)")
+    demo.add_argument("--out", default="docstream-demo", help="output folder (default: ./docstream-demo)")
+    add_quiet(demo, "no progress bar")
+    demo.set_defaults(func=_cmd_demo)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from docstream.store.config import build_config
+    from docstream.stream.ray_engine import RayUnavailableError, WorkerFailedError
+    from docstream.stream.run import run
+
+    config = build_config(args.config, given(args, (*RUN_FIELDS, "quiet")))
+    try:
+        summary = run(config)
+    except (RayUnavailableError, WorkerFailedError) as err:
+        print(f"docstream: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, RayUnavailableError) else 4
+    if not config.quiet:
+        print("\n".join(summary.lines(config.out)))
+    if not args.no_index:
+        from docstream.tasks.index import read_meta, update_index
+
+        meta = read_meta(config.out)
+        result = update_index(config.out, factory=meta.factory if meta else "Flat",
+                              metric=meta.metric if meta else "cosine")
+        if not config.quiet:
+            print(f"index {result.path}: {result.meta.count} vectors ({result.added} new, "
+                  f"{result.meta.factory}, {result.meta.pooling} pooling)")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from docstream.demo import run_demo
+
+    return run_demo(args.out, quiet=bool(args.quiet))
