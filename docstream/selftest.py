@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from docstream.model import load_model
+from docstream.model.feed import feed_sequence
 from docstream.testing.checkpoints import save_random_checkpoint
 
 TOLERANCE = 1e-4
@@ -23,11 +24,8 @@ STEPWISE_TOKENS = 48
 
 
 def _stream(model, tokens: torch.Tensor, chunk: int) -> torch.Tensor:
-    state, out = None, []
-    for start in range(0, tokens.shape[1], chunk):
-        logits, state = model.forward(tokens[:, start:start + chunk], state, all_logits=True)
-        out.append(logits)
-    return torch.cat(out, dim=1)
+    """Logits [1, T, V] of ``tokens`` [1, T] fed ``chunk`` tokens at a time, the state carried."""
+    return torch.cat([fed.logits for _, fed in feed_sequence(model, tokens[0], None, chunk, "all")])[None]
 
 
 def check_version(version: str, workdir: Path, backend: str, n_tokens: int) -> dict:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from docstream.corpus.chunk_id import ID_FIELDS, ChunkIdColumns
 from docstream.model.pooling import DEFAULT_POOLING, POOLINGS
 from docstream.store.config import RunConfig
 from docstream.store.run_store import RunStore, drop_retracted, retracted_before
@@ -22,7 +23,7 @@ from docstream.store.schemas import SCHEMAS
 #: the embeddings-table column that holds each pooling's vectors
 EMBEDDING_COLUMNS = {"last": "embedding", "mean": "embedding_mean", "state": "embedding_state"}
 #: the columns that identify a chunk
-ID_COLUMNS = ("doc_id", "chunk_index", "token_start", "token_end")
+ID_COLUMNS = ID_FIELDS
 
 
 def check_pooling(pooling: str) -> str:
@@ -33,20 +34,11 @@ def check_pooling(pooling: str) -> str:
 
 
 @dataclass(frozen=True)
-class EmbeddingRows:
-    """Committed chunk vectors of one pooling, one row per chunk, in commit order.
+class EmbeddingRows(ChunkIdColumns):
+    """Committed chunk vectors of one pooling, one row per chunk, in commit order: the chunk ids
+    (:class:`~docstream.corpus.chunk_id.ChunkIdColumns`) and ``vectors``, float32 ``[n, dimension]``."""
 
-    ``doc_id`` is an object array of strings; ``vectors`` is float32 ``[n, dimension]``.
-    """
-
-    doc_id: np.ndarray
-    chunk_index: np.ndarray
-    token_start: np.ndarray
-    token_end: np.ndarray
     vectors: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.doc_id)
 
     @property
     def dimension(self) -> int:
@@ -55,17 +47,13 @@ class EmbeddingRows:
     @classmethod
     def empty(cls, dimension: int = 0) -> EmbeddingRows:
         """No rows (``dimension`` wide)."""
-        return cls(np.empty(0, dtype=object), np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64),
-                   np.empty((0, dimension), np.float32))
+        return cls(*cls.empty_columns(), np.empty((0, dimension), np.float32))
 
     @classmethod
     def concat(cls, parts: list[EmbeddingRows]) -> EmbeddingRows:
         """The rows of ``parts``, in order (an empty result when there are none)."""
         parts = [p for p in parts if len(p)]
-        if not parts:
-            return cls.empty()
-        return cls(*(np.concatenate([getattr(p, name) for p in parts])
-                     for name in ("doc_id", "chunk_index", "token_start", "token_end", "vectors")))
+        return cls.join(parts) if parts else cls.empty()
 
 
 @dataclass(frozen=True)
@@ -141,11 +129,7 @@ def read_embeddings(out: str | Path, pooling: str = DEFAULT_POOLING, after_seq: 
 
 def _rows(table: pa.Table, column: str, path: Path) -> EmbeddingRows:
     """The id columns and one vector column of (live rows of) an embeddings part."""
-    return EmbeddingRows(np.asarray(table.column("doc_id").to_pylist(), dtype=object),
-                         table.column("chunk_index").to_numpy().astype(np.int32),
-                         table.column("token_start").to_numpy().astype(np.int64),
-                         table.column("token_end").to_numpy().astype(np.int64),
-                         _matrix(table.column(column), path))
+    return EmbeddingRows(*EmbeddingRows.columns_of(table), _matrix(table.column(column), path))
 
 
 def _matrix(column: pa.ChunkedArray, path: Path) -> np.ndarray:

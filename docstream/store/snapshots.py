@@ -11,21 +11,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from docstream.corpus.chunk_id import ID_FIELDS, ChunkId
 from docstream.model import State
 from docstream.store.run_store import RunStore, SnapshotRef, drop_retracted, retracted_before
 from docstream.store.schemas import SCHEMAS
 
-_INFO_COLUMNS = ["doc_id", "chunk_index", "token_start", "token_end", "is_final", "model_fingerprint"]
+_INFO_COLUMNS = [*ID_FIELDS, "is_final", "model_fingerprint"]
 
 
 @dataclass(frozen=True)
-class SnapshotInfo:
-    """Where one committed snapshot lives and what it covers: the state after tokens ``[0, token_end)``."""
+class SnapshotInfo(ChunkId):
+    """Where one committed snapshot lives and what it covers: the state after tokens ``[0, token_end)``,
+    taken at the end of the chunk its :class:`~docstream.corpus.chunk_id.ChunkId` fields name."""
 
-    doc_id: str
-    chunk_index: int
-    token_start: int
-    token_end: int
     is_final: bool
     model_fingerprint: str
     part: str

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from docstream.corpus import Document, Rejected, TextStats
+from docstream.corpus.chunk_id import ChunkId
 from docstream.corpus.chunker import ResumeError, TokenChunk, iter_chunks
-from docstream.model import RWKVModel, State
+from docstream.model import Hidden, RWKVModel, State
+from docstream.model.feed import forward_groups
 from docstream.model.pooling import pool
 
 
@@ -31,14 +33,11 @@ class StreamTask:
 
 
 @dataclass(frozen=True)
-class ChunkRecord:
-    """One processed chunk: its vectors (one per pooling of :mod:`docstream.model.pooling`), and the
-    document's state when a snapshot is due (every ``snapshot_every`` chunks and at the document's end)."""
+class ChunkRecord(ChunkId):
+    """One processed chunk (its :class:`~docstream.corpus.chunk_id.ChunkId` fields first): its vectors
+    (one per pooling of :mod:`docstream.model.pooling`), and the document's state when a snapshot is due
+    (every ``snapshot_every`` chunks and at the document's end)."""
 
-    doc_id: str
-    chunk_index: int
-    token_start: int
-    token_end: int
     is_last: bool
     vectors: dict[str, np.ndarray]
     state: State | None
@@ -137,16 +136,12 @@ class Stream:
 
     def _step(self, rows: list[_Row]) -> None:
         """Run every row's pending chunk, batching rows whose chunks have the same length."""
-        groups: dict[int, list[_Row]] = {}
-        for row in rows:
-            groups.setdefault(len(row.pending.tokens), []).append(row)
-        for members in groups.values():
-            self._forward(members)
+        for batch in forward_groups(self.model, [row.pending.tokens for row in rows], [row.state for row in rows],
+                                    hidden=True):
+            self._commit([rows[i] for i in batch.rows], batch.hidden)
 
-    def _forward(self, batch: list[_Row]) -> None:
-        tokens = torch.tensor([row.pending.tokens for row in batch], dtype=torch.long)
-        state = batch[0].state if len(batch) == 1 else State.stack([row.state for row in batch])
-        hidden = self.model.forward_hidden(tokens, state)
+    def _commit(self, batch: list[_Row], hidden: Hidden) -> None:
+        """Keep each row's new state, its pooled vectors and which of them are not finite."""
         # copies: a view would keep the whole [B, T, C] hidden tensor alive while its row waits to commit
         pooled_t = pool(hidden.last, hidden.state)
         bad = _non_finite_rows(pooled_t, hidden.state)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from docstream.model import RWKVModel, State
+from docstream.model.feed import feed_rows
 from docstream.tasks.config import SamplingConfig
 from docstream.tokenizer import Tokenizer
 
@@ -40,6 +41,8 @@ EOS_ID = 0
 #: ``on_token(row, token_id, new_text)``: called for every generated token with the text it made
 #: printable (possibly ""; text that could begin a stop string is held back until it cannot)
 TokenCallback = Callable[[int, int, str], None]
+#: prompts are fed at most this many tokens per forward: memory stays bounded whatever their length
+PROMPT_CHUNK_LEN = 1024
 
 
 @dataclass
@@ -162,22 +165,15 @@ def _check_inputs(states: State, prompts: Sequence[Sequence[int]], seeds: Sequen
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} rows; pass one seed per row or none")
 
 
-def feed_prompts(model: RWKVModel, states: State, prompts: Sequence[Sequence[int]]) -> tuple[Tensor, State]:
-    """Run each row's prompt from its state (rows of equal prompt length together).
+def feed_prompts(model: RWKVModel, states: State, prompts: Sequence[Sequence[int]],
+                 chunk_len: int = PROMPT_CHUNK_LEN) -> tuple[Tensor, State]:
+    """Run each row's prompt from its state, ``chunk_len`` tokens at a time, rows whose chunks have
+    the same length together (:func:`~docstream.model.feed.feed_rows`).
 
     Returns the fp32 logits [B, V] after each prompt's last token and the new states, in row order.
     """
-    groups: dict[int, list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        groups.setdefault(len(prompt), []).append(i)
-    logits: list[Tensor | None] = [None] * len(prompts)
-    rows: list[State | None] = [None] * len(prompts)
-    for members in groups.values():
-        tokens = torch.tensor([list(prompts[i]) for i in members], dtype=torch.long)
-        out, state = model.forward(tokens, states.select(members))
-        for j, i in enumerate(members):
-            logits[i], rows[i] = out[j], state.select(j)
-    return torch.stack(logits), State.stack(rows)
+    fed = feed_rows(model, prompts, states, chunk_len, logits="last")
+    return torch.stack([f.logits for f in fed]), State.stack([f.state for f in fed])
 
 
 def generate(model: RWKVModel, tokenizer: Tokenizer, states: State, prompts: Sequence[Sequence[int]],

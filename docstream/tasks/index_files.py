@@ -17,12 +17,13 @@ import pyarrow.parquet as pq
 
 from docstream import files
 from docstream.checksum import sha256_file
+from docstream.corpus.chunk_id import ChunkId, ChunkIdColumns
 from docstream.files import DamagedFileError, DiskFullError
 from docstream.store.reader import EmbeddingRows
 from docstream.store.schemas import ID_TABLE_SCHEMA
 
-__all__ = ["DiskFullError", "IdTable", "IndexDamagedError", "atomic_write", "file_problems", "last_generation",
-           "locked", "rebuild_hint", "remove_unnamed"]
+__all__ = ["ChunkId", "DiskFullError", "IdTable", "IndexDamagedError", "atomic_write", "file_problems",
+           "last_generation", "locked", "rebuild_hint", "remove_unnamed"]
 
 #: the names of the files an update writes: generation files and their temp files (``.NAME.tmp-PID``)
 GENERATION_FILE = re.compile(r"^(?:index-(?P<generation>\d+)\.faiss|ids-\d+\.parquet|\..+\.tmp-\d+)$")
@@ -95,42 +96,16 @@ def file_problems(directory: Path, named: dict[str, str | None]) -> list[tuple[P
 
 
 @dataclass(frozen=True)
-class ChunkId:
-    """Where a FAISS id points: a chunk of a document and its token range."""
-
-    doc_id: str
-    chunk_index: int
-    token_start: int
-    token_end: int
-
-
-@dataclass(frozen=True)
-class IdTable:
-    """FAISS id -> chunk: row ``i`` describes the vector with id ``i``."""
-
-    doc_id: np.ndarray
-    chunk_index: np.ndarray
-    token_start: np.ndarray
-    token_end: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.doc_id)
-
-    def row(self, i: int) -> ChunkId:
-        """The chunk of FAISS id ``i``."""
-        if not 0 <= i < len(self):
-            raise IndexError(f"FAISS id {i} is outside the id table's {len(self)} rows")
-        return ChunkId(str(self.doc_id[i]), int(self.chunk_index[i]), int(self.token_start[i]),
-                       int(self.token_end[i]))
+class IdTable(ChunkIdColumns):
+    """FAISS id -> chunk: row ``i`` (:meth:`row`) is the chunk of the vector with id ``i``."""
 
     @classmethod
     def of_rows(cls, rows: EmbeddingRows) -> IdTable:
-        return cls(rows.doc_id, rows.chunk_index, rows.token_start, rows.token_end)
+        return cls(*rows.ids())
 
     @classmethod
     def concat(cls, first: IdTable, second: IdTable) -> IdTable:
-        return cls(*(np.concatenate([getattr(first, n), getattr(second, n)])
-                     for n in ("doc_id", "chunk_index", "token_start", "token_end")))
+        return cls.join([first, second])
 
     def write(self, path: Path) -> str:
         """Write the table as Parquet to ``path`` atomically (see :func:`atomic_write`); its sha256."""
@@ -141,7 +116,4 @@ class IdTable:
     @classmethod
     def read(cls, path: Path) -> IdTable:
         table = pq.read_table(path, schema=ID_TABLE_SCHEMA)
-        return cls(np.asarray(table.column("doc_id").to_pylist(), dtype=object),
-                   table.column("chunk_index").to_numpy().astype(np.int32),
-                   table.column("token_start").to_numpy().astype(np.int64),
-                   table.column("token_end").to_numpy().astype(np.int64))
+        return cls(*cls.columns_of(table))

@@ -60,6 +60,7 @@ from tqdm import tqdm
 from docstream.corpus import Document, iter_corpus
 from docstream.corpus.chunker import iter_tokens
 from docstream.model import RWKVModel, State
+from docstream.model.feed import feed_rows, feed_sequence
 from docstream.tasks.config import ProbeConfig
 from docstream.tasks.generate import Generation, SamplingConfig, generate
 from docstream.tasks.heatmap import METRICS, format_tokens, plot_heatmap
@@ -288,7 +289,9 @@ class _Tokens:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def slice(self, start: int, end: int) -> np.ndarray:
+    def __getitem__(self, span: slice) -> np.ndarray:
+        """The tokens of ``span`` (a step-1 slice within the sequence) as one array."""
+        start, end = span.start or 0, len(self) if span.stop is None else span.stop
         out = []
         for piece, at in zip(self.pieces, self.starts):
             lo, hi = max(start - at, 0), min(end - at, len(piece))
@@ -306,31 +309,20 @@ class _Runner:
 
     def stream(self, tokens: np.ndarray, state: State, phase: str) -> State:
         """``state`` after ``tokens`` (one row), fed ``chunk_len`` at a time."""
-        for start in range(0, len(tokens), self.config.chunk_len):
-            chunk = torch.from_numpy(np.ascontiguousarray(tokens[start:start + self.config.chunk_len]))[None]
-            state = self.model.forward(chunk, state)[1]
-            self.count(phase, chunk.numel())
+        for start, fed in feed_sequence(self.model, tokens, state, self.config.chunk_len):
+            state = fed.state
+            self.count(phase, min(len(tokens) - start, self.config.chunk_len))
         return state
 
     def stream_rows(self, seqs: list[_Tokens], states: list[State]) -> list[State]:
         """Each state after its sequence: every step takes the next chunk of every row, rows whose
         chunks have the same length running as one batch."""
-        done = [0] * len(seqs)
-        states = list(states)
-        while True:
-            groups: dict[int, list[int]] = {}
-            for i, seq in enumerate(seqs):
-                take = min(self.config.chunk_len, len(seq) - done[i])
-                if take:
-                    groups.setdefault(take, []).append(i)
-            if not groups:
-                return states
-            for take, members in groups.items():
-                tokens = torch.from_numpy(np.stack([seqs[i].slice(done[i], done[i] + take) for i in members]))
-                new = self.model.forward(tokens, State.stack([states[i] for i in members]))[1]
-                for j, i in enumerate(members):
-                    states[i], done[i] = new.select(j), done[i] + take
-                self.count("continuation", tokens.numel())
+        fed = feed_rows(self.model, seqs, states, self.config.chunk_len, on_batch=self.on_batch("continuation"))
+        return [f.state for f in fed]
+
+    def on_batch(self, phase: str):
+        """A :func:`~docstream.model.feed.feed_rows` hook counting the tokens of every forward in ``phase``."""
+        return lambda batch: self.count(phase, batch.tokens.numel())
 
     def count(self, phase: str, n: int) -> None:
         """Record ``n`` tokens fed in ``phase`` (the progress bar follows the reading of contexts)."""
@@ -353,16 +345,9 @@ def _prefix_forks(runner: _Runner, trial: TrialText, positions: Iterable[int]) -
 
 def _score(runner: _Runner, tokenizer: Tokenizer, jobs: list[_Job], states: list[State]) -> list[dict]:
     """Teacher-forced and greedy scores of each job from its state before the question's last token."""
-    forced: dict[int, tuple[float, float, int]] = {}
-    by_len: dict[int, list[int]] = {}
-    for i, job in enumerate(jobs):
-        by_len.setdefault(len(job.trial.answer), []).append(i)
-    for members in by_len.values():
-        tokens = torch.tensor([[jobs[i].trial.question[-1], *jobs[i].trial.answer[:-1]] for i in members])
-        logits = runner.model.forward(tokens, State.stack([states[i] for i in members]), all_logits=True)[0]
-        runner.count("answer", tokens.numel())
-        for j, i in enumerate(members):
-            forced[i] = teacher_forced(logits[j], jobs[i].trial.answer)
+    fed = feed_rows(runner.model, [[job.trial.question[-1], *job.trial.answer[:-1]] for job in jobs], states,
+                    runner.config.chunk_len, logits="all", on_batch=runner.on_batch("answer"))
+    forced = [teacher_forced(f.logits, job.trial.answer) for f, job in zip(fed, jobs)]
     longest = max(len(job.trial.answer) for job in jobs)
     greedy = SamplingConfig(temperature=0, max_tokens=longest + EXTRA_DECODE_TOKENS, stop=["\n"])
     generations = generate(runner.model, tokenizer, State.stack(states), [[job.trial.question[-1]] for job in jobs],

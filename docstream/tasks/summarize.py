@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,9 +35,10 @@ from tqdm import tqdm
 
 from docstream.checksum import sha256_file
 from docstream.corpus import Document, iter_corpus
-from docstream.corpus.chunker import iter_chunks
+from docstream.corpus.chunker import TokenChunk, iter_chunks
 from docstream.files import atomic_write_bytes
 from docstream.model import RWKVModel, State, load_model
+from docstream.model.feed import feed_chunks
 from docstream.store.config import RunConfig
 from docstream.store.reader import document_rows, run_settings
 from docstream.store.schemas import SUMMARY_SCHEMA
@@ -170,18 +171,25 @@ def stream_document(model: RWKVModel, tokenizer: Tokenizer, doc: Document, state
     """Stream ``doc`` chunk by chunk (its run's chunking) from ``state``, stopping after ``end_token``
     tokens (None: at the end)."""
     read, last_chunk, whole = 0, -1, False
-    for chunk in iter_chunks(doc, tokenizer, chunk_len):
-        tokens = chunk.tokens if end_token is None else chunk.tokens[:max(0, end_token - chunk.start)]
-        if not tokens:
-            break
-        state = model.forward(tokens, state)[1]
-        read, last_chunk = chunk.start + len(tokens), chunk.index
-        whole = chunk.is_last and read == chunk.end
-        if end_token is not None and read >= end_token:
-            break
+    for chunk, fed in feed_chunks(model, _cut(iter_chunks(doc, tokenizer, chunk_len), end_token), state):
+        state, read, last_chunk, whole = fed.state, chunk.end, chunk.index, chunk.is_last
     if read == 0:
         raise ValueError(f"document {doc.doc_id!r} ({doc.source}) has no tokens to summarize")
     return Streamed(state, read, last_chunk, whole)
+
+
+def _cut(chunks: Iterable[TokenChunk], end_token: int | None) -> Iterator[TokenChunk]:
+    """``chunks`` up to token ``end_token`` (None: all), the chunk holding it cut there (then it is the
+    last one read, but ``is_last`` only when the document ends there)."""
+    for chunk in chunks:
+        if end_token is not None and chunk.end > end_token:
+            if chunk.start < end_token:
+                kept = chunk.tokens[:end_token - chunk.start]
+                yield TokenChunk(chunk.index, chunk.start, end_token, kept, False)
+            return
+        yield chunk
+        if chunk.end == end_token:
+            return
 
 
 def summarize_text(model: RWKVModel, tokenizer: Tokenizer, text: str, template: str = "world",

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from docstream.files import atomic_write_bytes, try_lock
 from docstream.model.base import RWKVModel
 from docstream.model.config import ModelConfig
+from docstream.model.feed import feed_sequence
 from docstream.model.loader import build_model, read_checkpoint
 from docstream.model.v7 import RWKV7
 from docstream.tokenizer import load_tokenizer
@@ -160,12 +161,10 @@ def bits_per_byte(model: RWKVModel, ids: list[int], n_bytes: int, chunk_len: int
     """:func:`heldout_bits_per_byte` of text already tokenized into ``ids`` (``n_bytes`` UTF-8 bytes)."""
     if not ids:
         raise ValueError("the held-out text is empty")
-    inputs = torch.tensor([[DOC_SEPARATOR] + ids[:-1]])
-    targets = torch.tensor([ids])
-    nats, state = 0.0, None
-    for start in range(0, inputs.shape[1], chunk_len):
-        logits, state = model.forward(inputs[:, start:start + chunk_len].to(model.device), state, all_logits=True)
-        nats += F.cross_entropy(logits[0].float(), targets[0, start:start + chunk_len].to(model.device),
+    targets = torch.tensor(ids)
+    nats = 0.0
+    for start, fed in feed_sequence(model, [DOC_SEPARATOR] + ids[:-1], None, chunk_len, logits="all"):
+        nats += F.cross_entropy(fed.logits, targets[start:start + chunk_len].to(model.device),
                                 reduction="sum").item()
     return nats / math.log(2) / n_bytes
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from docstream.model import load_model
+from docstream.tasks.generate import EOS_ID, SamplingConfig, feed_prompts, generate
 from docstream.testing.checkpoints import save_random_checkpoint
-from docstream.tasks.generate import EOS_ID, SamplingConfig, generate
 from docstream.tokenizer import load_tokenizer
 
 LORA = {"decay": 16, "iclr": 16, "value": 16, "gate": 16}
@@ -165,3 +166,18 @@ def test_bad_inputs(lm):
         SamplingConfig(stop=[""])
     with pytest.raises(ValueError):
         SamplingConfig(top_p=0)
+
+
+def test_long_prompts_are_fed_in_chunks(lm, monkeypatch):
+    model, tok = lm
+    prompts = [tok.encode("a long prompt, longer than one chunk of the feed"), tok.encode("short"), [5] * 9]
+    whole_logits, whole_state = feed_prompts(model, model.init_state(3), prompts, chunk_len=10_000)
+    lengths = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda tokens, *a, **k: lengths.append(tokens.shape[1]) or forward(
+        tokens, *a, **k))
+    logits, state = feed_prompts(model, model.init_state(3), prompts, chunk_len=8)
+    assert max(lengths) == 8  # memory bounded by the chunk: no forward over 8 tokens
+    # other cuts and batch companions: agreement to float32 rounding (tests/stream/tables.py RUN_TOL)
+    np.testing.assert_allclose(logits.numpy(), whole_logits.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(state.wkv.numpy(), whole_state.wkv.numpy(), rtol=1e-4, atol=1e-4)
