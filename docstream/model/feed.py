@@ -101,6 +101,8 @@ def feed_rows(model: RWKVModel, rows: Sequence[Sequence[int]], states: State | S
     if not rows:
         return []
     done = [0] * len(rows)
+    # the caller's states (one batched State or a list) until the first step, in which every row
+    # takes part and forward_groups picks them; from then on one state per row
     current: State | list[State] = states
     pieces: list[list[Tensor]] = [[] for _ in rows]
     while True:
