@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from docstream.kernels import build, dispatch, wkv4, wkv4_ref, wkv6, wkv6_ref, wkv7, wkv7_ref
+from tests.helpers import load_or_skip
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -36,11 +37,9 @@ STATE_TOL = dict(rtol=2e-5, atol=2e-5)  # the state is fp32 whatever the input d
 
 
 def backend_for(device: str) -> str:
-    """The explicit backend for ``device``; skips when its extension cannot be built here."""
-    try:
-        build.load_cpu() if device == "cpu" else build.load_cuda_wkv4()
-    except build.BuildError as err:
-        pytest.skip(f"compiled {device} WKV kernels unavailable: {str(err).splitlines()[0]}")
+    """The explicit backend for ``device``; skips when its extension cannot be built here (fails instead
+    with DOCSTREAM_REQUIRE_KERNELS=1, as in CI)."""
+    load_or_skip(build.load_cpu if device == "cpu" else build.load_cuda_wkv4, f"the compiled {device} WKV kernels")
     return device
 
 
@@ -329,9 +328,16 @@ def test_build_error_quotes_the_compiler_and_is_remembered():
         build._RESULTS.pop(key, None)
 
 
-def test_cuda_install_hint_names_nvcc():
+def test_cuda_install_hint_names_nvcc(monkeypatch):
+    """With a CUDA build of torch the hint names nvcc and that CUDA version; with a CPU build it says to
+    install a CUDA build of PyTorch first, and still names nvcc."""
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
     hint = build.cuda_install_hint()
-    assert "CUDA" in hint and ("nvcc" in hint or "CUDA build of PyTorch" in hint)
+    assert "nvcc" in hint and "CUDA toolkit 12.4" in hint and "torch.version.cuda=12.4" in hint
+    assert "CUDA build of PyTorch" not in hint
+    monkeypatch.setattr(torch.version, "cuda", None)
+    hint = build.cuda_install_hint()
+    assert "install a CUDA build of PyTorch" in hint and "nvcc" in hint and "12.4" not in hint
 
 
 def test_explicit_backend_on_the_wrong_device_raises():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from docstream.kernels import build, reference
+from tests.helpers import load_or_skip
 from tests.kernels.test_compiled import close, inputs4, inputs6, inputs7
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -12,10 +13,8 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 @pytest.fixture(scope="module")
 def exts():
-    try:
-        return build.load("cpu_scalar"), build.load_cpu()
-    except build.BuildError as err:
-        pytest.skip(f"compiled CPU WKV kernels unavailable: {str(err).splitlines()[0]}")
+    return (load_or_skip(lambda: build.load("cpu_scalar"), "the scalar build of the compiled CPU WKV kernels"),
+            load_or_skip(build.load_cpu, "the compiled CPU WKV kernels"))
 
 
 def test_the_scalar_build_has_no_vector_types(exts):

@@ -17,9 +17,11 @@ from docstream.store.check import verify_store
 from docstream.store.reader import read_embeddings
 from docstream.store.run_store import RunFolderError, RunStore, StoreDamagedError
 from docstream.stream.run import run
+from tests.helpers import ROOT
+from tests.helpers import nested_corpus as _corpus
+from tests.helpers import run_config as _config
 from tests.stream.tables import assert_same_outputs
 from tests.stream.tables import sorted_tables as _tables
-from tests.stream.test_run import ROOT, _config, _corpus, model_path  # noqa: F401 (fixture)
 
 
 class _Interrupted(Exception):

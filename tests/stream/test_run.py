@@ -8,64 +8,24 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from docstream.model import State
-from docstream.testing.checkpoints import save_random_checkpoint
-from docstream.store.config import build_config
 from docstream.store.run_store import RunLockedError, RunStore
 from docstream.stream.run import run
 from docstream.tokenizer import default_world_vocab_path
 from tests.blas_variation import vary_rounding_by_row_count
+from tests.helpers import ROOT, make_model, nested_corpus, random_text, run_config
 from tests.stream.tables import RUN_TOL, assert_same_outputs, assert_states_close
 from tests.stream.tables import sorted_tables as _tables
 
-ROOT = Path(__file__).resolve().parents[2]
-LORA = {"decay": 16, "iclr": 16, "value": 16, "gate": 16}  # widths that are multiples of 16, like released models
-WORDS = ("river stone light quiet morning paper signal garden winter engine memory window seven "
-         "across under between the a of and to in is was for on with as by at from").split()
-
-
-def _text(rng: random.Random, n_words: int) -> str:
-    lines, line = [], []
-    for _ in range(n_words):
-        line.append(rng.choice(WORDS))
-        if rng.random() < 0.08:
-            lines.append(" ".join(line).capitalize() + ".")
-            line = []
-    lines.append(" ".join(line))
-    return "\n".join(lines)
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return save_random_checkpoint(tmp_path_factory.mktemp("model") / "tiny7.pth", "7", n_layer=2, n_embd=32,
-                                  head_size=16, vocab_size=65536, seed=1, lora=LORA)
-
-
-def _corpus(root: Path, n_docs: int, seed: int, max_words: int = 400) -> Path:
-    rng = random.Random(seed)
-    for i in range(n_docs):
-        sub = root / ("nested" if i % 3 == 0 else "") / f"doc{i:03d}.txt"
-        sub.parent.mkdir(parents=True, exist_ok=True)
-        sub.write_text(_text(rng, rng.randint(1, max_words)))
-    return root
-
-
-def _config(model_path, corpus, out, **kw):
-    settings = dict(model=model_path, tokenizer=default_world_vocab_path(), input=corpus, out=out,
-                    chunk_len=16, batch_size=3, snapshot_every=2, commit_every=5, quiet=True)
-    settings.update(kw)
-    return build_config(None, settings)
-
 
 def test_outputs_are_complete_and_consistent(model_path, tmp_path):
-    corpus = _corpus(tmp_path / "corpus", 7, seed=0)
-    summary = run(_config(model_path, corpus, tmp_path / "out"))
+    corpus = nested_corpus(tmp_path / "corpus", 7, seed=0)
+    summary = run(run_config(model_path, corpus, tmp_path / "out"))
     t = _tables(tmp_path / "out")
     assert summary.processed == 7 and len(t["documents"]) == 7 and not t["errors"]
     for doc in t["documents"]:
@@ -82,7 +42,7 @@ def test_outputs_are_complete_and_consistent(model_path, tmp_path):
     part = next((tmp_path / "out" / "embeddings").glob("part-*.parquet"))
     assert pq.read_table(part).num_rows > 0
     # a second run on the same directory finds everything done
-    again = run(_config(model_path, corpus, tmp_path / "out"))
+    again = run(run_config(model_path, corpus, tmp_path / "out"))
     assert again.processed == 0 and again.skipped == 7
     assert _tables(tmp_path / "out") == t
 
@@ -91,7 +51,7 @@ def test_outputs_are_complete_and_consistent(model_path, tmp_path):
 def test_results_do_not_depend_on_batch_size(model_path, tmp_path, monkeypatch, blas):
     if blas == "rounding by row count":
         vary_rounding_by_row_count(monkeypatch)
-    corpus = _corpus(tmp_path / "corpus", 9, seed=1)
+    corpus = nested_corpus(tmp_path / "corpus", 9, seed=1)
     results = [_tables(_run_to(tmp_path / f"b{b}", model_path, corpus, batch_size=b)) for b in (1, 3, 8)]
     assert_same_outputs(results[1], results[0])
     assert_same_outputs(results[2], results[0])
@@ -100,7 +60,7 @@ def test_results_do_not_depend_on_batch_size(model_path, tmp_path, monkeypatch, 
 
 
 def test_chunk_length_does_not_change_the_stream(model_path, tmp_path):
-    corpus = _corpus(tmp_path / "corpus", 5, seed=2)
+    corpus = nested_corpus(tmp_path / "corpus", 5, seed=2)
     a = _tables(_run_to(tmp_path / "c16", model_path, corpus, chunk_len=16, snapshot_every=1))
     b = _tables(_run_to(tmp_path / "c48", model_path, corpus, chunk_len=48, snapshot_every=1))
     final = lambda t: [r for r in t["snapshots"] if r["is_final"]]  # noqa: E731
@@ -115,12 +75,12 @@ def test_chunk_length_does_not_change_the_stream(model_path, tmp_path):
 
 
 def _run_to(out, model_path, corpus, **kw):
-    run(_config(model_path, corpus, out, **kw))
+    run(run_config(model_path, corpus, out, **kw))
     return out
 
 
 def test_sigkill_at_random_points_then_resume_equals_uninterrupted(model_path, tmp_path):
-    corpus = _corpus(tmp_path / "corpus", 14, seed=3, max_words=1500)
+    corpus = nested_corpus(tmp_path / "corpus", 14, seed=3, max_words=1500)
     reference = _tables(_run_to(tmp_path / "ref", model_path, corpus, commit_every=3))
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "docstream.cli", "run", "--model", str(model_path),
@@ -161,7 +121,7 @@ def test_hostile_documents_are_processed_or_recorded(model_path, tmp_path):
     (corpus / "long_line.txt").write_text("word " * 60_000)
     (corpus / "dir.txt").mkdir()  # a directory with a text suffix cannot be read as a document
     (corpus / "image.png").write_bytes(b"\x89PNG not text")
-    summary = run(_config(model_path, corpus, tmp_path / "out", chunk_len=256))
+    summary = run(run_config(model_path, corpus, tmp_path / "out", chunk_len=256))
     t = _tables(tmp_path / "out")
     done = {d["doc_id"]: d for d in t["documents"]}
     assert set(done) == {"good.txt", "bad_utf8.txt", "nul.txt", "long_line.txt"}
@@ -179,7 +139,7 @@ def test_jsonl_duplicates_and_bad_lines_are_recorded(model_path, tmp_path):
     lines = [json.dumps({"key": 1, "body": "first document"}), "{not json", json.dumps({"key": 1, "body": "dup"}),
              json.dumps({"key": 2}), json.dumps({"key": 3, "body": "third document"})]
     path.write_text("\n".join(lines) + "\n")
-    run(_config(model_path, path, tmp_path / "out", id_field="key", text_field="body"))
+    run(run_config(model_path, path, tmp_path / "out", id_field="key", text_field="body"))
     t = _tables(tmp_path / "out")
     assert [d["doc_id"] for d in t["documents"]] == ["1", "3"]
     assert sorted(e["reason"] for e in t["errors"]) == sorted(["bad_json", "duplicate_id", "missing_field"])
@@ -187,10 +147,10 @@ def test_jsonl_duplicates_and_bad_lines_are_recorded(model_path, tmp_path):
 
 def test_a_duplicate_id_keeps_every_chunk_of_the_still_streaming_first_document(model_path, tmp_path):
     rng = random.Random(5)
-    docs = [("1", _text(rng, 300)), ("2", "short"), ("1", "the duplicate"), ("3", _text(rng, 60))]
+    docs = [("1", random_text(rng, 300)), ("2", "short"), ("1", "the duplicate"), ("3", random_text(rng, 60))]
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs))
-    run(_config(model_path, path, tmp_path / "out", batch_size=2, snapshot_every=4))
+    run(run_config(model_path, path, tmp_path / "out", batch_size=2, snapshot_every=4))
     t = _tables(tmp_path / "out")
     assert [e["reason"] for e in t["errors"]] == ["duplicate_id"]
     chunks = {d["doc_id"]: d["n_chunks"] for d in t["documents"]}
@@ -200,24 +160,23 @@ def test_a_duplicate_id_keeps_every_chunk_of_the_still_streaming_first_document(
 
 
 def test_resume_with_other_settings_or_model_is_refused(model_path, tmp_path):
-    corpus = _corpus(tmp_path / "corpus", 2, seed=4)
-    run(_config(model_path, corpus, tmp_path / "out"))
+    corpus = nested_corpus(tmp_path / "corpus", 2, seed=4)
+    run(run_config(model_path, corpus, tmp_path / "out"))
     with pytest.raises(ValueError, match="chunk_len"):
-        run(_config(model_path, corpus, tmp_path / "out", chunk_len=32))
-    other = save_random_checkpoint(tmp_path / "other.pth", "7", n_layer=2, n_embd=32, head_size=16,
-                                   vocab_size=65536, seed=2, lora=LORA)
+        run(run_config(model_path, corpus, tmp_path / "out", chunk_len=32))
+    other = make_model(tmp_path, seed=2)
     with pytest.raises(ValueError, match="model_fingerprint"):
-        run(_config(other, corpus, tmp_path / "out"))
+        run(run_config(other, corpus, tmp_path / "out"))
     # batch size is not a result setting: changing it resumes fine
-    assert run(_config(model_path, corpus, tmp_path / "out", batch_size=1)).skipped == 2
+    assert run(run_config(model_path, corpus, tmp_path / "out", batch_size=1)).skipped == 2
 
 
 def test_missing_paths_fail_before_any_work(model_path, tmp_path):
-    corpus = _corpus(tmp_path / "corpus", 1, seed=5)
+    corpus = nested_corpus(tmp_path / "corpus", 1, seed=5)
     for kw, name in ((dict(model=tmp_path / "no.pth"), "no.pth"), (dict(tokenizer=tmp_path / "no.txt"), "no.txt"),
                      (dict(input=tmp_path / "nowhere"), "nowhere")):
         with pytest.raises(FileNotFoundError, match=name):
-            run(_config(model_path, corpus, tmp_path / "out", **kw))
+            run(run_config(model_path, corpus, tmp_path / "out", **kw))
         assert not (tmp_path / "out").exists()
 
 
@@ -226,13 +185,13 @@ def test_a_second_writer_is_locked_out(model_path, tmp_path):
     store.acquire()
     try:
         with pytest.raises(RunLockedError, match="another docstream run"):
-            run(_config(model_path, _corpus(tmp_path / "corpus", 1, seed=6), tmp_path / "out"))
+            run(run_config(model_path, nested_corpus(tmp_path / "corpus", 1, seed=6), tmp_path / "out"))
     finally:
         store.release()
 
 
-def test_cli_run_and_bad_config(model_path, tmp_path):
-    corpus = _corpus(tmp_path / "corpus", 2, seed=7)
+def test_cli_run_and_badrun_config(model_path, tmp_path):
+    corpus = nested_corpus(tmp_path / "corpus", 2, seed=7)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"chunk_len: 32\nbatch_size: 2\ntokenizer: {default_world_vocab_path()}\n")
     env = dict(os.environ)
