@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summarize", help="summarize documents of a run from their snapshots")
     add_run_folder(p)
     add_fields(p, SummarizeConfig, SummarizeConfig.model_fields, flags={"doc_ids": "--doc", "at_chunk": "--at"},
-               options={"doc_ids": {"action": "append", "nargs": None}})
+               options={"doc_ids": {"action": "append", "nargs": None, "metavar": "ID"},
+                        "at_chunk": {"metavar": "CHUNK"}})
     add_fields(p, SamplingConfig, _SAMPLING_FIELDS, defaults=DEFAULT_SAMPLING,
                options={"stop": {"action": "append", "nargs": None,
                                  "help": "stop string, \\n for a newline (repeat; default: the template's)"}})

@@ -6,27 +6,11 @@ Names are imported on first use, so the command line can read :mod:`docstream.st
 its flags) without loading pyarrow."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from docstream.lazy import lazy_exports
 
 _EXPORTS = {
     "docstream.store.config": ("RunConfig", "build_config"),
     "docstream.store.run_store": ("Problem", "Progress", "RunFolderError", "RunLockedError", "RunStore",
                                   "SnapshotRef", "StoreDamagedError"),
 }
-_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str) -> Any:
-    """Import ``name`` from its module on first use (PEP 562)."""
-    if name not in _HOME:
-        raise AttributeError(f"module 'docstream.store' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOME[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

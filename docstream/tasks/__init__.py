@@ -15,8 +15,7 @@ Python use::
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from docstream.lazy import lazy_exports
 
 _EXPORTS = {
     "docstream.tasks.embed": ("DocumentVectors", "QueryEmbedder", "chunk_vectors", "document_vectors", "embed_text",
@@ -25,19 +24,4 @@ _EXPORTS = {
                               "load_index", "read_meta", "update_index"),
     "docstream.tasks.search": ("Hit", "Searcher", "search"),
 }
-_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str) -> Any:
-    """Import ``name`` from its module on first use (PEP 562)."""
-    if name not in _HOME:
-        raise AttributeError(f"module 'docstream.tasks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOME[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

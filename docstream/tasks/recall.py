@@ -423,10 +423,10 @@ def heatmap_title(result: ProbeResult, metric: str) -> str:
             f"lengths {format_tokens(min(c.lengths))}-{format_tokens(max(c.lengths))}  ·  {result.created[:10]}")
 
 
-def write_results(result: ProbeResult, out_dir: str | Path, metric: str = "accuracy") -> dict[str, Path]:
+def write_results(result: ProbeResult, out: str | Path, metric: str = "accuracy") -> dict[str, Path]:
     """Write trials and cells as Parquet and CSV, ``probe.json`` (settings, token counts) and
-    ``heatmap.png`` under ``out_dir``; returns the paths by name (also kept in ``result.files``)."""
-    out = Path(out_dir)
+    ``heatmap.png`` under ``out``; returns the paths by name (also kept in ``result.files``)."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     for name, rows in (("trials", result.trials), ("cells", result.cells)):

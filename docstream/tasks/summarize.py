@@ -205,12 +205,12 @@ def summarize_text(model: RWKVModel, tokenizer: Tokenizer, text: str, template: 
     return generate(model, tokenizer, read.state, [tokenizer.encode(prompt.suffix)], config, on_token=on_token)[0]
 
 
-def summarize(out_dir: str | Path, doc_ids: Sequence[str] | None = None, at_chunk: int | None = None,
+def summarize(out: str | Path, doc_ids: Sequence[str] | None = None, at_chunk: int | None = None,
               template: str = "world", instruction: str | None = None, sampling: SamplingConfig | None = None,
               instruction_first: bool = False, name: str | None = None, batch_size: int = 8,
               device: str | None = None, on_token: Callable[[str, int, str], None] | None = None,
               on_finish: Callable[[Summary], None] | None = None, progress: bool = True) -> SummaryRun:
-    """Summarize documents of the run at ``out_dir`` and write ``out_dir/summaries/<name>.parquet``.
+    """Summarize documents of the run at ``out`` and write ``out/summaries/<name>.parquet``.
 
     Args:
         doc_ids: the documents (default: every document the run finished, or, with ``at_chunk``,
@@ -229,9 +229,9 @@ def summarize(out_dir: str | Path, doc_ids: Sequence[str] | None = None, at_chun
     Raises:
         ValueError: unknown documents, a chunk without snapshot (the message names those that have
             one), a changed model checkpoint, or bad settings.
-        FileNotFoundError: ``out_dir`` is not a run's output directory.
+        FileNotFoundError: ``out`` is not a run's output directory.
     """
-    out = Path(out_dir)
+    out = Path(out)
     path = _output_path(out, name)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")

@@ -105,3 +105,16 @@ def test_a_field_without_description_is_refused():
 
     with pytest.raises(ValueError, match="Bare.size has no description"):
         add_fields(argparse.ArgumentParser(), Bare, ["size"])
+
+
+def test_the_folder_a_function_reads_or_writes_is_named_out_everywhere():
+    import inspect
+
+    from docstream.tasks.index import update_index
+    from docstream.tasks.recall import write_results
+    from docstream.tasks.search import Searcher, search
+    from docstream.tasks.summarize import summarize
+    from docstream.tasks.verify import verify_run
+
+    for function in (update_index, Searcher, search, summarize, verify_run, write_results):
+        assert "out" in inspect.signature(function).parameters, function.__qualname__
