@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from docstream.settings import read_config_file, validated
 from docstream.store.config import Backend
 
+#: dtypes training computes in and saves models in
+TrainDType = Literal["fp32", "bf16"]
+
 #: settings that decide the loss curve: resuming a training directory with other values is refused
 CURVE_FIELDS = ("data", "heldout", "tokenizer", "vocab_size", "init_from", "n_layer", "n_embd", "head_size",
                 "dim_ffn", "ctx_len", "batch_size", "lr", "lr_final", "warmup_steps", "max_steps",
@@ -42,9 +45,9 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(100, ge=1, description="evaluate held-out bits per byte every this many steps")
     eval_bytes: int = Field(200_000, ge=1, description="held-out text evaluated each time (the first N bytes)")
     save_every: int = Field(100, ge=1, description="write a resumable checkpoint every this many steps")
-    save_dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype of the exported model.pth")
+    save_dtype: TrainDType = Field("fp32", description="dtype of the exported model.pth")
     seed: int = Field(0, description="seed of the initial weights and of the data order")
-    dtype: Literal["fp32", "bf16"] = Field("fp32", description="compute dtype; bf16 autocasts on CUDA")
+    dtype: TrainDType = Field("fp32", description="compute dtype; bf16 autocasts on CUDA")
     device: str = Field("cpu", description="cpu or cuda[:N]")
     backend: Backend = Field("auto", description="WKV kernels: compiled cpu/cuda, the torch reference, or auto")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's choice)")
