@@ -17,8 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: exit codes of the errors a command can end with (the first matching class wins)
-EXIT_CODES = (("docstream.store.run_store", "RunLockedError", 3), ("docstream.train.loop", "TrainingLockedError", 3),
-              ("docstream.files", "DiskFullError", 5), ("docstream.kernels.build", "BuildError", 6))
+EXIT_CODES = (("docstream.stream.ray_engine", "RayUnavailableError", 2),
+              ("docstream.store.run_store", "RunLockedError", 3), ("docstream.train.loop", "TrainingLockedError", 3),
+              ("docstream.stream.ray_engine", "WorkerFailedError", 4), ("docstream.files", "DiskFullError", 5),
+              ("docstream.kernels.build", "BuildError", 6))
 
 
 def exit_code(err: BaseException) -> int | None:
@@ -36,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError, ImportError) as err:
         code = exit_code(err)
         if code is None:
             raise

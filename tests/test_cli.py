@@ -63,6 +63,7 @@ def test_errors_map_to_exit_codes_without_tracebacks():
     from docstream.files import DiskFullError
     from docstream.kernels.build import BuildError
     from docstream.store.run_store import RunLockedError, StoreDamagedError
+    from docstream.stream.ray_engine import RayUnavailableError, WorkerFailedError
     from docstream.train.loop import TrainingLockedError
 
     assert exit_code(ValueError("bad value")) == 2
@@ -72,4 +73,7 @@ def test_errors_map_to_exit_codes_without_tracebacks():
     assert exit_code(TrainingLockedError("locked")) == 3
     assert exit_code(DiskFullError(errno.ENOSPC, "full")) == 5
     assert exit_code(BuildError("no compiler")) == 6
+    assert exit_code(RayUnavailableError("pip install docstream[ray]")) == 2
+    assert exit_code(WorkerFailedError("workers kept dying")) == 4
+    assert exit_code(ImportError("a bug")) is None
     assert exit_code(RuntimeError("a bug")) is None and exit_code(OSError(errno.EIO, "io")) is None

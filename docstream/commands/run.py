@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from docstream.commands.flags import add_fields, add_quiet, given
 from docstream.store.config import RunConfig
@@ -30,15 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from docstream.store.config import build_config
-    from docstream.stream.ray_engine import RayUnavailableError, WorkerFailedError
     from docstream.stream.run import run
 
     config = build_config(args.config, given(args, (*RUN_FIELDS, "quiet")))
-    try:
-        summary = run(config)
-    except (RayUnavailableError, WorkerFailedError) as err:
-        print(f"docstream: error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, RayUnavailableError) else 4
+    summary = run(config)  # Ray's errors end the command with their code from docstream.cli.EXIT_CODES
     if not config.quiet:
         print("\n".join(summary.lines(config.out)))
     if not args.no_index:
