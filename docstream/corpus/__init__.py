@@ -10,16 +10,8 @@ Python use::
 """
 
 from docstream.corpus.chunker import TokenChunk, iter_chunks, iter_tokens, text_of_span
-from docstream.corpus.documents import (
-                                        MAX_PIECE_CHARS,
-                                        MIN_PIECE_CHARS,
-                                        READ_BLOCK_SIZE,
-                                        Document,
-                                        Item,
-                                        Rejected,
-                                        TextStats,
-                                        printable_name,
-)
+from docstream.corpus.documents import (MAX_PIECE_CHARS, MIN_PIECE_CHARS, READ_BLOCK_SIZE, Document, Item, Rejected,
+                                        TextStats, printable_name)
 from docstream.corpus.readers import iter_corpus
 from docstream.corpus.walk import FORMATS, SUFFIXES
 

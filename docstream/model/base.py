@@ -85,6 +85,10 @@ def squared_relu(x: Tensor) -> Tensor:
     return r * r if r.requires_grad else r.mul_(r)  # autograd keeps relu's output for its backward
 
 
+#: the parameters RWKV-5.2 and RWKV-6 keep in fp32 whatever the model's dtype (as the official package does)
+HEAD_FP32_PARAMS = ("att.time_decay", "att.time_faaaa", "att.ln_x.weight", "att.ln_x.bias")
+
+
 def count_layers(sd: dict[str, Tensor]) -> int:
     """Number of blocks in a BlinkDL state dict."""
     return 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from docstream.kernels import wkv6
-from docstream.model.base import Linear, RWKVModel, common_shapes, group_norm_heads, mix_param, token_shift
+from docstream.model.base import (HEAD_FP32_PARAMS, Linear, RWKVModel, common_shapes, group_norm_heads, mix_param,
+                                  token_shift)
 from docstream.model.config import ModelConfig
 from docstream.model.v4 import ChannelMix4
 
@@ -60,7 +61,7 @@ class TimeMix5(GatedHeadMix):
 
 class RWKV5(RWKVModel):
     version = "5.2"
-    fp32_params = ("att.time_decay", "att.time_faaaa", "att.ln_x.weight", "att.ln_x.bias")
+    fp32_params = HEAD_FP32_PARAMS
 
     @classmethod
     def config_from_state_dict(cls, sd: dict[str, Tensor]) -> ModelConfig:

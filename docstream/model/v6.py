@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from docstream.model.base import Linear, RWKVModel, common_shapes, matmul, mix_param, squared_relu, token_shift
+from docstream.model.base import (HEAD_FP32_PARAMS, Linear, RWKVModel, common_shapes, matmul, mix_param, squared_relu,
+                                  token_shift)
 from docstream.model.config import ModelConfig
 from docstream.model.v5 import GatedHeadMix
 
@@ -56,7 +57,7 @@ class ChannelMix6(nn.Module):
 
 class RWKV6(RWKVModel):
     version = "6"
-    fp32_params = ("att.time_decay", "att.time_faaaa", "att.ln_x.weight", "att.ln_x.bias")
+    fp32_params = HEAD_FP32_PARAMS
 
     @classmethod
     def config_from_state_dict(cls, sd: dict[str, Tensor]) -> ModelConfig:

@@ -45,12 +45,7 @@ void check_inputs(const torch::Tensor& r, const torch::Tensor& w, const torch::T
               docstream_wkv7_train_head_size(), ", got N=", r.size(3));
   TORCH_CHECK(chunk == docstream_wkv7_train_chunk(), "this extension was built for checkpoints every ",
               docstream_wkv7_train_chunk(), " tokens, got chunk=", chunk);
-  check_input(r, "r", r, false);
-  check_input(w, "w", r, true);
-  check_input(k, "k", r, false);
-  check_input(v, "v", r, false);
-  check_input(a, "a", r, false);
-  check_input(b, "b", r, false);
+  check_wkv7_inputs(r, w, k, v, a, b);
 }
 
 // (r, w, k, v, a, b, state, chunk) -> (y, final_state, checkpoints)

@@ -37,4 +37,15 @@ inline void check_input(const torch::Tensor& x, const char* name, const torch::T
   }
 }
 
+// The RWKV-7 inputs: all shaped like r, w (the decay) in fp32, the others in r's dtype.
+inline void check_wkv7_inputs(const torch::Tensor& r, const torch::Tensor& w, const torch::Tensor& k,
+                              const torch::Tensor& v, const torch::Tensor& a, const torch::Tensor& b) {
+  check_input(r, "r", r, false);
+  check_input(w, "w", r, true);
+  check_input(k, "k", r, false);
+  check_input(v, "v", r, false);
+  check_input(a, "a", r, false);
+  check_input(b, "b", r, false);
+}
+
 }  // namespace wkv

@@ -67,12 +67,7 @@ std::vector<torch::Tensor> wkv6_forward(torch::Tensor r, torch::Tensor k, torch:
 std::vector<torch::Tensor> wkv7_forward(torch::Tensor r, torch::Tensor w, torch::Tensor k, torch::Tensor v,
                                         torch::Tensor a, torch::Tensor b, torch::Tensor state) {
   check_head_size(r);
-  check_input(r, "r", r, false);
-  check_input(w, "w", r, true);
-  check_input(k, "k", r, false);
-  check_input(v, "v", r, false);
-  check_input(a, "a", r, false);
-  check_input(b, "b", r, false);
+  check_wkv7_inputs(r, w, k, v, a, b);
   const int64_t B = r.size(0), T = r.size(1), H = r.size(2), N = r.size(3);
   state = checked_state(r, state);
   const c10::cuda::CUDAGuard guard(r.device());
