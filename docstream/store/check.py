@@ -46,7 +46,7 @@ def verify_store(store: RunStore) -> list[Problem]:
             if match and int(match.group(1)) <= last and f"{table}/{path.name}" not in named:
                 problems.append(Problem(str(path), "no commit record names this part, though its number is "
                                                    "committed: the record that named it is missing or damaged",
-                                        f"restore the commit records from a backup; {RESTORE}"))
+                                        RESTORE))
     return problems
 
 
@@ -76,21 +76,21 @@ def _records(out: Path) -> tuple[list[dict], list[Problem]]:
             missing = ", ".join(str(n) for n in range(newest + 1, int(text) + 1))
             problems.append(Problem(str(directory / f"{int(text):08d}.json"),
                                     f"commit record(s) {missing} are missing (LATEST says {text})",
-                                    f"restore them from a backup; {RESTORE}"))
+                                    RESTORE))
     records = []
     for expected in range(1, newest + 1):
         path = directory / f"{expected:08d}.json"
         if expected not in numbers:
             problems.append(Problem(str(path), f"commit record {expected} is missing (the records jump past it)",
-                                    f"restore it from a backup; {RESTORE}"))
+                                    RESTORE))
             continue
         try:
             record = json.loads(path.read_bytes())
         except (OSError, ValueError) as err:
-            problems.append(Problem(str(path), f"cannot be parsed ({err})", f"restore it from a backup; {RESTORE}"))
+            problems.append(Problem(str(path), f"cannot be parsed ({err})", RESTORE))
             continue
         if not isinstance(record, dict) or record.get("seq") != expected or not isinstance(record.get("files"), dict):
-            problems.append(Problem(str(path), f"is not commit record {expected}", f"restore it; {RESTORE}"))
+            problems.append(Problem(str(path), f"is not commit record {expected}", RESTORE))
             continue
         records.append(record)
     return records, problems
@@ -98,10 +98,10 @@ def _records(out: Path) -> tuple[list[dict], list[Problem]]:
 
 def _check_part(path: Path, sha256: str, table: str, rows: int | None) -> list[Problem]:
     if not path.is_file():
-        return [Problem(str(path), "is missing (a commit record names it)", f"restore it from a backup; {RESTORE}")]
+        return [Problem(str(path), "is missing (a commit record names it)", RESTORE)]
     if sha256_file(path) != sha256:
         return [Problem(str(path), "fails its checksum: its bytes changed since it was committed",
-                        f"restore it from a backup; {RESTORE}")]
+                        RESTORE)]
     try:
         table_data = pq.read_table(path, schema=SCHEMAS[table])
     except (OSError, pa.ArrowException) as err:

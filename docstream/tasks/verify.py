@@ -72,7 +72,8 @@ class VerifyReport:
         lines = [f"repaired: {line}" for line in self.repaired] + [f"note: {line}" for line in self.notes]
         lines += [f"{p.path}: {p.problem}; fix: {p.fix}" for p in self.problems]
         if self.sound:
-            lines.append(f"sound: {self.commits} commits, {self.parts} parts, {self.indexes} indexes checked")
+            lines.append(f"sound: {_count(self.commits, 'commit')}, {_count(self.parts, 'part')}, "
+                         f"{_count(self.indexes, 'index', 'indexes')} checked")
         return lines
 
     def to_json(self) -> dict:
@@ -209,3 +210,8 @@ def print_report(report: VerifyReport, as_json: bool, file: TextIO | None = None
         print(json.dumps(report.to_json(), ensure_ascii=False), file=file)
     else:
         print("\n".join(report.lines()), file=file)
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """``"1 index"``, ``"3 indexes"``."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
