@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from docstream.checksum import sha256_file
+
 #: temp files docstream writes: ``.NAME.tmp-PID`` (the only names clean-up ever removes)
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -71,6 +73,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             raise disk_full(path, err) from err
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_hashed(path: Path, write: Callable[[Path], None]) -> str:
+    """:func:`atomic_write`, returning the sha256 of the file as written (for the records that name it)."""
+    digest = []
+
+    def write_and_hash(tmp: Path) -> None:
+        write(tmp)
+        digest.append(sha256_file(tmp))
+
+    atomic_write(path, write_and_hash)
+    return digest[0]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -25,17 +25,19 @@ snapshot, the content hash of each document, and the documents whose earlier row
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from docstream.checksum import sha256_bytes, sha256_file
-from docstream.files import DamagedFileError, atomic_write, atomic_write_bytes, is_temp_name, read_json, try_lock
+from docstream.checksum import sha256_bytes
+from docstream.files import (DamagedFileError, atomic_write_bytes, atomic_write_hashed, is_temp_name, read_json,
+                             try_lock)
 from docstream.store.schemas import SCHEMAS, TABLES, WRITE_OPTIONS
 
 __all__ = ["MARKER_NAME", "Problem", "Progress", "RunFolderError", "RunLockedError", "RunStore", "SnapshotRef",
@@ -43,7 +45,9 @@ __all__ = ["MARKER_NAME", "Problem", "Progress", "RunFolderError", "RunLockedErr
 
 MARKER_NAME = "docstream-run.json"
 MARKER = {"format": "docstream run folder", "version": 2}
-_PART_NAME = re.compile(r"^part-(\d{8})\.parquet$")
+PART_NAME = re.compile(r"^part-(\d{8})\.parquet$")
+#: how to repair a damaged file of the run itself (docstream never rewrites committed files)
+RESTORE = "restore it from a backup of the run folder, or run again into a new --out"
 _RECORD_NAME = re.compile(r"^(\d{8})\.json$")
 
 
@@ -56,7 +60,12 @@ class RunFolderError(ValueError):
 
 
 class StoreDamagedError(DamagedFileError):
-    """A committed file of the run is missing, unreadable or fails its checksum."""
+    """A committed file of the run is missing, unreadable or fails its checksum: ``path`` and ``problem``
+    say which and what."""
+
+    def __init__(self, message: str, path: Path | None = None, problem: str = ""):
+        super().__init__(message)
+        self.path, self.problem = path, problem
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,7 @@ class Progress:
 def damaged(path: Path, what: str) -> StoreDamagedError:
     """The error for a damaged file of the run at ``path``'s run folder."""
     return StoreDamagedError(f"{path}: {what}. The run folder is damaged: see `docstream verify --run "
-                             f"{_run_root(path)}` for what is wrong and how to repair it")
+                             f"{_run_root(path)}` for what is wrong and how to repair it", path, what)
 
 
 def _run_root(path: Path) -> Path:
@@ -192,8 +201,7 @@ class RunStore:
                 raise damaged(self.config_path, "missing, although the folder holds commits (the settings "
                                                 "a resume must match are gone)")
             return None
-        config = read_json(self.config_path, "the run's settings",
-                           f"restore it from a backup, or run again into a new --out")
+        config = read_json(self.config_path, "the run's settings", RESTORE)
         if not isinstance(config, dict) or "identity" not in config:
             raise damaged(self.config_path, "does not hold a run's settings")
         return config
@@ -209,36 +217,52 @@ class RunStore:
         found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _RECORD_NAME.match(p.name))]
         return sorted(found)
 
-    def latest_seq(self) -> int | None:
-        """The newest sequence number ``commits/LATEST`` records (None when there is none)."""
-        path = self.out / "commits" / "LATEST"
-        if not path.exists():
-            return None
-        text = path.read_text(errors="replace").strip()
-        if not text.isdigit():
-            raise damaged(path, f"holds {text[:40]!r}, not a commit number")
-        return int(text)
+    def scan_records(self) -> tuple[list[dict[str, Any]], list[Problem]]:
+        """Every readable commit record in order, and each problem of the record sequence: a gap, an
+        unreadable record, or a ``commits/LATEST`` that disagrees with the records (a missing newest
+        record). :meth:`commit_records` refuses the first problem; ``docstream verify`` lists them all."""
+        directory = self.out / "commits"
+        found = dict(self._record_paths())
+        newest = max(found, default=0)
+        problems: list[Problem] = []
+        latest = directory / "LATEST"
+        if latest.exists():
+            text = latest.read_text(errors="replace").strip()
+            if not text.isdigit():
+                problems.append(Problem(str(latest), f"holds {text[:40]!r}, not a commit number",
+                                        f"write the newest commit number ({newest}) into it"))
+            elif int(text) > newest:
+                problems.append(Problem(str(directory / f"{int(text):08d}.json"),
+                                        f"commit {text} is the newest recorded (commits/LATEST), but the records "
+                                        f"end at {newest}", RESTORE))
+            elif newest > int(text) + 1:
+                problems.append(Problem(str(latest), f"says commit {text} is the newest, but the records go to "
+                                                     f"{newest}", f"write the newest commit number ({newest}) into it"))
+        records = []
+        for seq in range(1, newest + 1):
+            path = directory / f"{seq:08d}.json"
+            if seq not in found:
+                problems.append(Problem(str(path), f"commit record {seq} is missing (the records jump past it); "
+                                                   f"the parts it named would be lost", RESTORE))
+                continue
+            try:
+                record = json.loads(path.read_bytes())
+            except (OSError, ValueError) as err:
+                problems.append(Problem(str(path), f"commit record {seq} cannot be parsed ({err})", RESTORE))
+                continue
+            if not isinstance(record, dict) or record.get("seq") != seq or not isinstance(record.get("files"), dict):
+                problems.append(Problem(str(path), f"is not commit record {seq}", RESTORE))
+                continue
+            records.append(record)
+        return records, problems
 
-    def commit_records(self) -> Iterator[dict[str, Any]]:
+    def commit_records(self) -> list[dict[str, Any]]:
         """Committed records in order of their sequence number, after checking that none is missing:
         :class:`StoreDamagedError` names the first gap, unreadable record or missing newest record."""
-        found = self._record_paths()
-        latest = self.latest_seq()
-        newest = found[-1][0] if found else 0
-        if latest is not None and not latest <= newest <= latest + 1:
-            missing = self.out / "commits" / f"{latest:08d}.json"
-            raise damaged(missing if newest < latest else self.out / "commits" / "LATEST",
-                          f"commit {latest} is the newest recorded, but the records end at {newest}"
-                          if newest < latest else f"says commit {latest} is the newest, but records go to {newest}")
-        for expected, (seq, path) in enumerate(found, start=1):
-            if seq != expected:
-                raise damaged(self.out / "commits" / f"{expected:08d}.json",
-                              f"commit record {expected} is missing (the records jump from {expected - 1} to "
-                              f"{seq}); the parts it named would be lost")
-            record = read_json(path, f"commit record {seq}", "see `docstream verify`")
-            if not isinstance(record, dict) or record.get("seq") != seq:
-                raise damaged(path, f"is not commit record {seq}")
-            yield record
+        records, problems = self.scan_records()
+        if problems:
+            raise damaged(Path(problems[0].path), problems[0].problem)
+        return records
 
     def progress(self) -> Progress:
         progress = Progress()
@@ -287,14 +311,9 @@ class RunStore:
         atomic_write_bytes(self.out / "commits" / "LATEST", f"{seq}\n".encode())
 
     def _write_part(self, path: Path, name: str, table: pa.Table) -> str:
-        digest = []
-
-        def write(tmp: Path) -> None:
-            pq.write_table(table.cast(SCHEMAS[name]), tmp, **WRITE_OPTIONS[name])
-            digest.append(sha256_file(tmp))
-
-        atomic_write(path, write)
-        return digest[0]
+        """Write ``table`` as the part at ``path``; its sha256, for the commit record."""
+        return atomic_write_hashed(path, lambda tmp: pq.write_table(table.cast(SCHEMAS[name]), tmp,
+                                                                    **WRITE_OPTIONS[name]))
 
     # -- reading -------------------------------------------------------------------------------
     def committed_parts(self, table: str, records: list[dict[str, Any]] | None = None) -> list[tuple[int, Path, str]]:
@@ -307,10 +326,15 @@ class RunStore:
         return [path for _, path, _ in self.committed_parts(table)]
 
     def read_part(self, path: Path, sha256: str, **read_options: Any) -> pa.Table:
-        """A committed part, after checking its sha256 against its commit record."""
-        check_part(path, sha256)
+        """A committed part, after checking its sha256 against its commit record (the file is read once:
+        hashed and parsed from the same bytes)."""
+        if not path.is_file():
+            raise damaged(path, "is missing (a commit record names it)")
+        data = path.read_bytes()
+        if sha256_bytes(data) != sha256:
+            raise damaged(path, "fails its checksum (its bytes changed since it was committed)")
         try:
-            return pq.read_table(path, **read_options)
+            return pq.read_table(pa.BufferReader(data), **read_options)
         except (OSError, pa.ArrowException) as err:
             raise damaged(path, f"cannot be read as Parquet ({err})") from err
 
@@ -360,17 +384,9 @@ class RunStore:
             for path in directory.iterdir():
                 if not path.is_file() or path.is_symlink():
                     continue
-                match = _PART_NAME.match(path.name)
+                match = PART_NAME.match(path.name)
                 if is_temp_name(path.name) or (directory != self.out and match and int(match.group(1)) > last):
                     path.unlink()
-
-
-def check_part(path: Path, sha256: str) -> None:
-    """``StoreDamagedError`` unless the file at ``path`` exists and has the recorded sha256."""
-    if not path.is_file():
-        raise damaged(path, "is missing (a commit record names it)")
-    if sha256_file(path) != sha256:
-        raise damaged(path, "fails its checksum (its bytes changed since it was committed)")
 
 
 def retracted_before(records: list[dict[str, Any]], field_name: str = "retracted") -> dict[str, int]:

@@ -39,7 +39,7 @@ except ImportError as _err:
     raise ImportError("docstream's indexes and search need FAISS: install it with pip install "
                       "'docstream[faiss]' (faiss-cpu), or faiss-gpu") from _err
 
-from docstream.files import locked
+from docstream.files import atomic_write_bytes, atomic_write_hashed, locked
 from docstream.model.pooling import DEFAULT_POOLING
 from docstream.store.reader import EmbeddingRows, check_pooling, read_embeddings, read_run_config
 from docstream.tasks.embed import l2_normalize
@@ -48,7 +48,6 @@ from docstream.tasks.index_files import (
     DiskFullError,
     IdTable,
     IndexDamagedError,
-    atomic_write,
     file_problems,
     last_generation,
     rebuild_hint,
@@ -395,7 +394,7 @@ def _write_generation(directory: Path, old: IndexMeta | None, rows: EmbeddingRow
     generation = max(old.generation if old else 0, last_generation(directory)) + 1
     index_file, ids_file = f"index-{generation:06d}.faiss", f"ids-{generation:06d}.parquet"
     try:
-        index_sha256 = atomic_write(directory / index_file, lambda tmp: _write_faiss(index, tmp))
+        index_sha256 = atomic_write_hashed(directory / index_file, lambda tmp: _write_faiss(index, tmp))
         ids_sha256 = ids.write(directory / ids_file)
         meta = IndexMeta(factory, metric, pooling, int(index.d), seq, int(index.ntotal), generation, index_file,
                          ids_file, identity, index_sha256, ids_sha256)
@@ -426,7 +425,7 @@ def _write_faiss(index: faiss.Index, path: Path) -> None:
 
 def _write_meta(directory: Path, meta: IndexMeta) -> None:
     """Commit ``meta`` as the current generation (atomically: the old meta.json or the whole new one)."""
-    atomic_write(directory / META_NAME, lambda tmp: tmp.write_bytes(meta.to_json()))
+    atomic_write_bytes(directory / META_NAME, meta.to_json())
 
 
 def _check_compatible(meta: IndexMeta, factory: str, metric: str, identity: str, directory: Path) -> None:

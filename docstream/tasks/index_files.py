@@ -9,21 +9,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from docstream import files
 from docstream.checksum import sha256_file
 from docstream.corpus.chunk_id import ChunkId, ChunkIdColumns
-from docstream.files import DamagedFileError, DiskFullError
+from docstream.files import DamagedFileError, DiskFullError, atomic_write_hashed
 from docstream.store.reader import EmbeddingRows
 from docstream.store.schemas import ID_TABLE_SCHEMA
 
-__all__ = ["ChunkId", "DiskFullError", "IdTable", "IndexDamagedError", "atomic_write", "file_problems",
-           "last_generation", "locked", "rebuild_hint", "remove_unnamed"]
+__all__ = ["ChunkId", "DiskFullError", "IdTable", "IndexDamagedError", "file_problems", "last_generation",
+           "rebuild_hint", "remove_unnamed"]
 
 #: the names of the files an update writes: generation files and their temp files (``.NAME.tmp-PID``)
 GENERATION_FILE = re.compile(r"^(?:index-(?P<generation>\d+)\.faiss|ids-\d+\.parquet|\..+\.tmp-\d+)$")
@@ -49,19 +46,6 @@ def rebuild_hint(directory: Path, factory: str | None = None, metric: str | None
     keep = " (with its --factory and --metric if they were not Flat and cosine)" if factory is None else ""
     return (f"the index is derived data: rebuild it with `docstream index --run {out} --pooling {pooling}{options} "
             f"--rebuild`{keep} or `docstream verify --run {out} --repair`")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> str:
-    """:func:`docstream.files.atomic_write` (``path`` whole or absent; no temp file left on failure;
-    :class:`DiskFullError` when out of space) that returns the sha256 of the written file."""
-    digest = []
-
-    def write_and_hash(tmp: Path) -> None:
-        write(tmp)
-        digest.append(sha256_file(tmp))
-
-    files.atomic_write(path, write_and_hash)
-    return digest[0]
 
 
 def last_generation(directory: Path) -> int:
@@ -111,7 +95,7 @@ class IdTable(ChunkIdColumns):
         """Write the table as Parquet to ``path`` atomically (see :func:`atomic_write`); its sha256."""
         table = pa.table({"doc_id": self.doc_id.tolist(), "chunk_index": self.chunk_index,
                           "token_start": self.token_start, "token_end": self.token_end}, schema=ID_TABLE_SCHEMA)
-        return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        return atomic_write_hashed(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
     @classmethod
     def read(cls, path: Path) -> IdTable:
