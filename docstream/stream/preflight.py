@@ -18,7 +18,7 @@ from pathlib import Path
 from docstream.checksum import sha256_file
 from docstream.corpus import SUFFIXES, Document, Rejected, iter_corpus
 from docstream.defaults import DEFAULT_MODEL_DIR
-from docstream.tokenizer import WORLD_VOCAB_FILENAME, Tokenizer, load_tokenizer
+from docstream.tokenizer import WORLD_VOCAB_FILENAME, Tokenizer, load_tokenizer, resolve_tokenizer_path
 
 #: a tokenizer may have fewer tokens than the model has embeddings (released models pad their
 #: vocabulary: World models 65536 rows for 65530 ids, the built-in model exactly its 4096), but not
@@ -89,22 +89,13 @@ def check_default_pairing(model_path: str | os.PathLike[str], tokenizer_path: st
     """
     model_file = DEFAULT_MODEL_DIR / "model.pth"
     own = DEFAULT_MODEL_DIR / "tokenizer.json"
-    if not _same_file(model_path, model_file) or _same_file(_resolve_tokenizer(tokenizer_path), own):
+    if not _same_file(model_path, model_file) or _same_file(resolve_tokenizer_path(tokenizer_path), own):
         return
     raise ValueError(f"tokenizer {str(tokenizer_path)!r} cannot be used with the built-in default model "
                      f"{str(model_file)!r}, which only works with its own tokenizer {str(own)!r}: --tokenizer "
                      f"without --model uses the built-in model. Pass --model with the checkpoint this tokenizer "
                      f"belongs to (World vocabulary: RWKV-5/6/7 World models; 20B_tokenizer.json: RWKV-4 Pile "
                      f"models), or drop --tokenizer")
-
-
-def _resolve_tokenizer(path: str | os.PathLike[str]) -> Path:
-    """The file a tokenizer argument names (a bare bundled vocabulary name included)."""
-    try:
-        from docstream.tokenizer.loader import resolve_tokenizer_path
-    except ImportError:  # a docstream without bundled-name lookup: the path is the file
-        return Path(path)
-    return resolve_tokenizer_path(path)
 
 
 def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

@@ -222,11 +222,12 @@ def _tasks(config: RunConfig, store: RunStore, progress: Progress, fingerprint: 
             writer.retract(item.doc_id)
             summary.changed += 1
             done = False
-        writer.content[item.doc_id] = content
+        if item.doc_id in progress.finished and done:
+            summary.skipped += 1
+            continue
+        writer.content[item.doc_id] = content  # recorded with the rows it is about to get
         if not done:
             yield StreamTask(item)
-        elif item.doc_id in progress.finished:
-            summary.skipped += 1
         else:
             yield _resume_task(item, store, progress.in_flight[item.doc_id], fingerprint)
             summary.resumed += 1

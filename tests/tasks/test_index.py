@@ -32,19 +32,14 @@ from docstream.tasks.index import (
     training_minimum,
     update_index,
 )
-from tests.tasks import DIM, make_model, run_corpus, write_corpus
+from tests.tasks import DIM, run_corpus, write_corpus
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return make_model(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def out(tmp_path_factory, model):
+def out(tmp_path_factory, model_path):
     root = tmp_path_factory.mktemp("corpus")
     write_corpus(root, 6, seed=21, min_words=5, max_words=50)
-    return run_corpus(model, root, tmp_path_factory.mktemp("run") / "out")
+    return run_corpus(model_path, root, tmp_path_factory.mktemp("run") / "out")
 
 
 def _files(directory):
@@ -148,16 +143,16 @@ def test_no_index_yet_and_not_a_run(tmp_path):
         load_index(tmp_path)
 
 
-def test_resumed_run_adds_only_new_commits_exactly_once(model, tmp_path):
+def test_resumed_run_adds_only_new_commits_exactly_once(model_path, tmp_path):
     corpus = tmp_path / "corpus"
     write_corpus(corpus, 4, seed=31, min_words=5, max_words=40)
-    out = run_corpus(model, corpus, tmp_path / "out")
+    out = run_corpus(model_path, corpus, tmp_path / "out")
     first = update_index(out)
     assert first.added == first.meta.count == len(chunk_vectors(out)) and first.meta.seq == last_seq(out)
     assert update_index(out).added == 0
     # more documents arrive; the run resumes on the same directory and commits only them
     write_corpus(corpus, 3, seed=32, min_words=5, max_words=40, first=4)
-    run_corpus(model, corpus, out)
+    run_corpus(model_path, corpus, out)
     rows = chunk_vectors(out)
     second = update_index(out)
     assert second.meta.seq == last_seq(out) > first.meta.seq
@@ -170,13 +165,13 @@ def test_resumed_run_adds_only_new_commits_exactly_once(model, tmp_path):
     assert update_index(out).added == 0 and load_index(out).index.ntotal == len(rows)
 
 
-def test_crash_before_the_meta_keeps_the_old_index(model, tmp_path, monkeypatch):
+def test_crash_before_the_meta_keeps_the_old_index(model_path, tmp_path, monkeypatch):
     corpus = tmp_path / "corpus"
     write_corpus(corpus, 3, seed=41, min_words=5, max_words=30)
-    out = run_corpus(model, corpus, tmp_path / "out")
+    out = run_corpus(model_path, corpus, tmp_path / "out")
     old = update_index(out).meta
     write_corpus(corpus, 2, seed=42, min_words=5, max_words=30, first=3)
-    run_corpus(model, corpus, out)
+    run_corpus(model_path, corpus, out)
 
     def crash(directory, meta):
         raise OSError("simulated crash before the meta is written")
@@ -335,13 +330,13 @@ def test_full_tmpfs(copy, tmp_path):
         subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_rows_retracted_since_the_last_update_make_it_rebuild(model, tmp_path, monkeypatch):
+def test_rows_retracted_since_the_last_update_make_it_rebuild(model_path, tmp_path, monkeypatch):
     corpus = tmp_path / "corpus"
     write_corpus(corpus, 3, seed=43, min_words=5, max_words=30)
-    out = run_corpus(model, corpus, tmp_path / "out")
+    out = run_corpus(model_path, corpus, tmp_path / "out")
     first = update_index(out)
     write_corpus(corpus, 2, seed=44, min_words=5, max_words=30, first=3)
-    run_corpus(model, corpus, out)
+    run_corpus(model_path, corpus, out)
     # as if a commit after the index's seq retracted doc000.txt (e.g. its file changed mid-run): the reader
     # leaves its rows out and names it in ``retracted`` when reading past a commit that retracted it
     gone, real = "doc000.txt", index_module.read_embeddings

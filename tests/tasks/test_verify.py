@@ -14,19 +14,14 @@ import docstream.tasks.verify as verify_module
 from docstream.store.run_store import Problem, RunStore
 from docstream.tasks.index import index_dir, load_index, read_meta, update_index
 from docstream.tasks.verify import EXIT_PROBLEMS, EXIT_SOUND, verify_run
-from tests.tasks import make_model, run_corpus, write_corpus
+from tests.tasks import run_corpus, write_corpus
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return make_model(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, model):
+def base(tmp_path_factory, model_path):
     root = tmp_path_factory.mktemp("corpus")
     write_corpus(root, 5, seed=61, min_words=5, max_words=40)
-    return run_corpus(model, root, tmp_path_factory.mktemp("run") / "out")
+    return run_corpus(model_path, root, tmp_path_factory.mktemp("run") / "out")
 
 
 @pytest.fixture
@@ -150,13 +145,13 @@ def test_stray_entries_under_index_are_reported_never_removed(out):
     assert (out / "index" / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_an_index_behind_the_run_is_a_note_and_repair_updates_it(model, tmp_path):
+def test_an_index_behind_the_run_is_a_note_and_repair_updates_it(model_path, tmp_path):
     corpus = tmp_path / "corpus"
     write_corpus(corpus, 2, seed=62, min_words=5, max_words=30)
-    out = run_corpus(model, corpus, tmp_path / "out")
+    out = run_corpus(model_path, corpus, tmp_path / "out")
     first = update_index(out)
     write_corpus(corpus, 1, seed=63, min_words=5, max_words=30, first=2)
-    run_corpus(model, corpus, out)
+    run_corpus(model_path, corpus, out)
     behind = last_seq(out) - first.meta.seq
     report = verify_run(out)
     assert report.sound and report.notes == (f"{index_dir(out)}: {behind} commits behind the run; the next "
