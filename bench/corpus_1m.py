@@ -13,8 +13,8 @@ default pooling), and times its parts by wrapping functions from the outside:
 
 * tokenize: the tokenizer's ``encode`` (the run's only tokenizing call);
 * model: ``model.forward_hidden`` (the forward pass over each batch of chunks);
-* vectors: the rest of ``Stream._forward`` (pooling the hidden states into the three chunk vectors,
-  copies to numpy, per-row state selection);
+* vectors: ``Stream._commit`` (pooling the hidden states into the three chunk vectors, the non-finite
+  check, copies to numpy, per-row state selection);
 * snapshots+commits: ``State.to_bytes`` and its sha256 in ``_CommitWriter._add_chunk`` plus
   ``_CommitWriter.flush`` (Arrow tables, Parquet writes, checksums, fsyncs, commit records);
 * index: ``update_index`` (reading the committed embeddings, building and writing the index);
@@ -83,17 +83,9 @@ def timed(owner, name, part, count=None):
     setattr(owner, name, wrapper)
     hooked.append(f"{owner.__name__}.{name}")
 
-# the model's forward inside Stream._forward counts as "model", the rest of _forward as "vectors"
+# the model's forward (called by docstream.model.feed) is "model"; what the engine does with its output is "vectors"
 timed(RWKVModel, "forward_hidden", "model", "forward")
-forward_outer = {"t": 0.0}
-original_forward = engine.Stream._forward
-def stream_forward(self, batch):
-    start = time.perf_counter()
-    try:
-        return original_forward(self, batch)
-    finally:
-        forward_outer["t"] += time.perf_counter() - start
-engine.Stream._forward = stream_forward
+timed(engine.Stream, "_commit", "vectors")
 # snapshot serialization (to_bytes + sha256 in _add_chunk) and commits (flush) are one part
 timed(run_module._CommitWriter, "_add_chunk", "snapshots+commits")
 timed(run_module._CommitWriter, "flush", "snapshots+commits", "flush")
@@ -125,7 +117,6 @@ rss_run = hwm_mib()
 result = update_index(settings["out"])
 end = time.perf_counter()
 spent["index"] = end - after_run
-spent["vectors"] = forward_outer["t"] - spent["model"]
 total = end - start
 spent["other"] = total - sum(spent.values())
 print(json.dumps({"tokens": summary.tokens, "documents": summary.processed, "rejected": sum(summary.rejected.values()),
