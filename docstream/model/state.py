@@ -125,11 +125,12 @@ class State:
         header = {"version": self.version, "parts": {}}
         buffers = []
         for name, t in self.parts().items():
-            raw = _raw_bytes(t)
+            raw = _raw_view(t)
             header["parts"][name] = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
-                                     "nbytes": len(raw)}
+                                     "nbytes": raw.nbytes}
             buffers.append(raw)
         head = json.dumps(header, sort_keys=True).encode()
+        # join copies each part's buffer once, straight into the result
         return b"".join([_MAGIC, struct.pack("<I", len(head)), head, *buffers])
 
     @classmethod
@@ -176,11 +177,12 @@ def _as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
                      f"or a torch dtype such as torch.float16")
 
 
-def _raw_bytes(t: Tensor) -> bytes:
-    t = t.detach().cpu().contiguous()
-    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: keep the bits
-        t = t.view(torch.int16)
-    return t.numpy().tobytes()
+def _raw_view(t: Tensor) -> memoryview:
+    """The bytes of ``t`` in C order; a contiguous CPU tensor is not copied (others are made contiguous
+    where they live, then moved)."""
+    t = t.detach().contiguous().cpu()
+    # as bytes: numpy has no bfloat16, and the bits are what is kept
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
 def _from_raw(raw: bytes, dtype_name: str, shape: list[int]) -> Tensor:
