@@ -36,8 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from docstream.checksum import sha256_bytes
-from docstream.files import (DamagedFileError, atomic_write_bytes, atomic_write_hashed, is_temp_name, read_json,
-                             try_lock)
+from docstream.files import DamagedFileError, atomic_write_bytes, is_temp_name, read_json, try_lock
 from docstream.store.schemas import SCHEMAS, TABLES, WRITE_OPTIONS
 
 __all__ = ["MARKER_NAME", "Problem", "Progress", "RunFolderError", "RunLockedError", "RunStore", "SnapshotRef",
@@ -311,9 +310,15 @@ class RunStore:
         atomic_write_bytes(self.out / "commits" / "LATEST", f"{seq}\n".encode())
 
     def _write_part(self, path: Path, name: str, table: pa.Table) -> str:
-        """Write ``table`` as the part at ``path``; its sha256, for the commit record."""
-        return atomic_write_hashed(path, lambda tmp: pq.write_table(table.cast(SCHEMAS[name]), tmp,
-                                                                    **WRITE_OPTIONS[name]))
+        """Write ``table`` as the part at ``path``; its sha256, for the commit record.
+
+        The Parquet file is built in memory, hashed there, then written atomically, so its bytes are
+        hashed once and never read back from disk."""
+        sink = pa.BufferOutputStream()
+        pq.write_table(table.cast(SCHEMAS[name]), sink, **WRITE_OPTIONS[name])
+        data = sink.getvalue()  # pa.Buffer: hashed and written through the buffer protocol, not copied
+        atomic_write_bytes(path, data)
+        return sha256_bytes(data)
 
     # -- reading -------------------------------------------------------------------------------
     def committed_parts(self, table: str, records: list[dict[str, Any]] | None = None) -> list[tuple[int, Path, str]]:

@@ -18,12 +18,23 @@ SCHEMAS = {
     "errors": pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("reason", pa.string()),
                          ("detail", pa.string())]),
 }
-# Snapshot settings chosen with bench/bench_snapshots.py on 169M-shape fp32 states (see bench/RESULTS.md):
-# zstd saves ~7% over raw (recurrent states barely compress) and one row per row group makes reading a
-# single document's snapshot ~15x faster than groups of 16, for ~1% more bytes.
+# Write settings chosen with bench/bench_snapshots.py (numbers: bench/RESULTS.md, "Snapshot size"). All
+# are per file, so parts written with earlier settings (zstd everywhere, default statistics) still read.
+# Snapshots: one row per row group makes reading one document's state ~15x faster than groups of 16.
+# States barely compress: zstd saved 7% of the bytes for 5x the write time (6.0 vs 1.2 ms per RWKV-7
+# 169M state), and with one row per group each small column holds one value, so nothing is compressed.
+# Min/max statistics of a multi-MB state cost more than writing it: statistics only for the small
+# columns (doc_id and chunk_index are what read_snapshot's filters skip row groups by).
+# Embeddings: zstd saves 8% of the float lists at little cost; dictionary encoding of the floats made
+# parts 12% larger than raw and 2.5x slower to write, so only doc_id gets a dictionary; no statistics
+# for the float lists.
+_SNAPSHOT_SMALL = [name for name in SCHEMAS["snapshots"].names if name != "state"]
+_EMBEDDING_FLOATS = ("embedding", "embedding_mean", "embedding_state")
 WRITE_OPTIONS = {
-    "embeddings": dict(compression="zstd", row_group_size=8192),
-    "snapshots": dict(compression="zstd", row_group_size=1, use_dictionary=["doc_id", "model_fingerprint"]),
+    "embeddings": dict(compression="zstd", row_group_size=8192, use_dictionary=["doc_id"],
+                       write_statistics=[n for n in SCHEMAS["embeddings"].names if n not in _EMBEDDING_FLOATS]),
+    "snapshots": dict(compression="none", row_group_size=1, use_dictionary=["doc_id", "model_fingerprint"],
+                      write_statistics=_SNAPSHOT_SMALL),
     "documents": dict(compression="zstd"),
     "errors": dict(compression="zstd"),
 }
