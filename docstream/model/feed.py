@@ -166,7 +166,8 @@ def last_state(fed: Iterable[tuple[Any, Fed]], state: State | None = None) -> St
 def _gather(states: State | Sequence[State], members: list[int]) -> State:
     """The states of ``members`` as one batched state (one row's own state when alone)."""
     if isinstance(states, State):
-        return states.select(members)
+        # all rows in order: the batch state as it is (selecting would copy it)
+        return states if members == list(range(states.batch_size)) else states.select(members)
     return states[members[0]] if len(members) == 1 else State.stack([states[i] for i in members])
 
 

@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import pyarrow as pa
 from tqdm import tqdm
 
 import docstream
-from docstream.checksum import sha256_bytes, sha256_file
+from docstream.checksum import sha256_file
 from docstream.corpus import SUFFIXES, Document, Rejected, iter_corpus
 from docstream.model import State, load_model
 from docstream.store.config import RunConfig
 from docstream.store.run_store import Progress, RunStore, SnapshotRef
-from docstream.store.schemas import SCHEMAS
+from docstream.stream.clock import MEANINGS, StageClock
+from docstream.stream.committer import Committer, PendingCommit
 from docstream.stream.engine import ChunkRecord, DocumentDone, Stream, StreamTask
 from docstream.stream.preflight import check_run
 from docstream.tokenizer import Tokenizer, load_tokenizer
@@ -42,12 +42,31 @@ class RunSummary:
     worker_restarts: int = 0
     changed: int = 0
     gone: int = 0
+    #: seconds per pipeline stage (see docstream.stream.clock.MEANINGS; stages overlap)
+    stages: dict[str, float] = field(default_factory=dict)
+    #: the fraction of the run's wall time the model was busy (near 1: the job is model-bound)
+    model_busy: float = 0.0
+    #: the batch size the run used (chosen from the device when not given)
+    batch_size: int = 0
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        """The summary as plain JSON values (``docstream run --json``)."""
+        data = {k: v for k, v in vars(self).items()}
+        data["rejected"] = dict(self.rejected)
+        data["tok_s"] = self.tok_s
+        return data
 
     def lines(self, out: Path) -> list[str]:
-        rate = self.tokens / self.seconds if self.seconds else 0.0
         lines = [f"documents processed {self.processed} (resumed mid-document {self.resumed}), "
                  f"already done {self.skipped}, rejected {sum(self.rejected.values())}",
-                 f"tokens {self.tokens} in {self.seconds:.1f} s ({rate:.0f} tok/s)"]
+                 f"tokens {self.tokens} in {self.seconds:.1f} s ({self.tok_s:.0f} tok/s, batch {self.batch_size})"]
+        if self.stages and self.tokens:
+            lines.append(f"model busy {self.model_busy:.0%} of the time; seconds per stage (stages overlap): "
+                         + ", ".join(f"{name} {sec:.1f}" for name, sec in self.stages.items() if name in MEANINGS))
         if self.rejected:
             lines.append("rejected: " + ", ".join(f"{reason} {n}" for reason, n in sorted(self.rejected.items())))
         if self.invalid_utf8_bytes or self.nul_chars:
@@ -69,8 +88,10 @@ class _CommitWriter:
     """Buffers events and commits them; embedding rows wait for a snapshot that covers them."""
 
     def __init__(self, store: RunStore, seq: int, model_fingerprint: str, commit_every: int,
-                 known: set[str] = frozenset()):
+                 known: set[str] = frozenset(), committer: Committer | None = None):
         self.store, self.seq, self.fingerprint, self.commit_every = store, seq, model_fingerprint, commit_every
+        #: writes the commits on a background thread (None: each commit is written before flush returns)
+        self.committer = committer
         self._held: dict[str, list[dict]] = {}
         #: content sha256 of the documents being streamed, recorded with their rows
         self.content: dict[str, str] = {}
@@ -133,14 +154,13 @@ class _CommitWriter:
         self.chunks += 1
         held = self._held.setdefault(rec.doc_id, [])
         held.append(dict(doc_id=rec.doc_id, chunk_index=rec.chunk_index, token_start=rec.token_start,
-                         token_end=rec.token_end, embedding=rec.vectors["last"],
-                         embedding_mean=rec.vectors["mean"], embedding_state=rec.vectors["state"]))
+                         token_end=rec.token_end, vectors=rec.vectors))
         if rec.state is None:
             return
-        blob = rec.state.to_bytes()
+        # the state is serialized and hashed when the commit is written (on the writer's thread)
         self.rows["snapshots"].append(dict(
             doc_id=rec.doc_id, chunk_index=rec.chunk_index, token_start=rec.token_start, token_end=rec.token_end,
-            is_final=rec.is_last, model_fingerprint=self.fingerprint, state=blob, state_sha256=sha256_bytes(blob)))
+            is_final=rec.is_last, model_fingerprint=self.fingerprint, state=rec.state))
         self.rows["embeddings"].extend(held)
         held.clear()
         if not rec.is_last:
@@ -151,26 +171,32 @@ class _CommitWriter:
         self._held.pop(doc_id, None)
 
     def flush(self) -> None:
-        """Commit what is buffered (a no-op when nothing is)."""
+        """Commit what is buffered (a no-op when nothing is): written before this returns, or handed to
+        the background committer (see :meth:`sync`)."""
         if (not any(self.rows.values()) and not self.finished and not self.rejected_sources
                 and not self.retracted and not self.cleared):
             return
         self.seq += 1
         part = f"snapshots/part-{self.seq:08d}.parquet"
-        tables = {name: _table(name, rows) for name, rows in self.rows.items()}
         content = {d: self.content[d] for d in (*self.finished, *self.in_flight) if d in self.content}
-        self.store.commit(self.seq, tables, self.finished, self.rejected_sources,
-                          {d: SnapshotRef(part, c, t) for d, (c, t) in self.in_flight.items()}, content=content,
-                          retracted=self.retracted, gone=self.gone, rejected_content=self.rejected_content,
-                          cleared=self.cleared)
+        commit = PendingCommit(self.seq, self.rows, self.finished, self.rejected_sources,
+                               {d: SnapshotRef(part, c, t) for d, (c, t) in self.in_flight.items()}, content,
+                               retracted=self.retracted, gone=self.gone, rejected_content=self.rejected_content,
+                               cleared=self.cleared)
+        if self.committer is None:
+            commit.write(self.store)
+        else:
+            self.committer.submit(commit)
         self.known.update(self.finished, self.in_flight)
         for doc_id in self.finished:
             self.content.pop(doc_id, None)
         self._reset()
 
-
-def _table(name: str, rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=SCHEMAS[name])
+    def sync(self) -> None:
+        """:meth:`flush`, then wait until every commit handed to the background committer is written."""
+        self.flush()
+        if self.committer is not None:
+            self.committer.drain()
 
 
 def check_inputs(config: RunConfig) -> None:
@@ -301,8 +327,10 @@ class _Recorder:
     two deliveries.
     """
 
-    def __init__(self, store: RunStore, writer: _CommitWriter, summary: RunSummary, bar: tqdm, fingerprint: str):
+    def __init__(self, store: RunStore, writer: _CommitWriter, summary: RunSummary, bar: tqdm, fingerprint: str,
+                 clock: StageClock | None = None):
         self.store, self.writer, self.summary, self.bar, self.fingerprint = store, writer, summary, bar, fingerprint
+        self.clock = clock or StageClock()
         self.start = time.perf_counter()
 
     def add(self, event: ChunkRecord | DocumentDone | Rejected) -> None:
@@ -329,7 +357,7 @@ class _Recorder:
         (they are computed again), and returns a task for each document neither finished nor
         rejected: from its last committed snapshot, or from its start when it has none.
         """
-        self.writer.flush()
+        self.writer.sync()
         progress = self.store.progress()
         tasks = []
         for doc in docs:
@@ -344,10 +372,12 @@ class _Recorder:
         return tasks
 
     def close(self) -> None:
-        """Commit what is left and stop the clock."""
-        self.writer.flush()
+        """Commit what is left, wait until it is written, and stop the clock."""
+        self.writer.sync()
         self.bar.close()
         self.summary.seconds = time.perf_counter() - self.start
+        self.summary.stages = self.clock.totals()
+        self.summary.model_busy = self.clock.model_busy(self.summary.seconds)
 
 
 def _open_output(config: RunConfig, store: RunStore, tokenizer: Tokenizer) -> str:
@@ -371,22 +401,44 @@ def _run_locked(config: RunConfig, store: RunStore, tokenizer: Tokenizer) -> Run
     if config.engine == "local":
         model = load_model(config.model, device=config.device, dtype=config.dtype, backend=config.backend)
     progress = store.progress()
-    summary = RunSummary()
-    writer = _CommitWriter(store, progress.last_seq, fingerprint, config.commit_every,
-                           known=progress.finished | set(progress.in_flight))
-    bar = tqdm(total=count_documents(config), unit="doc", desc="docstream run", disable=config.quiet,
-               initial=len(progress.finished) + len(progress.rejected_sources))
-    recorder = _Recorder(store, writer, summary, bar, fingerprint)
-    seen: set[str] = set()
-    tasks = _tasks(config, store, progress, fingerprint, summary, writer, seen)
-    if model is None:
-        from docstream.stream.ray_engine import stream_on_ray
+    summary = RunSummary(batch_size=_batch_size(config, model))
+    clock = StageClock()
+    committer = Committer(store, clock)
+    try:
+        writer = _CommitWriter(store, progress.last_seq, fingerprint, config.commit_every,
+                               known=progress.finished | set(progress.in_flight), committer=committer)
+        bar = tqdm(total=count_documents(config), unit="doc", desc="docstream run", disable=config.quiet,
+                   initial=len(progress.finished) + len(progress.rejected_sources))
+        recorder = _Recorder(store, writer, summary, bar, fingerprint, clock)
+        seen: set[str] = set()
+        tasks = _tasks(config, store, progress, fingerprint, summary, writer, seen)
+        if model is None:
+            from docstream.stream.ray_engine import stream_on_ray
 
-        stream_on_ray(config, tasks, recorder, fingerprint, tokenizer.fingerprint())
-    else:
-        stream = Stream(model, tokenizer, config.chunk_len, config.batch_size, config.snapshot_every)
-        for event in stream.run(tasks):
-            recorder.add(event)
-    _retract_gone(writer, progress, seen, summary)
-    recorder.close()
+            stream_on_ray(config.model_copy(update={"batch_size": summary.batch_size}), tasks, recorder,
+                          fingerprint, tokenizer.fingerprint())
+        else:
+            stream = Stream(model, tokenizer, config.chunk_len, summary.batch_size, config.snapshot_every,
+                            clock=clock)
+            for event in stream.run(tasks):
+                recorder.add(event)
+        _retract_gone(writer, progress, seen, summary)
+        recorder.close()
+    except BaseException:
+        # the commits already handed over are written before the run folder's lock is released;
+        # the error that stopped the run is the one raised
+        committer.close(quiet=True)
+        raise
+    committer.close()
     return summary
+
+
+def _batch_size(config: RunConfig, model) -> int:
+    """The run's batch size: the given one, else the device's default (docstream.stream.sizing)."""
+    from docstream.stream.sizing import CPU_BATCH, RAY_GPU_BATCH, default_batch_size
+
+    if config.batch_size is not None:
+        return config.batch_size
+    if model is not None:
+        return default_batch_size(model, config.chunk_len)
+    return RAY_GPU_BATCH if config.device.startswith("cuda") else CPU_BATCH

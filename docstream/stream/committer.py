@@ -1,0 +1,159 @@
+"""Commits written on a background thread, in order, with a bounded queue.
+
+The engine hands over a complete commit (:class:`PendingCommit`: the rows and the progress record
+of one commit) and goes on; the writer thread serializes the snapshot states, hashes them, builds
+the Arrow tables and calls :meth:`RunStore.commit`, which writes every part durably before the
+record that makes them count. Commits are written strictly one after another in the order they were
+handed over, so the record sequence has no gaps. At most ``depth`` commits wait, so memory stays
+bounded and a slow disk holds the engine back rather than filling memory.
+
+A failed write (a full disk, say) stops the writer: the commits handed over after it are not
+written (a later record must never exist without an earlier one), and the error is raised in the
+engine's thread at its next hand-over or at :meth:`Committer.close`. A process killed at any moment
+leaves every written record whole and only files that no record names, which the next run removes.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from docstream.checksum import sha256_bytes
+from docstream.store.run_store import RunStore, SnapshotRef
+from docstream.store.schemas import SCHEMAS, TABLES
+from docstream.stream.clock import StageClock
+
+#: vector columns of the embeddings table and the pooling each holds
+VECTOR_COLUMNS = {"embedding": "last", "embedding_mean": "mean", "embedding_state": "state"}
+
+
+@dataclass
+class PendingCommit:
+    """Everything one commit writes: rows per table (snapshot rows still hold their ``State``), and
+    the progress its record carries (see :meth:`RunStore.commit`)."""
+
+    seq: int
+    rows: dict[str, list[dict[str, Any]]]
+    finished: list[str]
+    rejected_sources: list[str]
+    in_flight: dict[str, SnapshotRef]
+    content: dict[str, str]
+    retracted: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    rejected_content: dict[str, str] = field(default_factory=dict)
+    cleared: list[str] = field(default_factory=list)
+
+    def write(self, store: RunStore) -> None:
+        """Serialize, hash, and commit (the parts, then the record)."""
+        tables = {name: build_table(name, self.rows[name]) for name in TABLES}
+        store.commit(self.seq, tables, self.finished, self.rejected_sources, self.in_flight, content=self.content,
+                     retracted=self.retracted, gone=self.gone, rejected_content=self.rejected_content,
+                     cleared=self.cleared)
+
+
+def build_table(name: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """The Arrow table of ``rows`` of table ``name``: column by column (vectors as one flat buffer per
+    column, snapshot states serialized and hashed here, once each)."""
+    schema = SCHEMAS[name]
+    if name == "snapshots" and rows:
+        return _snapshot_table(rows)
+    if name != "embeddings" or not rows:
+        return pa.Table.from_pylist(rows, schema=schema)
+    columns = []
+    for column in schema:
+        if column.name in VECTOR_COLUMNS:
+            columns.append(_vectors([row["vectors"][VECTOR_COLUMNS[column.name]] for row in rows]))
+        else:
+            columns.append(pa.array([row[column.name] for row in rows], column.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _snapshot_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Snapshot rows with their states serialized and hashed once each; each state's bytes become their
+    own Arrow chunk without being copied again (a part holds one row per row group anyway)."""
+    blobs = [row["state"].to_bytes() for row in rows]
+    small = {name: [row[name] for row in rows] for name in SCHEMAS["snapshots"].names
+             if name not in ("state", "state_sha256")}
+    small["state_sha256"] = [sha256_bytes(blob) for blob in blobs]
+    columns = []
+    for column in SCHEMAS["snapshots"]:
+        if column.name == "state":
+            columns.append(pa.chunked_array([_one_binary(blob) for blob in blobs], pa.binary()))
+        else:
+            columns.append(pa.chunked_array([pa.array(small[column.name], column.type)]))
+    return pa.Table.from_arrays(columns, schema=SCHEMAS["snapshots"])
+
+
+def _one_binary(blob: bytes) -> pa.Array:
+    """A one-value binary array over ``blob``'s own memory."""
+    offsets = pa.py_buffer(np.array([0, len(blob)], np.int32))
+    return pa.Array.from_buffers(pa.binary(), 1, [None, offsets, pa.py_buffer(blob)])
+
+
+def _vectors(vectors: list[np.ndarray]) -> pa.Array:
+    """float32 vectors as a ``list<float32>`` array built from one flat buffer."""
+    lengths = np.fromiter((len(v) for v in vectors), np.int32, len(vectors))
+    offsets = np.zeros(len(vectors) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate([np.asarray(v, np.float32).ravel() for v in vectors])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.float32()))
+
+
+class Committer:
+    """Writes :class:`PendingCommit` s on one background thread, in the order they are submitted."""
+
+    def __init__(self, store: RunStore, clock: StageClock | None = None, depth: int = 2):
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        self.store, self.clock = store, clock or StageClock()
+        self._queue: queue.Queue[PendingCommit | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="docstream-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, commit: PendingCommit) -> None:
+        """Queue ``commit`` (waiting while ``depth`` commits wait); raises the error of a failed earlier one."""
+        self.check()
+        start = time.perf_counter()
+        self._queue.put(commit)
+        self.clock.add("waited for the writer", time.perf_counter() - start)
+
+    def drain(self) -> None:
+        """Wait until every submitted commit is written; raises the error of a failed one."""
+        start = time.perf_counter()
+        self._queue.join()
+        self.clock.add("waited for the writer", time.perf_counter() - start)
+        self.check()
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self, quiet: bool = False) -> None:
+        """Write what is queued and stop the thread; raises the error of a failed commit unless ``quiet``
+        (when another error is already on its way)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if not quiet:
+            self.check()
+
+    def _work(self) -> None:
+        while True:
+            commit = self._queue.get()
+            try:
+                if commit is None:
+                    return
+                if self._error is None:  # after a failure nothing more is written
+                    start = time.perf_counter()
+                    commit.write(self.store)
+                    self.clock.add("write", time.perf_counter() - start)
+            except BaseException as err:  # raised in the engine's thread
+                self._error = err
+            finally:
+                self._queue.task_done()
