@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from docstream.commands.flags import add_fields
-from docstream.store.config import RunConfig
+from docstream.store.config import RunConfig, default_dtype
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +19,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     defaults = RunConfig.model_fields
     path = args.model if args.model is not None else default_model_path()
-    dtype = args.dtype or defaults["dtype"].default
     device = args.device or defaults["device"].default
+    dtype = args.dtype or default_dtype(device)
     model = load_model(path, device=device, dtype=dtype)
     c = model.config
     n_params = sum(p.numel() for p in model.parameters())

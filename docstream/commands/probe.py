@@ -6,7 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from docstream.commands.flags import add_fields, add_quiet, given
-from docstream.store.config import RunConfig
+from docstream.store.config import RunConfig, default_dtype
 from docstream.tasks.config import ProbeConfig
 from docstream.tasks.heatmap import METRICS
 
@@ -41,8 +41,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     config = ProbeConfig(**settings)
     loading = RunConfig.model_fields
     tokenizer = load_tokenizer(tokenizer_path)
-    model = load_model(model_path, device=args.device or loading["device"].default,
-                       dtype=args.dtype or loading["dtype"].default, backend=args.backend or loading["backend"].default)
+    device = args.device or loading["device"].default
+    model = load_model(model_path, device=device, dtype=args.dtype or default_dtype(device),
+                       backend=args.backend or loading["backend"].default)
     name = "default" if args.model is None else model_path.stem
     out = Path(args.out) if args.out else Path("probes") / f"{name}-{config.task}-{datetime.now():%Y%m%d-%H%M%S}"
     result = probe(model, tokenizer, config, model_name=name, progress=not args.quiet)

@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_quiet(rn, RunConfig.model_fields["quiet"].description)
     rn.add_argument("--no-index", action="store_true",
                     help="do not bring the run's FAISS index up to date at the end (docstream index does it later)")
+    rn.add_argument("--json", action="store_true",
+                    help="print the summary as JSON (counts, tok/s, seconds per stage, the model's busy share)")
     rn.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="stream the bundled sample corpus end to end (the built-in model)")
@@ -32,18 +34,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from docstream.stream.run import run
 
     config = build_config(args.config, given(args, (*RUN_FIELDS, "quiet")))
+    if args.json:  # the JSON alone on stdout: no progress bar
+        config = config.model_copy(update={"quiet": True})
     summary = run(config)  # Ray's errors end the command with their code from docstream.cli.EXIT_CODES
     if not config.quiet:
         print("\n".join(summary.lines(config.out)))
+    report = summary.as_dict()
     if not args.no_index:
         from docstream.tasks.index import read_meta, update_index
 
         meta = read_meta(config.out)
         result = update_index(config.out, factory=meta.factory if meta else "Flat",
                               metric=meta.metric if meta else "cosine")
+        report["index"] = {"path": str(result.path), "vectors": result.meta.count, "added": result.added}
         if not config.quiet:
             print(f"index {result.path}: {result.meta.count} vectors ({result.added} new, "
                   f"{result.meta.factory}, {result.meta.pooling} pooling)")
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=1))
     return 0
 
 

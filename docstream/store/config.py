@@ -22,6 +22,11 @@ DType = Literal["fp32", "bf16", "fp16"]
 InputFormat = Literal["auto", "text", "jsonl", "parquet"]
 
 
+def default_dtype(device: str) -> DType:
+    """A run's dtype when none is given: bf16 on CUDA (what GPUs run fastest), fp32 elsewhere."""
+    return "bf16" if str(device).startswith("cuda") else "fp32"
+
+
 class RunConfig(BaseModel):
     """Settings of one streaming run over a corpus."""
 
@@ -36,10 +41,11 @@ class RunConfig(BaseModel):
     id_field: str = Field("id", description="JSONL/Parquet field holding the document id")
     text_field: str = Field("text", description="JSONL/Parquet field holding the text")
     chunk_len: int = Field(1024, ge=1, description="tokens per chunk")
-    batch_size: int = Field(8, ge=1, description="documents streamed at once")
+    batch_size: int | None = Field(None, ge=1, description="documents streamed at once (default: 8 on cpu; on cuda "
+                                                           "from the free GPU memory, up to 64)")
     snapshot_every: int = Field(4, ge=1, description="snapshot a document's state every k chunks (and at its end)")
     commit_every: int = Field(64, ge=1, description="commit outputs after this many chunks")
-    dtype: DType = Field("fp32", description="dtype the model runs in")
+    dtype: DType | None = Field(None, description="dtype the model runs in (default: bf16 on cuda, fp32 on cpu)")
     device: str = Field("cpu", description="cpu or cuda[:N]")
     backend: Backend = Field("auto", description="WKV kernels: compiled cpu/cuda, the torch reference, or auto")
     quiet: bool = Field(False, description="no progress bar or summary")
@@ -60,6 +66,8 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_engine_settings(self) -> RunConfig:
+        if self.dtype is None:  # part of a run's identity: decided here, from the device
+            self.dtype = default_dtype(self.device)
         if self.engine == "local":
             given = [f"{name}={getattr(self, name)!r}" for name in ("address", "workers")
                      if getattr(self, name) is not None]
