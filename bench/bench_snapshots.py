@@ -6,7 +6,7 @@ Two parts:
   filters ``RunStore.read_snapshot`` uses) for Parquet settings of the snapshot table, on RWKV-4 and -7
   fp32 states; and the same for the embeddings table (three float32 lists of C values per chunk).
 * ``path``: the write path of a commit as ``docstream run`` does it -- ``State.to_bytes`` per document,
-  sha256 of each state, the Arrow table, and the part (``RunStore._write_part``: write_table, sha256 of
+  sha256 of each state, the Arrow table, and the part (``encode_part`` + the atomic write in ``RunStore.commit``: write_table, sha256 of
   the part, write, fsync, rename) -- for RWKV-7 fp32 and bf16 states of a batch of 16 documents, "before"
   (the earlier ``to_bytes``, settings and read-back hashing, kept here as references) and "after" (the
   code as it is), the part writes of both interleaved. write_table (into memory), the part's sha256 and
@@ -155,6 +155,16 @@ def old_to_bytes(state: State) -> bytes:
     return b"".join([b"DSSTATE1", struct.pack("<I", len(head)), head, *buffers])
 
 
+def new_write_part(path: Path, name: str, table: pa.Table) -> str:
+    """A part as ``RunStore.commit`` writes it now: encoded and hashed in memory, then written atomically."""
+    from docstream.files import atomic_write_bytes
+    from docstream.store.run_store import encode_part
+
+    part = encode_part(name, table)
+    atomic_write_bytes(path, part.data)
+    return part.sha256
+
+
 def old_write_part(path: Path, name: str, table: pa.Table) -> str:
     """``RunStore._write_part`` as it was: the earlier settings, written to the temp file, hashed by
     reading the file back."""
@@ -182,7 +192,7 @@ def bench_path(repeat: int, directory: str | None) -> None:
             store.acquire()
             times = {"before": [], "after": []}
             cpu = {"before": [], "after": []}
-            parts = {"before": old_write_part, "after": store._write_part}
+            parts = {"before": old_write_part, "after": new_write_part}
             for i in range(repeat):  # interleaved, so both see the same disk and load
                 for when, write in parts.items():
                     path = store.out / "snapshots" / f"part-{when}-{i}.parquet"

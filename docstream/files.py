@@ -56,9 +56,12 @@ def disk_full(path: Path, err: OSError) -> DiskFullError:
     return full
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None], drop_cache: bool = False) -> None:
     """Call ``write(tmp)``, fsync ``tmp`` and rename it to ``path``, so ``path`` is whole or absent.
 
+    ``drop_cache``: once durable, the file's pages leave the page cache (for big write-once files such
+    as snapshot parts: later writes reuse those pages instead of taking fresh memory, which costs the
+    kernel more CPU than the write itself on some machines, and other data keeps the cache).
     On any failure the temp file is removed; an out-of-space failure is raised as :class:`DiskFullError`.
     """
     tmp = temp_path(path)
@@ -66,6 +69,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+            if drop_cache and hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
@@ -87,9 +92,9 @@ def atomic_write_hashed(path: Path, write: Callable[[Path], None]) -> str:
     return digest[0]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, drop_cache: bool = False) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
-    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data), drop_cache)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -122,6 +122,12 @@ class State:
     # -- serialization -------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """Lossless, self-describing bytes: magic, a JSON header, then each part's raw buffer."""
+        # join copies each part's buffer once, straight into the result
+        return b"".join(self.byte_pieces())
+
+    def byte_pieces(self) -> list[bytes | memoryview]:
+        """The pieces :meth:`to_bytes` joins, without joining them (a CPU state's parts are views, not
+        copies): for writing a state straight into a buffer of one's own."""
         header = {"version": self.version, "parts": {}}
         buffers = []
         for name, t in self.parts().items():
@@ -130,8 +136,7 @@ class State:
                                      "nbytes": raw.nbytes}
             buffers.append(raw)
         head = json.dumps(header, sort_keys=True).encode()
-        # join copies each part's buffer once, straight into the result
-        return b"".join([_MAGIC, struct.pack("<I", len(head)), head, *buffers])
+        return [_MAGIC, struct.pack("<I", len(head)), head, *buffers]
 
     @classmethod
     def from_bytes(cls, data: bytes, device: str | torch.device = "cpu") -> "State":

@@ -39,8 +39,8 @@ from docstream.checksum import sha256_bytes
 from docstream.files import DamagedFileError, atomic_write_bytes, is_temp_name, read_json, try_lock
 from docstream.store.schemas import SCHEMAS, TABLES, WRITE_OPTIONS
 
-__all__ = ["MARKER_NAME", "Problem", "Progress", "RunFolderError", "RunLockedError", "RunStore", "SnapshotRef",
-           "StoreDamagedError"]
+__all__ = ["MARKER_NAME", "EncodedPart", "Problem", "Progress", "RunFolderError", "RunLockedError", "RunStore",
+           "SnapshotRef", "StoreDamagedError", "encode_part"]
 
 MARKER_NAME = "docstream-run.json"
 MARKER = {"format": "docstream run folder", "version": 2}
@@ -285,11 +285,12 @@ class RunStore:
                 progress.gone.discard(doc_id)
         return progress
 
-    def commit(self, seq: int, tables: dict[str, pa.Table], finished: list[str], rejected_sources: list[str],
-               in_flight: dict[str, SnapshotRef], content: dict[str, str] | None = None,
+    def commit(self, seq: int, tables: dict[str, pa.Table | EncodedPart], finished: list[str],
+               rejected_sources: list[str], in_flight: dict[str, SnapshotRef], content: dict[str, str] | None = None,
                retracted: list[str] = (), gone: list[str] = (),
                rejected_content: dict[str, str] | None = None, cleared: list[str] = ()) -> None:
-        """Write the non-empty ``tables`` as part ``seq``, then the commit record that makes them count.
+        """Write the non-empty ``tables`` (Arrow tables, or parts :func:`encode_part` made) as part ``seq``,
+        then the commit record that makes them count.
 
         ``retracted`` documents' rows in earlier parts stop counting from this commit on; ``gone``
         records documents that left the input unfinished; ``content`` maps documents to content hashes,
@@ -298,27 +299,19 @@ class RunStore:
         """
         files = {}
         for name, table in tables.items():
-            if table.num_rows == 0:
+            part = table if isinstance(table, EncodedPart) else encode_part(name, table)
+            if part.rows == 0:
                 continue
             rel = f"{name}/part-{seq:08d}.parquet"
-            files[name] = {"path": rel, "rows": table.num_rows, "sha256": self._write_part(self.out / rel, name, table)}
+            # snapshot parts are big and read back rarely: they leave the page cache once durable
+            atomic_write_bytes(self.out / rel, part.data, drop_cache=name == "snapshots")
+            files[name] = {"path": rel, "rows": part.rows, "sha256": part.sha256 or sha256_bytes(part.data)}
         record = {"seq": seq, "files": files, "finished": finished, "rejected_sources": rejected_sources,
                   "in_flight": {d: vars(ref) for d, ref in in_flight.items()}, "content": content or {},
                   "retracted": list(retracted), "gone": list(gone), "rejected_content": rejected_content or {},
                   "cleared": list(cleared)}
         atomic_write_bytes(self.out / "commits" / f"{seq:08d}.json", _dumps(record))
         atomic_write_bytes(self.out / "commits" / "LATEST", f"{seq}\n".encode())
-
-    def _write_part(self, path: Path, name: str, table: pa.Table) -> str:
-        """Write ``table`` as the part at ``path``; its sha256, for the commit record.
-
-        The Parquet file is built in memory, hashed there, then written atomically, so its bytes are
-        hashed once and never read back from disk."""
-        sink = pa.BufferOutputStream()
-        pq.write_table(table.cast(SCHEMAS[name]), sink, **WRITE_OPTIONS[name])
-        data = sink.getvalue()  # pa.Buffer: hashed and written through the buffer protocol, not copied
-        atomic_write_bytes(path, data)
-        return sha256_bytes(data)
 
     # -- reading -------------------------------------------------------------------------------
     def committed_parts(self, table: str, records: list[dict[str, Any]] | None = None) -> list[tuple[int, Path, str]]:
@@ -392,6 +385,28 @@ class RunStore:
                 match = PART_NAME.match(path.name)
                 if is_temp_name(path.name) or (directory != self.out and match and int(match.group(1)) > last):
                     path.unlink()
+
+
+@dataclass(frozen=True)
+class EncodedPart:
+    """A part's Parquet bytes, built in memory, with their sha256 and row count: everything
+    :meth:`RunStore.commit` needs to write it (so encoding can run apart from the disk writes)."""
+
+    data: Any  # bytes-like (a pyarrow Buffer)
+    sha256: str | None  # None: not hashed yet (RunStore.commit hashes it)
+    rows: int
+
+
+def encode_part(name: str, table: pa.Table, hashed: bool = True) -> EncodedPart:
+    """``table`` as the Parquet bytes of a part of table ``name`` (its write settings), hashed once in
+    memory (unless not ``hashed``: then :meth:`RunStore.commit` hashes them): the file is never read
+    back to hash it."""
+    if table.num_rows == 0:
+        return EncodedPart(b"", "", 0)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.cast(SCHEMAS[name]), sink, **WRITE_OPTIONS[name])
+    data = sink.getvalue()  # pa.Buffer: hashed and written through the buffer protocol, not copied
+    return EncodedPart(data, sha256_bytes(data) if hashed else None, table.num_rows)
 
 
 def retracted_before(records: list[dict[str, Any]], field_name: str = "retracted") -> dict[str, int]:

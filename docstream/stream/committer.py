@@ -1,9 +1,9 @@
 """Commits written on a background thread, in order, with a bounded queue.
 
 The engine hands over a complete commit (:class:`PendingCommit`: the rows and the progress record
-of one commit) and goes on; the writer thread serializes the snapshot states, hashes them, builds
-the Arrow tables and calls :meth:`RunStore.commit`, which writes every part durably before the
-record that makes them count. Commits are written strictly one after another in the order they were
+of one commit) and goes on; an encoding thread serializes the snapshot states, hashes them, builds
+the Arrow tables and encodes and hashes the Parquet parts in memory, and a writing thread calls
+:meth:`RunStore.commit`, which writes every part durably before the record that makes them count. Commits are written strictly one after another in the order they were
 handed over, so the record sequence has no gaps. At most ``depth`` commits wait, so memory stays
 bounded and a slow disk holds the engine back rather than filling memory.
 
@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from docstream.checksum import sha256_bytes
-from docstream.store.run_store import RunStore, SnapshotRef
+from docstream.store.run_store import EncodedPart, RunStore, SnapshotRef, encode_part
 from docstream.store.schemas import SCHEMAS, TABLES
 from docstream.stream.clock import StageClock
 
@@ -48,20 +48,26 @@ class PendingCommit:
     rejected_content: dict[str, str] = field(default_factory=dict)
     cleared: list[str] = field(default_factory=list)
 
-    def write(self, store: RunStore) -> None:
-        """Serialize, hash, and commit (the parts, then the record)."""
-        tables = {name: build_table(name, self.rows[name]) for name in TABLES}
-        store.commit(self.seq, tables, self.finished, self.rejected_sources, self.in_flight, content=self.content,
-                     retracted=self.retracted, gone=self.gone, rejected_content=self.rejected_content,
-                     cleared=self.cleared)
+    def encode(self, arena: Arena | None = None, hashed: bool = True) -> dict[str, EncodedPart]:
+        """The commit's parts as Parquet bytes (no disk work): states serialized (into ``arena``) and
+        hashed, tables built, parts encoded, and hashed unless ``hashed`` is False (then
+        :meth:`RunStore.commit` hashes them)."""
+        arena = arena or Arena()
+        return {name: encode_part(name, build_table(name, self.rows[name], arena), hashed) for name in TABLES}
+
+    def write(self, store: RunStore, parts: dict[str, EncodedPart] | None = None) -> None:
+        """Commit: the parts (``parts``, or encoded now), durable, then the record that makes them count."""
+        store.commit(self.seq, parts if parts is not None else self.encode(), self.finished, self.rejected_sources,
+                     self.in_flight, content=self.content, retracted=self.retracted, gone=self.gone,
+                     rejected_content=self.rejected_content, cleared=self.cleared)
 
 
-def build_table(name: str, rows: list[dict[str, Any]]) -> pa.Table:
+def build_table(name: str, rows: list[dict[str, Any]], arena: Arena | None = None) -> pa.Table:
     """The Arrow table of ``rows`` of table ``name``: column by column (vectors as one flat buffer per
-    column, snapshot states serialized and hashed here, once each)."""
+    column, snapshot states serialized into ``arena`` and hashed here, once each)."""
     schema = SCHEMAS[name]
     if name == "snapshots" and rows:
-        return _snapshot_table(rows)
+        return _snapshot_table(rows, arena)
     if name != "embeddings" or not rows:
         return pa.Table.from_pylist(rows, schema=schema)
     columns = []
@@ -73,10 +79,38 @@ def build_table(name: str, rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _snapshot_table(rows: list[dict[str, Any]]) -> pa.Table:
+class Arena:
+    """One reusable byte buffer that a commit's states are serialized into. Parquet copies what it
+    encodes, so the buffer is free again once a part is encoded; reusing it spares the kernel from
+    handing out fresh zeroed pages for every state (a large share of the cost on some machines)."""
+
+    def __init__(self) -> None:
+        self._buffer = np.empty(0, np.uint8)
+
+    def serialize(self, states: list) -> list[memoryview]:
+        """Each state's :meth:`~docstream.model.State.to_bytes` bytes, as views into the buffer (valid
+        until the next call)."""
+        pieces = [state.byte_pieces() for state in states]
+        sizes = [sum(memoryview(p).nbytes for p in parts) for parts in pieces]
+        if self._buffer.nbytes < sum(sizes):
+            self._buffer = np.empty(sum(sizes), np.uint8)
+        view, blobs, at = memoryview(self._buffer), [], 0
+        for parts, size in zip(pieces, sizes):
+            blob = view[at:at + size]
+            offset = 0
+            for part in parts:
+                part = memoryview(part).cast("B")
+                blob[offset:offset + part.nbytes] = part
+                offset += part.nbytes
+            blobs.append(blob)
+            at += size
+        return blobs
+
+
+def _snapshot_table(rows: list[dict[str, Any]], arena: Arena | None = None) -> pa.Table:
     """Snapshot rows with their states serialized and hashed once each; each state's bytes become their
     own Arrow chunk without being copied again (a part holds one row per row group anyway)."""
-    blobs = [row["state"].to_bytes() for row in rows]
+    blobs = (arena or Arena()).serialize([row["state"] for row in rows])
     small = {name: [row[name] for row in rows] for name in SCHEMAS["snapshots"].names
              if name not in ("state", "state_sha256")}
     small["state_sha256"] = [sha256_bytes(blob) for blob in blobs]
@@ -105,16 +139,24 @@ def _vectors(vectors: list[np.ndarray]) -> pa.Array:
 
 
 class Committer:
-    """Writes :class:`PendingCommit` s on one background thread, in the order they are submitted."""
+    """Writes :class:`PendingCommit` s in the order they are submitted, on two background threads: one
+    encodes (serializes and hashes the states, builds and encodes the Parquet parts), the other writes
+    (parts, fsyncs, the record), so the CPU work of a commit overlaps the disk work of the one before."""
 
     def __init__(self, store: RunStore, clock: StageClock | None = None, depth: int = 2):
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         self.store, self.clock = store, clock or StageClock()
         self._queue: queue.Queue[PendingCommit | None] = queue.Queue(maxsize=depth)
+        # encoded commits waiting for the disk (one: with the one being written and the one being
+        # encoded, at most depth + 3 commits are held in memory)
+        self._encoded: queue.Queue[tuple[PendingCommit, dict[str, EncodedPart] | BaseException] | None] = \
+            queue.Queue(maxsize=1)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="docstream-commit", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._encode_loop, name="docstream-encode", daemon=True),
+                         threading.Thread(target=self._write_loop, name="docstream-write", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, commit: PendingCommit) -> None:
         """Queue ``commit`` (waiting while ``depth`` commits wait); raises the error of a failed earlier one."""
@@ -127,6 +169,7 @@ class Committer:
         """Wait until every submitted commit is written; raises the error of a failed one."""
         start = time.perf_counter()
         self._queue.join()
+        self._encoded.join()
         self.clock.add("waited for the writer", time.perf_counter() - start)
         self.check()
 
@@ -135,25 +178,50 @@ class Committer:
             raise self._error
 
     def close(self, quiet: bool = False) -> None:
-        """Write what is queued and stop the thread; raises the error of a failed commit unless ``quiet``
+        """Write what is queued and stop the threads; raises the error of a failed commit unless ``quiet``
         (when another error is already on its way)."""
-        if self._thread.is_alive():
+        if self._threads[0].is_alive():
             self._queue.put(None)
-            self._thread.join()
+        for thread in self._threads:
+            thread.join()
         if not quiet:
             self.check()
 
-    def _work(self) -> None:
+    def _encode_loop(self) -> None:
+        arena = Arena()
         while True:
             commit = self._queue.get()
             try:
                 if commit is None:
+                    self._encoded.put(None)
                     return
-                if self._error is None:  # after a failure nothing more is written
-                    start = time.perf_counter()
-                    commit.write(self.store)
-                    self.clock.add("write", time.perf_counter() - start)
+                if self._error is not None:  # after a failure nothing more is written
+                    continue
+                start = time.perf_counter()
+                try:  # the part hashes are left to the writing thread, which waits on the disk anyway
+                    encoded: dict[str, EncodedPart] | BaseException = commit.encode(arena, hashed=False)
+                except BaseException as err:  # handed on: the writer stops at it, in order
+                    encoded = err
+                self.clock.add("write", time.perf_counter() - start)
+                self._encoded.put((commit, encoded))
+            finally:
+                self._queue.task_done()
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._encoded.get()
+            try:
+                if item is None:
+                    return
+                commit, encoded = item
+                if self._error is not None:
+                    continue
+                if isinstance(encoded, BaseException):
+                    raise encoded
+                start = time.perf_counter()
+                commit.write(self.store, encoded)
+                self.clock.add("write", time.perf_counter() - start)
             except BaseException as err:  # raised in the engine's thread
                 self._error = err
             finally:
-                self._queue.task_done()
+                self._encoded.task_done()

@@ -37,11 +37,11 @@ if mode == "queued":  # the writer stops before its 2nd commit; the engine fills
     import threading
     write, submit = committer.PendingCommit.write, committer.Committer.submit
     held = threading.Event()
-    def slow_write(self, store):
+    def slow_write(self, store, *parts):
         if self.seq == 2:
             held.set()
             time.sleep(600)
-        write(self, store)
+        write(self, store, *parts)
     def watched_submit(self, commit):
         submit(self, commit)
         if held.is_set() and self._queue.full():
@@ -50,10 +50,10 @@ if mode == "queued":  # the writer stops before its 2nd commit; the engine fills
 else:  # "record" / "latest": commit 2's parts are durable, then the writer stops before that file
     name = {"record": "00000002.json", "latest": "LATEST"}[mode]
     atomic_write_bytes = run_store.atomic_write_bytes
-    def gated(path, data):
+    def gated(path, data, **options):
         if Path(path).name == name and (mode == "record" or data == b"2\n"):
             hold(f"before {name}")
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, **options)
     run_store.atomic_write_bytes = gated
 run(build_config(None, settings))
 """
