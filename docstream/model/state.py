@@ -72,11 +72,14 @@ class State:
     def clone(self) -> "State":
         return self._map(lambda _, t: t.clone())
 
-    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "State":
+    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+           non_blocking: bool = False) -> "State":
         """Move to ``device``; ``dtype`` ("fp32", "bf16", "fp16" or a torch dtype) changes the shift
-        parts only (the recurrence stays fp32)."""
+        parts only (the recurrence stays fp32). ``non_blocking``: from a GPU to the host, the copy lands
+        in pinned memory without waiting (synchronize on an event before reading it)."""
         dtype = _as_dtype(dtype)
-        return self._map(lambda name, t: t.to(device=device, dtype=dtype if name != "wkv" else None))
+        return self._map(lambda name, t: t.to(device=device, dtype=dtype if name != "wkv" else None,
+                                              non_blocking=non_blocking))
 
     def layer(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
         """(att_shift, wkv, ffn_shift) of layer ``i``, batch-first views."""

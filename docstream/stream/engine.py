@@ -141,13 +141,16 @@ class _Flight:
             # it: collect() then checks that row value by value): far cheaper than isfinite on every value
             parts = [vectors, *state.parts().values()]
             suspect = torch.stack([p.flatten(1).float().sum(dim=1) for p in parts], dim=1)
-        if state.device.type == "cuda":
+        if _copies_to_host(state.device):
             # gathered on the device, then copied as one block into pinned memory without waiting
-            snap = state.select(snapshot_rows).to("cpu", non_blocking=True) if snapshot_rows else None
+            # (stacked from row views: an index tensor would be a host-to-device copy that waits)
+            snap = (State.stack([state.select(j) for j in snapshot_rows]).to("cpu", non_blocking=True)
+                    if snapshot_rows else None)
             snapshots = {j: snap.select(i) for i, j in enumerate(snapshot_rows)}
             vectors, suspect = vectors.to("cpu", non_blocking=True), suspect.to("cpu", non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record()
+            ready = torch.cuda.Event() if state.device.type == "cuda" else None
+            if ready is not None:
+                ready.record()
         else:  # already on the host: views (states are values; nothing writes into them)
             snapshots = {j: state.select(j) for j in snapshot_rows}
             ready = None
@@ -167,6 +170,11 @@ class _Flight:
             if names:
                 bad[j] = names
         return self.vectors.numpy(), bad, self.snapshots
+
+
+def _copies_to_host(device: torch.device) -> bool:
+    """Whether a step's results live on a device apart from the host (and travel by non-blocking copies)."""
+    return device.type != "cpu"
 
 
 @contextmanager
