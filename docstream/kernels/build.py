@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import sys
 import threading
 import time
@@ -244,10 +245,24 @@ def _needs_build(name: str, sources: list[str], build_dir: Path) -> bool:
         built = (build_dir / f"{name}{'.pyd' if sys.platform == 'win32' else '.so'}").stat().st_mtime
     except OSError:
         return True
-    inputs = {Path(src) for src in sources}
-    for folder in {Path(src).parent for src in sources}:
-        inputs.update(p for p in folder.iterdir() if p.suffix in (".h", ".hpp", ".cuh"))
-    return any(p.stat().st_mtime > built for p in inputs if p.exists())
+    return any(p.stat().st_mtime > built for p in _inputs([Path(src) for src in sources]))
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
+
+
+def _inputs(sources: list[Path]) -> set[Path]:
+    """The sources and the local headers they include, directly or through other headers (what
+    ninja rebuilds for; a header no source includes does not make the message appear)."""
+    seen: set[Path] = set()
+    todo = list(sources)
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        todo.extend(path.parent / name for name in _INCLUDE.findall(path.read_text(errors="replace")))
+    return seen
 
 
 def _locked_load(name: str, sources: list[str], build_dir: Path, timeout: float | None = None,

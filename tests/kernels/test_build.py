@@ -189,3 +189,29 @@ def test_extension_table():
     names = {spec.name(64) for spec in build.EXTENSIONS.values()}
     assert len(names) == len(build.EXTENSIONS)  # e.g. the scalar CPU build never shares the vector one's name
     assert build.EXTENSIONS["cpu_scalar"].flags() == ["-DWKV_SCALAR"] and build.EXTENSIONS["cpu"].flags() == []
+
+
+def test_the_build_message_follows_what_the_sources_include(tmp_path):
+    """Only a source or a header it includes (directly or through another header) being newer than the
+    library means a compile; a newer header that no source includes does not."""
+    import os
+
+    from docstream.kernels.build import _needs_build
+
+    src, build = tmp_path / "src", tmp_path / "build"
+    src.mkdir(), build.mkdir()
+    (src / "k.cpp").write_text('#include "a.h"\nint f() { return 1; }\n')
+    (src / "a.h").write_text('#include "b.h"\n')
+    (src / "b.h").write_text("// leaf\n")
+    (src / "other.cuh").write_text("// used by another extension\n")
+    library = build / f"ext{'.pyd' if os.name == 'nt' else '.so'}"
+    library.write_bytes(b"")
+    os.utime(library, (1_000, 1_000))
+    for name in ("k.cpp", "a.h", "b.h"):
+        os.utime(src / name, (500, 500))
+    os.utime(src / "other.cuh", (2_000, 2_000))
+    assert not _needs_build("ext", [str(src / "k.cpp")], build)
+    os.utime(src / "b.h", (2_000, 2_000))  # included through a.h
+    assert _needs_build("ext", [str(src / "k.cpp")], build)
+    library.unlink()
+    assert _needs_build("ext", [str(src / "k.cpp")], build)
