@@ -27,6 +27,7 @@ Configurations (``--model``, repeatable):
   planned shape (RWKV-7, L=6, C=256, head 64, V=4096) and a byte-level BPE tokenizer of 4096 tokens
   trained on the plays stand in (the output says so).
 * ``169m``: random-weight RWKV-7 at the 169M shape (L=12, C=768, head 64, V=65536), World tokenizer.
+* ``1.5b``: the same at the 1.5B shape (L=24, C=2048, head 64, V=65536), for a GPU (``--device cuda``).
 
     python bench/corpus_1m.py --model 169m                      # >= 1,000,000 tokens, all cores
     python bench/corpus_1m.py --model default --model 169m --tokens 20000   # a quick check
@@ -49,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 SHAPES = {
     "default": {"n_layer": 6, "n_embd": 256, "head_size": 64, "vocab_size": 4096},
     "169m": {"n_layer": 12, "n_embd": 768, "head_size": 64, "vocab_size": 65536},
+    "1.5b": {"n_layer": 24, "n_embd": 2048, "head_size": 64, "vocab_size": 65536},
 }
 PARTS = ("tokenize", "model", "vectors", "snapshots+commits", "index", "other")
 
@@ -85,7 +87,7 @@ def timed(owner, name, part, count=None):
 
 # the model's forward (called by docstream.model.feed) is "model"; what the engine does with its output is "vectors"
 timed(RWKVModel, "forward_hidden", "model", "forward")
-timed(engine.Stream, "_commit", "vectors")
+timed(engine.Stream, "_commit", "vectors")  # (before the pipelined engine; its own stage split is reported now)
 # snapshot serialization (to_bytes + sha256 in _add_chunk) and commits (flush) are one part
 timed(run_module._CommitWriter, "_add_chunk", "snapshots+commits")
 timed(run_module._CommitWriter, "flush", "snapshots+commits", "flush")
@@ -122,6 +124,8 @@ spent["other"] = total - sum(spent.values())
 print(json.dumps({"tokens": summary.tokens, "documents": summary.processed, "rejected": sum(summary.rejected.values()),
                   "seconds": total, "run_seconds": after_run - start, "run_loop_seconds": summary.seconds,
                   "parts": spent, "calls": calls, "indexed_vectors": result.meta.count,
+                  "stages": getattr(summary, "stages", None), "model_busy": getattr(summary, "model_busy", None),
+                  "batch_size": getattr(summary, "batch_size", settings.get("batch_size")),
                   "peak_rss_mib_run": rss_run, "peak_rss_mib": hwm_mib(), "threads": torch.get_num_threads(),
                   "torch": torch.__version__}))
 """
@@ -197,9 +201,9 @@ def prepare_model(name: str, work: Path, args) -> dict:
             return {"model": str(model), "tokenizer": str(tokenizer),
                         "weights": "random, planned default shape (built-in default model not shipped yet); "
                                 "tokenizer: byte-level BPE 4096 trained on the plays"}
-    model = work / "rwkv7-169m-random.pth"
+    model = work / f"rwkv7-{name}-random.pth"
     if not model.exists():
-        save_random_checkpoint(model, "7", seed=0, **SHAPES["169m"])
+        save_random_checkpoint(model, "7", seed=0, **SHAPES[name])
     return {"model": str(model), "tokenizer": str(default_world_vocab_path()), "weights": "random, World tokenizer"}
 
 
@@ -221,7 +225,7 @@ def run_configuration(name: str, args, work: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     settings = {"model": files["model"], "tokenizer": files["tokenizer"], "input": str(corpus), "out": str(out),
                     "chunk_len": args.chunk_len, "batch_size": args.batch_size, "snapshot_every": args.snapshot_every,
-                    "commit_every": args.commit_every, "quiet": True}
+                    "commit_every": args.commit_every, "quiet": True, "device": args.device, "dtype": args.dtype}
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(settings), str(args.threads)],
                           check=False, capture_output=True, text=True, env=env)
@@ -248,7 +252,8 @@ def load_average() -> list[float]:
 
 def print_table(results: list[dict], args) -> None:
     print(f"chunk {args.chunk_len}, batch {args.batch_size}, snapshot every {args.snapshot_every} chunks, "
-          f"commit every {args.commit_every} chunks, {args.threads} threads, fp32 CPU")
+          f"commit every {args.commit_every} chunks, {args.threads} threads, {args.device} "
+          f"{args.dtype or 'default dtype'}")
     head = (f"{'model':>8} {'shape':>14} {'docs':>5} {'tokens':>10} {'seconds':>8} {'tok/s':>7} "
             f"{'peak RSS MiB':>13} {'snapshots MiB':>14} {'index MiB':>10}")
     print(head)
@@ -263,6 +268,10 @@ def print_table(results: list[dict], args) -> None:
     for r in results:
         print(f"{r['name']:>8} " + " ".join(f"{r['parts'][p]:>9.1f}s {r['parts'][p] / r['seconds']:>6.1%}"
                                             for p in PARTS))
+    for r in results:  # the run's own split (its stages overlap, so they need not add up)
+        if r.get("stages"):
+            print(f"{r['name']:>8} run stages (batch {r.get('batch_size')}, model busy {r['model_busy']:.0%}): "
+                  + ", ".join(f"{k} {v:.1f}s" for k, v in r["stages"].items()))
     for r in results:
         c = r["corpus"]
         print(f"{r['name']}: {r['files']['weights']}; corpus {c['documents']} documents ({c['plays_available']} "
@@ -275,7 +284,10 @@ def main() -> None:
                     help="configuration to run (repeatable; default: 169m)")
     ap.add_argument("--tokens", type=int, default=1_000_000, help="at least this many tokens in the corpus")
     ap.add_argument("--chunk-len", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the run's (8 on cpu; from free GPU "
+                                                                 "memory on cuda)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default=None, help="default: the run's (fp32 on cpu, bf16 on cuda)")
     ap.add_argument("--snapshot-every", type=int, default=4)
     ap.add_argument("--commit-every", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")

