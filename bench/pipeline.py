@@ -49,6 +49,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="model-only timing: best of this many passes")
     p.add_argument("--ceiling", action="store_true", help="also time the pipeline with a stand-in model")
     p.add_argument("--ceiling-only", action="store_true", help="time only the pipeline with a stand-in model")
+    p.add_argument("--disk", action="store_true", help="with the ceiling: also time this disk writing as many "
+                                                        "bytes, fsynced, in files of the parts' size")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--code", default=str(ROOT), help="docstream checkout to measure (default: this one)")
     p.add_argument("--work", default=None, help="scratch folder (default: a temp folder, removed after)")
@@ -136,6 +138,31 @@ def cut_plays(directory: Path, tokenizer, n_tokens: int, pieces: int = 4) -> Non
         round_ += 1
 
 
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def disk_rate(work: Path, total: int, largest: int) -> float:
+    """MB/s this disk takes for ``total`` bytes written as files of ``largest`` bytes, each fsynced and
+    dropped from the page cache as snapshot parts are: the physical limit of a run's writes here."""
+    data, target = os.urandom(min(largest, 64 << 20)), work / "disk-probe"
+    target.mkdir(exist_ok=True)
+    start, written, i = time.perf_counter(), 0, 0
+    while written < total:
+        fd = os.open(target / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        written, i = written + len(data), i + 1
+    seconds = time.perf_counter() - start
+    shutil.rmtree(target, ignore_errors=True)
+    return written / seconds / 1e6
+
+
 def model_only(model, shapes: list[tuple[int, int]], repeats: int) -> dict:
     """Best-of-``repeats`` rate of ``model.forward_hidden`` making exactly the forward calls the run made
     (the same [B, T] shapes in the same order, from the initial state, on random tokens), back to back."""
@@ -188,8 +215,12 @@ def end_to_end(settings: dict, stand_in=None, model=None) -> dict:
             del target.forward_hidden  # the class's method again
     # the rate the run reports (from its first document to its last commit), and the call's wall time
     # (which adds loading the model and tokenizer and the pre-flight checks)
+    out = Path(settings["out"])
+    parts = list((out / "snapshots").glob("part-*.parquet")) + list((out / "embeddings").glob("part-*.parquet"))
+    written = folder_bytes(out)
     result = {"tokens": summary.tokens, "seconds": summary.seconds, "tok_s": summary.tokens / summary.seconds,
-              "wall_s": seconds, "shapes": shapes}
+              "wall_s": seconds, "shapes": shapes, "bytes_written": written,
+              "largest_part": max((p.stat().st_size for p in parts), default=0)}
     stages = getattr(summary, "stages", None)
     if stages:
         result["stages"] = dict(stages)
@@ -235,8 +266,10 @@ def main() -> None:
                 if args.ceiling or args.ceiling_only:
                     stand_in = StandIn(model.config, device, model.dtype, batch, args.chunk_len)
                     ceiling_settings = dict(settings, model=files["tiny"], out=str(work / f"ceiling-{name}"))
-                    entry["ceiling"] = end_to_end(ceiling_settings, stand_in)
-                    entry["ceiling"].pop("shapes")
+                    entry["ceiling"] = c = end_to_end(ceiling_settings, stand_in)
+                    c.pop("shapes")
+                    if args.disk:
+                        c["disk_mb_s"] = disk_rate(work, c["bytes_written"], c["largest_part"])
                 results.append(entry)
                 report(entry)
             del model
@@ -257,7 +290,12 @@ def report(entry: dict) -> None:
     if "ceiling" in entry:
         c = entry["ceiling"]
         print(f"{head}  ceiling (stand-in model) {c['tok_s']:>10,.0f} tok/s ({c['tokens']:,} tokens, "
-              f"{c['seconds']:.1f} s)")
+              f"{c['seconds']:.1f} s); wrote {c['bytes_written'] / 1e6:,.0f} MB, "
+              f"{c['bytes_written'] / 1e6 / c['seconds']:,.0f} MB/s")
+        if "disk_mb_s" in c:
+            limit = c["disk_mb_s"] * 1e6 / (c["bytes_written"] / c["tokens"])
+            print(f"{'':>20}the disk alone takes {c['disk_mb_s']:,.0f} MB/s in such files: at most "
+                  f"{limit:,.0f} tok/s at this run's {c['bytes_written'] / c['tokens']:,.0f} bytes per token")
         print_stages(c)
 
 
