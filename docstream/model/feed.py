@@ -72,8 +72,10 @@ def forward_groups(model: RWKVModel, rows: Sequence[Sequence[int]], states: Stat
         groups.setdefault(len(row), []).append(i)
     for members in groups.values():
         tokens = torch.from_numpy(np.stack([np.asarray(rows[i], dtype=np.int64) for i in members]))
-        if model.device.type == "cuda":  # pinned and non-blocking: the host does not wait for the queued work
-            tokens = tokens.pin_memory().to(model.device, non_blocking=True)
+        device = getattr(model, "device", None)
+        if isinstance(device, torch.device) and device.type == "cuda":
+            # pinned and non-blocking: the host does not wait for the work already queued
+            tokens = tokens.pin_memory().to(device, non_blocking=True)
         state = _gather(states, members)
         if hidden:
             out = model.forward_hidden(tokens, state)
