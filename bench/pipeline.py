@@ -284,7 +284,8 @@ def report(entry: dict) -> None:
     head = f"{entry['model']:>8} batch {entry['batch']:>3}"
     if "model_only" in entry:
         m, e = entry["model_only"], entry["end_to_end"]
-        print(f"{head}  model only {m['tok_s']:>10,.0f} tok/s   end to end {e['tok_s']:>10,.0f} tok/s "
+        print(f"{head}  model only {m['tok_s']:>10,.0f} tok/s ({m['forwards']} forwards)   "
+              f"end to end {e['tok_s']:>10,.0f} tok/s "
               f"({e['tokens']:,} tokens, {e['seconds']:.1f} s)   ratio {entry['ratio']:.3f}")
         print_stages(e)
     if "ceiling" in entry:
