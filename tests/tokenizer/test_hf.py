@@ -165,3 +165,20 @@ def test_neox_20b_round_trips_nfc_text(neox_path: Path) -> None:
         text = unicodedata.normalize("NFC", random_unicode(rng))
         assert neox.decode(neox.encode(text)) == text, repr(text)
     assert neox.decode(neox.encode("e\u0301")) == "\u00e9"
+
+
+MIXED = ["héllo wörld 你好 🙂👍🏽 \r\n\t  x", "\x00\x01 control \u200d\u2028 marks", "a" * 5000, " " * 3000,
+         "Enter HAMLET.\n\nHAMLET. To be, or not to be, that is the question:\n" * 200, "", "x"]
+
+
+@pytest.mark.parametrize("which", ["bpe", "neox", "built-in"])
+def test_encode_gives_the_ids_of_the_plain_encode_call(which, bpe, neox_path):
+    """encode goes through the batch call (which releases the GIL): the ids are the plain call's."""
+    from docstream.defaults import default_tokenizer_path
+
+    tok = {"bpe": lambda: bpe, "neox": lambda: HFTokenizer(neox_path),
+           "built-in": lambda: HFTokenizer(default_tokenizer_path())}[which]()
+    for text in MIXED:
+        assert tok.encode(text) == tok._backend.encode(text, add_special_tokens=False).ids, text[:40]
+    with pytest.raises(TypeError, match="str"):
+        tok.encode(b"bytes")
