@@ -396,10 +396,10 @@ def _open_output(config: RunConfig, store: RunStore, tokenizer: Tokenizer) -> st
 
 
 def _run_locked(config: RunConfig, store: RunStore, tokenizer: Tokenizer) -> RunSummary:
-    fingerprint = _open_output(config, store, tokenizer)
     model = None
-    if config.engine == "local":
+    if config.engine == "local":  # loaded first: a device or model that fails leaves no settings behind
         model = load_model(config.model, device=config.device, dtype=config.dtype, backend=config.backend)
+    fingerprint = _open_output(config, store, tokenizer)
     progress = store.progress()
     summary = RunSummary(batch_size=_batch_size(config, model))
     clock = StageClock()

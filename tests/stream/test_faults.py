@@ -300,3 +300,22 @@ def test_a_bare_bundled_vocabulary_name_works_in_run_settings(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     config = RunConfig(model="m.pth", tokenizer="rwkv_vocab_v20230424.txt", input="c", out="o")
     assert config.tokenizer == default_world_vocab_path()
+
+
+def test_a_model_that_fails_to_load_leaves_no_settings_behind(model_path, tmp_path):
+    """The model is loaded before the run records its settings: after a load that fails (here a
+    checkpoint with a NaN weight), the same --out takes the corrected run instead of refusing it as
+    'written by a run with other settings'."""
+    import torch
+
+    sd = torch.load(model_path, map_location="cpu", weights_only=True)
+    name = next(k for k, v in sd.items() if v.is_floating_point() and v.dim() == 2)
+    sd[name][0, 0] = float("nan")
+    broken = tmp_path / "broken.pth"
+    torch.save(sd, broken)
+    corpus, out = _corpus(tmp_path / "corpus", 3, seed=9), tmp_path / "out"
+    with pytest.raises(ValueError, match="NaN"):
+        run(_config(broken, corpus, out))
+    assert not (out / "config.json").exists()
+    summary = run(_config(model_path, corpus, out))
+    assert summary.processed == 3
