@@ -62,7 +62,7 @@ class DocumentDone:
 class _Row:
     task: StreamTask
     chunks: Iterator[TokenChunk]
-    state: State
+    state: State | None  # None until the row joins the batch
     stats: TextStats = field(default_factory=TextStats)
     pending: TokenChunk | None = None
     #: (batch state, row) the state is a view of, so a step with the same rows in the same order
@@ -262,6 +262,8 @@ class Stream:
                 if failure is not None:
                     yield failure
                 else:
+                    if row.state is None:
+                        row.state = self.model.init_state(1)
                     rows.append(row)
             if not rows and not flight and not upcoming and exhausted:
                 return
@@ -274,8 +276,9 @@ class Stream:
 
     # -- internals -----------------------------------------------------------------------------
     def _open(self, task: StreamTask, prefetcher: Prefetcher) -> _Row:
-        state = task.state if task.state is not None else self.model.init_state(1)
-        row = _Row(task, iter(()), state)
+        """A row for ``task`` whose chunks start being read now; its state is made when it joins the
+        batch (a document waiting its turn holds no model state)."""
+        row = _Row(task, iter(()), task.state)
         row.chunks = prefetcher.open(iter_chunks(task.doc, self.tokenizer, self.chunk_len, task.start_token,
                                                  row.stats))
         return row
