@@ -80,10 +80,17 @@ def _killed_at(mode: str, model_path: Path, corpus: Path, out: Path, tmp_path: P
     return what
 
 
+@pytest.fixture(scope="module")
+def reference(model_path, tmp_path_factory):
+    """A corpus and the tables of its uninterrupted run (commits every 3 chunks: several commits)."""
+    root = tmp_path_factory.mktemp("writer-faults")
+    corpus = nested_corpus(root / "corpus", 8, seed=5, max_words=700)
+    return corpus, sorted_tables(_run(model_path, corpus, root / "ref"))
+
+
 @pytest.mark.parametrize("mode", ["queued", "record", "latest"])
-def test_a_kill_with_commits_queued_or_half_written_loses_nothing(model_path, tmp_path, mode):
-    corpus = nested_corpus(tmp_path / "corpus", 10, seed=5, max_words=900)
-    reference = sorted_tables(_run(model_path, corpus, tmp_path / "ref"))
+def test_a_kill_with_commits_queued_or_half_written_loses_nothing(model_path, tmp_path, mode, reference):
+    corpus, reference = reference
     out = tmp_path / "killed"
     what = _killed_at(mode, model_path, corpus, out, tmp_path)
     records = sorted(p.name for p in (out / "commits").glob("*.json"))
@@ -102,9 +109,8 @@ def test_a_kill_with_commits_queued_or_half_written_loses_nothing(model_path, tm
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
 
-def test_a_failed_write_stops_the_writer_and_reaches_the_run(model_path, tmp_path, monkeypatch):
-    corpus = nested_corpus(tmp_path / "corpus", 10, seed=6, max_words=900)
-    reference = sorted_tables(_run(model_path, corpus, tmp_path / "ref"))
+def test_a_failed_write_stops_the_writer_and_reaches_the_run(model_path, tmp_path, monkeypatch, reference):
+    corpus, reference = reference
     out = tmp_path / "out"
     store_commit = RunStore.commit
 
