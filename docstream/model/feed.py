@@ -72,10 +72,8 @@ def forward_groups(model: RWKVModel, rows: Sequence[Sequence[int]], states: Stat
         groups.setdefault(len(row), []).append(i)
     for members in groups.values():
         tokens = torch.from_numpy(np.stack([np.asarray(rows[i], dtype=np.int64) for i in members]))
-        device = getattr(model, "device", None)
-        if isinstance(device, torch.device) and device.type == "cuda":
-            # pinned and non-blocking: the host does not wait for the work already queued
-            tokens = tokens.pin_memory().to(device, non_blocking=True)
+        if on_cuda(model):  # pinned and non-blocking: the host does not wait for the work already queued
+            tokens = tokens.pin_memory().to(model.device, non_blocking=True)
         state = _gather(states, members)
         if hidden:
             out = model.forward_hidden(tokens, state)
@@ -165,6 +163,12 @@ def last_state(fed: Iterable[tuple[Any, Fed]], state: State | None = None) -> St
     for _, step in fed:
         state = step.state
     return state
+
+
+def on_cuda(model: Any) -> bool:
+    """Whether ``model`` runs on a CUDA device (False for stand-ins that have no device)."""
+    device = getattr(model, "device", None)
+    return isinstance(device, torch.device) and device.type == "cuda"
 
 
 def _gather(states: State | Sequence[State], members: list[int]) -> State:

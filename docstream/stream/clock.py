@@ -11,26 +11,21 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-#: the stages, in the order they are reported
+#: the stages, in the order they are reported:
+#: read+tokenize: reading and tokenizing documents (background thread, ahead of the model);
+#: model: the forward passes (device time from CUDA events on a GPU, wall time on a CPU);
+#: vectors: pooling, the non-finite check and the device-to-host copies of vectors and snapshots;
+#: write: serializing, hashing and writing committed parts and records (background threads);
+#: waited for tokens / for the writer: the model's thread held back by the tokenizer / a full commit queue
 STAGES = ("read+tokenize", "model", "vectors", "write", "waited for tokens", "waited for the writer")
-#: one line of explanation per stage, for ``--help``-like output and the README
-MEANINGS = {
-    "read+tokenize": "reading and tokenizing documents (background thread, ahead of the model)",
-    "model": "the forward passes (device time on CUDA, measured with events; wall time on CPU)",
-    "vectors": "pooling, the non-finite check and device-to-host copies of vectors and snapshots",
-    "write": "serializing, hashing and writing committed parts and records (background thread)",
-    "waited for tokens": "the model thread waiting for the tokenizer (the job is read/tokenize-bound)",
-    "waited for the writer": "the model thread waiting for a full commit queue (the job is write-bound)",
-}
 
 
 class StageClock:
-    """Seconds spent per stage since the clock was made; safe to add to from several threads."""
+    """Seconds spent per stage; safe to add to from several threads."""
 
     def __init__(self) -> None:
         self._spent: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.start = time.perf_counter()
 
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
@@ -44,9 +39,6 @@ class StageClock:
         finally:
             self.add(stage, time.perf_counter() - start)
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
     def totals(self) -> dict[str, float]:
         """Seconds per stage, known stages first in :data:`STAGES` order (absent ones as 0)."""
         with self._lock:
@@ -55,7 +47,6 @@ class StageClock:
         ordered.update(spent)
         return ordered
 
-    def model_busy(self, wall: float | None = None) -> float:
-        """The fraction of the wall time (since the clock was made, or ``wall``) the model was busy."""
-        wall = self.elapsed() if wall is None else wall
+    def model_busy(self, wall: float) -> float:
+        """The fraction of ``wall`` seconds the model was busy."""
         return min(1.0, self.totals()["model"] / wall) if wall > 0 else 0.0

@@ -2,9 +2,10 @@
 
 The engine hands over a complete commit (:class:`PendingCommit`: the rows and the progress record
 of one commit) and goes on; an encoding thread serializes the snapshot states, hashes them, builds
-the Arrow tables and encodes and hashes the Parquet parts in memory, and a writing thread calls
-:meth:`RunStore.commit`, which writes every part durably before the record that makes them count. Commits are written strictly one after another in the order they were
-handed over, so the record sequence has no gaps. At most ``depth`` commits wait, so memory stays
+the Arrow tables and encodes the Parquet parts in memory, and a writing thread calls
+:meth:`RunStore.commit`, which hashes the parts and writes each durably before the record that makes
+them count. Commits are written strictly one after another in the order they were handed over, so
+the record sequence has no gaps. At most ``depth`` commits wait, so memory stays
 bounded and a slow disk holds the engine back rather than filling memory.
 
 A failed write (a full disk, say) stops the writer: the commits handed over after it are not
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,20 +90,17 @@ class Arena:
     def serialize(self, states: list) -> list[memoryview]:
         """Each state's :meth:`~docstream.model.State.to_bytes` bytes, as views into the buffer (valid
         until the next call)."""
-        pieces = [state.byte_pieces() for state in states]
-        sizes = [sum(memoryview(p).nbytes for p in parts) for parts in pieces]
-        if self._buffer.nbytes < sum(sizes):
-            self._buffer = np.empty(sum(sizes), np.uint8)
+        pieces = [[memoryview(piece).cast("B") for piece in state.byte_pieces()] for state in states]
+        total = sum(piece.nbytes for parts in pieces for piece in parts)
+        if self._buffer.nbytes < total:
+            self._buffer = np.empty(total, np.uint8)
         view, blobs, at = memoryview(self._buffer), [], 0
-        for parts, size in zip(pieces, sizes):
-            blob = view[at:at + size]
-            offset = 0
-            for part in parts:
-                part = memoryview(part).cast("B")
-                blob[offset:offset + part.nbytes] = part
-                offset += part.nbytes
-            blobs.append(blob)
-            at += size
+        for parts in pieces:
+            start = at
+            for piece in parts:
+                view[at:at + piece.nbytes] = piece
+                at += piece.nbytes
+            blobs.append(view[start:at])
         return blobs
 
 
@@ -123,7 +120,7 @@ def _snapshot_table(rows: list[dict[str, Any]], arena: Arena | None = None) -> p
     return pa.Table.from_arrays(columns, schema=SCHEMAS["snapshots"])
 
 
-def _one_binary(blob: bytes) -> pa.Array:
+def _one_binary(blob: bytes | memoryview) -> pa.Array:
     """A one-value binary array over ``blob``'s own memory."""
     offsets = pa.py_buffer(np.array([0, len(blob)], np.int32))
     return pa.Array.from_buffers(pa.binary(), 1, [None, offsets, pa.py_buffer(blob)])
@@ -161,16 +158,14 @@ class Committer:
     def submit(self, commit: PendingCommit) -> None:
         """Queue ``commit`` (waiting while ``depth`` commits wait); raises the error of a failed earlier one."""
         self.check()
-        start = time.perf_counter()
-        self._queue.put(commit)
-        self.clock.add("waited for the writer", time.perf_counter() - start)
+        with self.clock.timing("waited for the writer"):
+            self._queue.put(commit)
 
     def drain(self) -> None:
         """Wait until every submitted commit is written; raises the error of a failed one."""
-        start = time.perf_counter()
-        self._queue.join()
-        self._encoded.join()
-        self.clock.add("waited for the writer", time.perf_counter() - start)
+        with self.clock.timing("waited for the writer"):
+            self._queue.join()
+            self._encoded.join()
         self.check()
 
     def check(self) -> None:
@@ -197,12 +192,11 @@ class Committer:
                     return
                 if self._error is not None:  # after a failure nothing more is written
                     continue
-                start = time.perf_counter()
-                try:  # the part hashes are left to the writing thread, which waits on the disk anyway
-                    encoded: dict[str, EncodedPart] | BaseException = commit.encode(arena, hashed=False)
-                except BaseException as err:  # handed on: the writer stops at it, in order
-                    encoded = err
-                self.clock.add("write", time.perf_counter() - start)
+                with self.clock.timing("write"):
+                    try:  # the part hashes are left to the writing thread, which waits on the disk anyway
+                        encoded: dict[str, EncodedPart] | BaseException = commit.encode(arena, hashed=False)
+                    except BaseException as err:  # handed on: the writer stops at it, in order
+                        encoded = err
                 self._encoded.put((commit, encoded))
             finally:
                 self._queue.task_done()
@@ -218,9 +212,8 @@ class Committer:
                     continue
                 if isinstance(encoded, BaseException):
                     raise encoded
-                start = time.perf_counter()
-                commit.write(self.store, encoded)
-                self.clock.add("write", time.perf_counter() - start)
+                with self.clock.timing("write"):
+                    commit.write(self.store, encoded)
             except BaseException as err:  # raised in the engine's thread
                 self._error = err
             finally:

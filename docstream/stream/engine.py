@@ -23,7 +23,7 @@ from docstream.corpus import Document, Rejected, TextStats
 from docstream.corpus.chunk_id import ChunkId
 from docstream.corpus.chunker import ResumeError, TokenChunk, iter_chunks
 from docstream.model import Hidden, RWKVModel, State
-from docstream.model.feed import forward_groups
+from docstream.model.feed import forward_groups, on_cuda
 from docstream.model.pooling import POOLINGS, pool
 from docstream.stream.clock import StageClock
 from docstream.stream.prefetch import Prefetcher
@@ -88,7 +88,7 @@ class _ModelClock:
 
     def __init__(self, model: RWKVModel, clock: StageClock):
         self.model, self.clock = model, clock
-        self.cuda = model.device.type == "cuda" if isinstance(getattr(model, "device", None), torch.device) else False
+        self.cuda = on_cuda(model)
         self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     def forward(self, rows: list[_Row], states: State | list[State]) -> Iterator:
@@ -127,7 +127,6 @@ class _Flight:
     suspect: Tensor
     snapshots: dict[int, State]
     state: State
-    dtype: torch.dtype
     model_clock: _ModelClock
     ready: torch.cuda.Event | None
 
@@ -154,7 +153,7 @@ class _Flight:
         else:  # already on the host: views (states are values; nothing writes into them)
             snapshots = {j: state.select(j) for j in snapshot_rows}
             ready = None
-        return cls(rows, [_Entry() for _ in rows], vectors, suspect, snapshots, state, state.dtype, model_clock, ready)
+        return cls(rows, [_Entry() for _ in rows], vectors, suspect, snapshots, state, model_clock, ready)
 
     def collect(self) -> tuple[np.ndarray, dict[int, list[str]], dict[int, State]]:
         """(vectors [B, 3, C] as numpy, {row: names of its non-finite outputs}, {row: snapshot state})."""
@@ -336,7 +335,8 @@ class Stream:
             if bad.get(j):  # NaN/inf vectors would poison the index and the state every later chunk
                 row.dead = True
                 row.chunks.close()
-                yield Rejected(doc.doc_id, doc.source, "non_finite", _non_finite_detail(chunk, bad[j], flight.dtype))
+                detail = _non_finite_detail(chunk, bad[j], flight.state.dtype)
+                yield Rejected(doc.doc_id, doc.source, "non_finite", detail)
                 continue
             snapshot = states.get(j)
             yield ChunkRecord(doc.doc_id, chunk.index, chunk.start, chunk.end, chunk.is_last,

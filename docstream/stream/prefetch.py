@@ -13,7 +13,6 @@ overlaps with the model's compiled kernels, which release the GIL while they run
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -74,10 +73,9 @@ class Prefetched(Generic[T]):
     def __next__(self) -> T:
         with self._cond:
             if not self._ready and not self._done:
-                start = time.perf_counter()
-                while not self._ready and not self._done:
-                    self._cond.wait()
-                self._owner.clock.add("waited for tokens", time.perf_counter() - start)
+                with self._owner.clock.timing("waited for tokens"):
+                    while not self._ready and not self._done:
+                        self._cond.wait()
             if self._ready:
                 item = self._ready.popleft()
                 if not self._running and not self._done:
@@ -117,17 +115,15 @@ class Prefetched(Generic[T]):
                 if self._done or len(self._ready) >= self._owner.ahead:
                     self._running = False
                     return
-            start = time.perf_counter()
             try:
-                item = next(self._source)
+                with clock.timing("read+tokenize"):
+                    item = next(self._source)
             except StopIteration:
                 self._finish(None)
                 return
             except BaseException as err:  # raised to the consumer at this position
                 self._finish(err)
                 return
-            finally:
-                clock.add("read+tokenize", time.perf_counter() - start)
             with self._cond:
                 if not self._done:
                     self._ready.append(item)

@@ -22,7 +22,7 @@ from docstream.corpus import SUFFIXES, Document, Rejected, iter_corpus
 from docstream.model import State, load_model
 from docstream.store.config import RunConfig
 from docstream.store.run_store import Progress, RunStore, SnapshotRef
-from docstream.stream.clock import MEANINGS, StageClock
+from docstream.stream.clock import StageClock
 from docstream.stream.committer import Committer, PendingCommit
 from docstream.stream.engine import ChunkRecord, DocumentDone, Stream, StreamTask
 from docstream.stream.preflight import check_run
@@ -55,10 +55,7 @@ class RunSummary:
 
     def as_dict(self) -> dict:
         """The summary as plain JSON values (``docstream run --json``)."""
-        data = {k: v for k, v in vars(self).items()}
-        data["rejected"] = dict(self.rejected)
-        data["tok_s"] = self.tok_s
-        return data
+        return dict(vars(self), rejected=dict(self.rejected), tok_s=self.tok_s)
 
     def lines(self, out: Path) -> list[str]:
         lines = [f"documents processed {self.processed} (resumed mid-document {self.resumed}), "
@@ -66,7 +63,7 @@ class RunSummary:
                  f"tokens {self.tokens} in {self.seconds:.1f} s ({self.tok_s:.0f} tok/s, batch {self.batch_size})"]
         if self.stages and self.tokens:
             lines.append(f"model busy {self.model_busy:.0%} of the time; seconds per stage (stages overlap): "
-                         + ", ".join(f"{name} {sec:.1f}" for name, sec in self.stages.items() if name in MEANINGS))
+                         + ", ".join(f"{name} {sec:.1f}" for name, sec in self.stages.items()))
         if self.rejected:
             lines.append("rejected: " + ", ".join(f"{reason} {n}" for reason, n in sorted(self.rejected.items())))
         if self.invalid_utf8_bytes or self.nul_chars:
