@@ -6,10 +6,11 @@ Two parts:
   filters ``RunStore.read_snapshot`` uses) for Parquet settings of the snapshot table, on RWKV-4 and -7
   fp32 states; and the same for the embeddings table (three float32 lists of C values per chunk).
 * ``path``: the write path of a commit as ``docstream run`` does it -- ``State.to_bytes`` per document,
-  sha256 of each state, the Arrow table, and the part (``encode_part`` + the atomic write in ``RunStore.commit``: write_table, sha256 of
-  the part, write, fsync, rename) -- for RWKV-7 fp32 and bf16 states of a batch of 16 documents, "before"
-  (the earlier ``to_bytes``, settings and read-back hashing, kept here as references) and "after" (the
-  code as it is), the part writes of both interleaved. write_table (into memory), the part's sha256 and
+  sha256 of each state, the Arrow table, and the part (``encode_part`` and the atomic write in
+  ``RunStore.commit``: write_table, sha256 of the part, write, fsync, rename) -- for RWKV-7 fp32 and
+  bf16 states of a batch of 16 documents, "before" (the earlier ``to_bytes``, settings and read-back
+  hashing, kept here as references) and "after" (the code as it is), the part writes of both
+  interleaved. write_table (into memory), the part's sha256 and
   write+fsync (rewriting one file) are also timed apart, and reading one snapshot back as
   ``RunStore.read_snapshot`` does.
 

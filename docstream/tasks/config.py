@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from docstream.store.config import InputFormat
+
 __all__ = ["DEFAULT_SAMPLING", "IndexConfig", "Metric", "Pooling", "ProbeConfig", "SamplingConfig", "SearchConfig",
            "SummarizeConfig", "TemplateName"]
 
@@ -110,7 +112,7 @@ class ProbeConfig(BaseModel):
     trials: int = Field(3, ge=1, description="seeded trials per cell")
     seed: int = Field(0, description="seed of the first trial's key and haystack offset")
     haystack: Path | None = Field(None, description="corpus for the haystack (default: the passkey filler)")
-    haystack_format: Literal["auto", "text", "jsonl", "parquet"] = Field("auto", description="haystack file format")
+    haystack_format: InputFormat = Field("auto", description="haystack file format")
     id_field: str = Field("id", description="JSONL/Parquet field holding the document id")
     text_field: str = Field("text", description="JSONL/Parquet field holding the text")
     needle: str | None = Field(None, description="needle sentence (task needle)")
