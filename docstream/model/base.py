@@ -268,6 +268,12 @@ class RWKVModel(nn.Module):
         x, new_state, _ = self._trunk(tokens, state, keep_layers=False)
         return self.head(self.ln_out(x)), new_state
 
+    def hidden_train(self, tokens: Tensor) -> Tensor:
+        """Final hidden states [B, T, C] (after ``ln_out``) of ``tokens`` [B, T] from the initial state,
+        recorded by autograd: what an embedder is trained on (:mod:`docstream.model.embedding`)."""
+        x, _, _ = self._trunk(tokens, None, keep_layers=False)
+        return self.ln_out(x)
+
     @torch.no_grad()
     def forward_hidden(self, tokens: Tensor | Sequence[int], state: State | None = None,
                        all_layers: bool = False) -> Hidden:
