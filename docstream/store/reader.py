@@ -108,6 +108,47 @@ def read_embeddings(out: str | Path, pooling: str = DEFAULT_POOLING, after_seq: 
     committed since, each chunk once.
     """
     check_pooling(pooling)
+    column = EMBEDDING_COLUMNS[pooling]
+    parts, upto, retracted = _live_parts(out, [*ID_COLUMNS, column], after_seq, upto_seq)
+    rows = EmbeddingRows.concat([_rows(table, column, path) for table, path in parts])
+    return CommittedEmbeddings(rows, after_seq, upto, retracted)
+
+
+@dataclass(frozen=True)
+class ChunkTokens(ChunkIdColumns):
+    """Committed chunks' token ids, one row per chunk in commit order: ``tokens[i]`` is row i's int32
+    ids, or None for a chunk committed before runs stored them (its text must be read from the corpus)."""
+
+    tokens: list[np.ndarray | None]
+
+
+@dataclass(frozen=True)
+class CommittedTokens:
+    """The live chunk tokens of the commits with ``after_seq < seq <= last_seq`` (the same rows, in the
+    same order, as :func:`read_embeddings` of that range; ``retracted`` as there)."""
+
+    rows: ChunkTokens
+    after_seq: int
+    last_seq: int
+    retracted: frozenset[str] = frozenset()
+
+
+def read_chunk_tokens(out: str | Path, after_seq: int = 0, upto_seq: int | None = None) -> CommittedTokens:
+    """The token ids of the chunks committed with ``after_seq < seq <= upto_seq`` (see :func:`read_embeddings`
+    for the range and for reading exactly once)."""
+    parts, upto, retracted = _live_parts(out, [*ID_COLUMNS, "tokens"], after_seq, upto_seq)
+    ids = [ChunkIdColumns.columns_of(table) for table, _ in parts]
+    columns = [np.concatenate(column) for column in zip(*ids)] if ids else ChunkIdColumns.empty_columns()
+    tokens = [None if t is None else np.asarray(t, np.int32)
+              for table, _ in parts for t in table.column("tokens").to_numpy(zero_copy_only=False)]
+    return CommittedTokens(ChunkTokens(*columns, tokens), after_seq, upto, retracted)
+
+
+def _live_parts(out: str | Path, columns: list[str], after_seq: int,
+                upto_seq: int | None) -> tuple[list[tuple[pa.Table, Path]], int, frozenset[str]]:
+    """``columns`` of the live rows of every embeddings part committed with ``after_seq < seq <= upto``
+    (each checked against its checksum), ``upto`` (the newest commit when ``upto_seq`` is None), and the
+    documents those commits retracted."""
     store = RunStore(out)
     records = list(store.commit_records())
     newest = max((r["seq"] for r in records), default=0)
@@ -117,14 +158,13 @@ def read_embeddings(out: str | Path, pooling: str = DEFAULT_POOLING, after_seq: 
                          f"upto_seq={upto}")
     records = [r for r in records if r["seq"] <= upto]
     dead = retracted_before(records)
-    column = EMBEDDING_COLUMNS[pooling]
     parts = []
     for seq, path, sha in store.committed_parts("embeddings", records):
         if seq > after_seq:
-            table = store.read_part(path, sha, columns=[*ID_COLUMNS, column], schema=SCHEMAS["embeddings"])
-            parts.append(_rows(drop_retracted(table, seq, dead), column, path))
+            table = store.read_part(path, sha, columns=columns, schema=SCHEMAS["embeddings"])
+            parts.append((drop_retracted(table, seq, dead), path))
     retracted = frozenset(d for r in records if r["seq"] > after_seq for d in r.get("retracted", []))
-    return CommittedEmbeddings(EmbeddingRows.concat(parts), after_seq, upto, retracted)
+    return parts, upto, retracted
 
 
 def _rows(table: pa.Table, column: str, path: Path) -> EmbeddingRows:

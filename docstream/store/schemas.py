@@ -9,7 +9,8 @@ TABLES = ("embeddings", "snapshots", "documents", "errors")
 SCHEMAS = {
     "embeddings": pa.schema([("doc_id", pa.string()), ("chunk_index", pa.int32()), ("token_start", pa.int64()),
                              ("token_end", pa.int64()), ("embedding", pa.list_(pa.float32())),
-                             ("embedding_mean", pa.list_(pa.float32())), ("embedding_state", pa.list_(pa.float32()))]),
+                             ("embedding_mean", pa.list_(pa.float32())), ("embedding_state", pa.list_(pa.float32())),
+                             ("tokens", pa.list_(pa.int32()))]),
     "snapshots": pa.schema([("doc_id", pa.string()), ("chunk_index", pa.int32()), ("token_start", pa.int64()),
                             ("token_end", pa.int64()), ("is_final", pa.bool_()), ("model_fingerprint", pa.string()),
                             ("state", pa.binary()), ("state_sha256", pa.string())]),
@@ -27,9 +28,10 @@ SCHEMAS = {
 # columns (doc_id and chunk_index are what read_snapshot's filters skip row groups by).
 # Embeddings: zstd saves 8% of the float lists at little cost; dictionary encoding of the floats made
 # parts 12% larger than raw and 2.5x slower to write, so only doc_id gets a dictionary; no statistics
-# for the float lists.
+# for the float lists. The chunk's token ids (``tokens``, added after the first release: older parts lack the
+# column) are what search indexes the chunk's text from.
 _SNAPSHOT_SMALL = [name for name in SCHEMAS["snapshots"].names if name != "state"]
-_EMBEDDING_FLOATS = ("embedding", "embedding_mean", "embedding_state")
+_EMBEDDING_FLOATS = ("embedding", "embedding_mean", "embedding_state", "tokens")
 WRITE_OPTIONS = {
     "embeddings": dict(compression="zstd", row_group_size=8192, use_dictionary=["doc_id"],
                        write_statistics=[n for n in SCHEMAS["embeddings"].names if n not in _EMBEDDING_FLOATS]),

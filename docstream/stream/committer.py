@@ -74,6 +74,8 @@ def build_table(name: str, rows: list[dict[str, Any]], arena: Arena | None = Non
     for column in schema:
         if column.name in VECTOR_COLUMNS:
             columns.append(_vectors([row["vectors"][VECTOR_COLUMNS[column.name]] for row in rows]))
+        elif column.name == "tokens":
+            columns.append(_token_lists([row.get("tokens") for row in rows]))
         else:
             columns.append(pa.array([row[column.name] for row in rows], column.type))
     return pa.Table.from_arrays(columns, schema=schema)
@@ -133,6 +135,18 @@ def _vectors(vectors: list[np.ndarray]) -> pa.Array:
     np.cumsum(lengths, out=offsets[1:])
     flat = np.concatenate([np.asarray(v, np.float32).ravel() for v in vectors])
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.float32()))
+
+
+def _token_lists(tokens: list[np.ndarray | None]) -> pa.Array:
+    """Each chunk's token ids as a ``list<int32>`` array from one flat buffer (null where a row has none)."""
+    if all(t is None for t in tokens):
+        return pa.nulls(len(tokens), pa.list_(pa.int32()))
+    if any(t is None for t in tokens):
+        return pa.array([None if t is None else np.asarray(t, np.int32) for t in tokens], pa.list_(pa.int32()))
+    offsets = np.zeros(len(tokens) + 1, np.int32)
+    np.cumsum([len(t) for t in tokens], out=offsets[1:])
+    flat = np.concatenate([np.asarray(t, np.int32) for t in tokens])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32()))
 
 
 class Committer:

@@ -42,11 +42,13 @@ class StreamTask:
 class ChunkRecord(ChunkId):
     """One processed chunk (its :class:`~docstream.corpus.chunk_id.ChunkId` fields first): its vectors
     (one per pooling of :mod:`docstream.model.pooling`), and the document's state when a snapshot is due
-    (every ``snapshot_every`` chunks and at the document's end)."""
+    (every ``snapshot_every`` chunks and at the document's end), and its token ids (int32), which the
+    run stores so search can index each chunk's text without re-reading the corpus."""
 
     is_last: bool
     vectors: dict[str, np.ndarray]
     state: State | None
+    tokens: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -340,7 +342,8 @@ class Stream:
                 continue
             snapshot = states.get(j)
             yield ChunkRecord(doc.doc_id, chunk.index, chunk.start, chunk.end, chunk.is_last,
-                              {name: vectors[j, k] for k, name in enumerate(POOLINGS)}, snapshot)
+                              {name: vectors[j, k] for k, name in enumerate(POOLINGS)}, snapshot,
+                              np.asarray(chunk.tokens, np.int32))
             if entry.closing is not None:
                 yield entry.closing
 

@@ -151,7 +151,7 @@ class _CommitWriter:
         self.chunks += 1
         held = self._held.setdefault(rec.doc_id, [])
         held.append(dict(doc_id=rec.doc_id, chunk_index=rec.chunk_index, token_start=rec.token_start,
-                         token_end=rec.token_end, vectors=rec.vectors))
+                         token_end=rec.token_end, vectors=rec.vectors, tokens=rec.tokens))
         if rec.state is None:
             return
         # the state is serialized and hashed when the commit is written (on the writer's thread)

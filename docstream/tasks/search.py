@@ -71,7 +71,7 @@ class Searcher:
         self.out, self.pooling, self.params = Path(out), check_pooling(pooling), params
         self.index = _open_index(self.out, pooling, factory, metric, update)
         self.embedder = embedder if embedder is not None else QueryEmbedder(out, **embedder_options)
-        self._corpus = _corpus_reader(self.out)
+        self._corpus = corpus_reader(self.out)
 
     def search(self, query: str, k: int = 10, snippets: bool = True) -> list[Hit]:
         """The ``k`` chunks nearest to ``query``, best first."""
@@ -114,7 +114,7 @@ def _open_index(out: Path, pooling: str, factory: str | None, metric: str | None
     return loaded
 
 
-def _corpus_reader(out: Path) -> Callable[[], Iterable]:
+def corpus_reader(out: Path) -> Callable[[], Iterable]:
     """A function giving a fresh iterator over the run's corpus (the resolved input path of its identity)."""
     from docstream.corpus import iter_corpus
     from docstream.store.reader import read_run_config, run_settings
@@ -125,8 +125,9 @@ def _corpus_reader(out: Path) -> Callable[[], Iterable]:
 
 
 def read_snippets(corpus: Iterable, tokenizer: Tokenizer, chunks: list[ChunkId],
-                  limit: int = SNIPPET_CHARS) -> dict[ChunkId, str]:
-    """The text of each chunk (whitespace collapsed, cut to ``limit`` characters), reading the corpus only
+                  limit: int | None = SNIPPET_CHARS) -> dict[ChunkId, str]:
+    """The text of each chunk (whitespace collapsed and cut to ``limit`` characters; whole when ``limit`` is
+    None), reading the corpus only
     until every wanted document was seen. Chunks whose document is missing or unreadable are left out."""
     from docstream.corpus import Document
 
@@ -140,7 +141,7 @@ def read_snippets(corpus: Iterable, tokenizer: Tokenizer, chunks: list[ChunkId],
                 for chunk in wanted.pop(item.doc_id):
                     text = _span_text(item, tokenizer, chunk)
                     if text is not None:
-                        texts[chunk] = shorten(text, limit)
+                        texts[chunk] = text if limit is None else shorten(text, limit)
             if not wanted:
                 break
     except (OSError, ValueError):
