@@ -10,14 +10,18 @@ from docstream.train.config import TrainConfig
 TRAIN_FIELDS = ("data", "heldout", "out", "tokenizer", "vocab_size", "init_from", "n_layer", "n_embd", "head_size",
                 "dim_ffn", "ctx_len", "batch_size", "lr", "lr_final", "warmup_steps", "max_steps", "weight_decay",
                 "grad_clip", "eval_every", "eval_bytes", "save_every", "save_dtype", "seed", "dtype", "device",
-                "backend", "threads")
+                "backend", "threads", "objective", "pooling", "eos_token", "temperature", "pairs", "span_min",
+                "embed_max_tokens", "eval_pairs")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="train an RWKV-7 from scratch or fine-tune a checkpoint (re-run to resume)",
                         description="Train an RWKV-7 from scratch (with a new byte-level BPE tokenizer unless "
                                     "--tokenizer is given) or fine-tune a BlinkDL checkpoint of any version "
-                                    "(--init-from). Re-running on the same --out resumes from its checkpoint.")
+                                    "(--init-from). With --objective contrastive, train it as a passage embedder "
+                                    "instead (pairs of spans of the text, in-batch negatives, InfoNCE), written "
+                                    "with its model.embedder.json. Re-running on the same --out resumes from its "
+                                    "checkpoint.")
     tr.add_argument("--config", help="YAML/TOML/JSON file of training settings (flags override it)")
     add_fields(tr, TrainConfig, TRAIN_FIELDS)
     add_quiet(tr, TrainConfig.model_fields["quiet"].description)
@@ -26,9 +30,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from docstream.train.config import build_train_config
-    from docstream.train.loop import train
 
     config = build_train_config(args.config, given(args, (*TRAIN_FIELDS, "quiet")))
+    if config.objective == "contrastive":
+        from docstream.train.contrastive import train_contrastive
+
+        tuned = train_contrastive(config)
+        recall = f"{tuned.heldout_recall1:.3f}" if tuned.heldout_recall1 is not None else "n/a"
+        print(f"trained {tuned.steps} steps, {tuned.pairs:,} pairs in {tuned.seconds:,.0f} s: "
+              f"loss {tuned.loss:.4f}, held-out recall@1 {recall}")
+        print(f"model  {tuned.model_path}")
+        print(f"spec   {tuned.spec_path}")
+        return 0
+    from docstream.train.loop import train
+
     result = train(config)
     bpb = f"{result.heldout_bpb:.4f}" if result.heldout_bpb is not None else "n/a"
     print(f"trained {result.steps} steps, {result.tokens:,} tokens in {result.seconds:,.0f} s: "

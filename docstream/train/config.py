@@ -11,11 +11,17 @@ from docstream.store.config import Backend
 
 #: dtypes training computes in and saves models in
 TrainDType = Literal["fp32", "bf16"]
+#: what is trained: next-token prediction, or passage embeddings (docstream.train.contrastive)
+Objective = Literal["lm", "contrastive"]
 
 #: settings that decide the loss curve: resuming a training directory with other values is refused
 CURVE_FIELDS = ("data", "heldout", "tokenizer", "vocab_size", "init_from", "n_layer", "n_embd", "head_size",
                 "dim_ffn", "ctx_len", "batch_size", "lr", "lr_final", "warmup_steps", "max_steps",
-                "weight_decay", "betas", "grad_clip", "seed", "dtype")
+                "weight_decay", "betas", "grad_clip", "seed", "dtype", "objective")
+#: settings that also decide the curve of a contrastive run (absent from a language model's settings)
+CONTRASTIVE_FIELDS = ("pooling", "eos_token", "temperature", "pairs", "span_min", "eval_pairs")
+#: the value a curve setting had in directories written before the setting existed
+CURVE_DEFAULTS = {"objective": "lm"}
 
 
 class TrainConfig(BaseModel):
@@ -52,6 +58,17 @@ class TrainConfig(BaseModel):
     backend: Backend = Field("auto", description="WKV kernels: compiled cpu/cuda, the torch reference, or auto")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's choice)")
     quiet: bool = Field(False, description="no progress bar")
+    objective: Objective = Field("lm", description="lm: next-token prediction; contrastive: train an embedder "
+                                                   "on pairs of spans with in-batch negatives (InfoNCE)")
+    pooling: Literal["mean", "eos"] = Field("mean", description="contrastive: how a passage becomes a vector")
+    eos_token: int = Field(0, ge=0, description="contrastive: token appended to each passage for eos pooling")
+    temperature: float = Field(0.05, gt=0, description="contrastive: InfoNCE temperature")
+    pairs: Path | None = Field(None, description='contrastive: JSONL of {"query": ..., "positive": ...} pairs '
+                                                 "mixed in with the pairs built from the text")
+    span_min: int = Field(16, ge=1, description="contrastive: shortest span in tokens (the longest is ctx_len)")
+    embed_max_tokens: int = Field(1024, ge=1, description="contrastive: passage tokens the embedder reads "
+                                                          "(max_tokens of its embedder.json)")
+    eval_pairs: int = Field(64, ge=2, description="contrastive: held-out span pairs recall@1 is measured on")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -61,6 +78,12 @@ class TrainConfig(BaseModel):
             raise ValueError(f"lr_final {self.lr_final} is above lr {self.lr}; the schedule only decays")
         if self.dtype == "bf16" and not self.device.startswith("cuda"):
             raise ValueError("dtype bf16 trains with CUDA autocast; on device 'cpu' use dtype fp32")
+        if self.objective == "contrastive":
+            if self.span_min > self.ctx_len:
+                raise ValueError(f"span_min {self.span_min} is above ctx_len {self.ctx_len}, the longest span")
+            if self.init_from is not None and self.tokenizer is None:
+                raise ValueError(f"give the tokenizer of {self.init_from} with --tokenizer: a new one would not "
+                                 f"match the model's vocabulary")
         return self
 
     def curve_settings(self) -> dict[str, Any]:
@@ -68,10 +91,11 @@ class TrainConfig(BaseModel):
         data = self.model_dump(mode="json")
         for key in ("data", "heldout"):
             data[key] = [str(Path(p).resolve()) for p in data[key]]
-        for key in ("tokenizer", "init_from"):
+        for key in ("tokenizer", "init_from", "pairs"):
             if data[key] is not None:
                 data[key] = str(Path(data[key]).resolve())
-        return {k: data[k] for k in CURVE_FIELDS}
+        fields = CURVE_FIELDS + (CONTRASTIVE_FIELDS if self.objective == "contrastive" else ())
+        return {k: data[k] for k in fields}
 
 
 def build_train_config(file: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:

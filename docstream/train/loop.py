@@ -46,7 +46,7 @@ from docstream.model.v7 import RWKV7
 from docstream.tokenizer import load_tokenizer
 from docstream.tokenizer.base import Tokenizer
 from docstream.train.bpe import train_bpe
-from docstream.train.config import TrainConfig
+from docstream.train.config import CURVE_DEFAULTS, TrainConfig
 from docstream.train.data import DOC_SEPARATOR, Batches, heldout_bytes, tokenize_to_file
 from docstream.train.init import init_rwkv7_
 
@@ -86,7 +86,8 @@ def _directory_lock(out: Path) -> Iterator[None]:
 #: the temporary names docstream's own writers use in a training directory (``.<name>.tmp-<pid>``, see
 #: :mod:`docstream.files`), and the fixed names older versions used for the token file and the BPE
 #: tokenizer; nothing else is ever removed
-_TEMP_NAME = re.compile(r"\.(settings\.json|train_state\.pt|model\.pth|log\.jsonl|train_tokens\.npy|tokenizer\.json)"
+_TEMP_NAME = re.compile(r"\.(settings\.json|train_state\.pt|model\.pth|log\.jsonl|train_tokens\.npy|tokenizer\.json"
+                        r"|tokenizer\.txt|model\.embedder\.json)"
                         r"\.tmp-\d+|train_tokens\.tmp\.npy|tokenizer\.json\.tmp")
 
 
@@ -174,9 +175,10 @@ def _check_settings(config: TrainConfig) -> None:
     settings = config.curve_settings()
     if path.exists():
         saved = json.loads(path.read_text())
-        differing = sorted(k for k in settings if saved.get(k) != settings[k])
+        differing = sorted(k for k in settings if saved.get(k, CURVE_DEFAULTS.get(k)) != settings[k])
         if differing:
-            detail = "; ".join(f"{k}: {saved.get(k)!r} there, {settings[k]!r} now" for k in differing)
+            detail = "; ".join(f"{k}: {saved.get(k, CURVE_DEFAULTS.get(k))!r} there, {settings[k]!r} now"
+                               for k in differing)
             raise ValueError(f"{config.out} holds a training run with other settings ({detail}); "
                              f"use a new --out or the same settings to resume")
     else:
@@ -239,8 +241,27 @@ def _same_weights(path: Path, expected: dict[str, torch.Tensor]) -> bool:
         return False
 
 
+def _resume(config: TrainConfig, model: RWKVModel, optimizer: torch.optim.Optimizer
+            ) -> tuple[int, float, list[dict[str, Any]]]:
+    """Load ``train_state.pt`` into the model and optimizer if there is one: (step, elapsed, log) to go
+    on from, (0, 0.0, []) for a new run. A finished run gets its exports checked and restored."""
+    state_path = config.out / "train_state.pt"
+    if not state_path.exists():
+        return 0, 0.0, []
+    saved = torch.load(state_path, map_location=config.device, weights_only=True)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if saved["step"] >= config.max_steps:
+        _restore_exports(config, model, saved["log"])
+    return saved["step"], saved["elapsed"], saved["log"]
+
+
 def train(config: TrainConfig) -> TrainResult:
-    """Train (or resume training) as ``config`` says; returns where it ended."""
+    """Train (or resume training) a language model as ``config`` says; returns where it ended.
+    (``objective: contrastive`` is trained by :func:`docstream.train.contrastive.train_contrastive`.)"""
+    if config.objective != "lm":
+        raise ValueError(f"train() trains language models; objective {config.objective!r} is trained by "
+                         f"docstream.train.contrastive.train_contrastive")
     if config.threads:
         torch.set_num_threads(config.threads)
     with _directory_lock(config.out):
@@ -252,15 +273,7 @@ def train(config: TrainConfig) -> TrainResult:
         heldout_ids = tokenizer.encode(heldout.decode("utf-8"))  # once, evaluated many times
         model = _model(config, tokenizer)
         optimizer = make_optimizer(model, config)
-        step, elapsed, log = 0, 0.0, []
-        state_path = config.out / "train_state.pt"
-        if state_path.exists():
-            saved = torch.load(state_path, map_location=config.device, weights_only=True)
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            step, elapsed, log = saved["step"], saved["elapsed"], saved["log"]
-            if step >= config.max_steps:
-                _restore_exports(config, model, log)
+        step, elapsed, log = _resume(config, model, optimizer)
         return _loop(config, model, optimizer, batches, (heldout_ids, len(heldout)), step, elapsed, log)
 
 

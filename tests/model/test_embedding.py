@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from docstream.model import load_model
-from docstream.model.embedding import (EmbedderSpec, embed_tokens, pad_passages, pooled, read_embedder_spec,
-                                       write_embedder_spec)
+from docstream.model.embedding import (
+    EmbedderSpec,
+    embed_tokens,
+    pad_passages,
+    pooled,
+    read_embedder_spec,
+    write_embedder_spec,
+)
 from docstream.testing.checkpoints import save_random_checkpoint
 
 VOCAB = 300
