@@ -40,16 +40,18 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import Tensor
 
 from docstream.files import atomic_write_bytes
-from docstream.model.base import RWKVModel
 from docstream.tokenizer.loader import bundled_vocabularies
+
+if TYPE_CHECKING:  # the spec functions are used on the query path, which must not import torch
+    from torch import Tensor
+
+    from docstream.model.base import RWKVModel
 
 POOLINGS = ("mean", "eos")
 #: the end-of-text id EmbeddingRWKV appends (the World vocabulary's last id)
@@ -130,6 +132,8 @@ def passage_tokens(tokens: Sequence[int], spec: EmbedderSpec) -> list[int]:
 def pad_passages(token_lists: Sequence[Sequence[int]], spec: EmbedderSpec) -> tuple[Tensor, Tensor]:
     """Passages as one right-padded batch: (tokens [B, T] LongTensor, lengths [B]), for :func:`pooled`.
     Padding goes after each passage, so it never changes the hidden states of the passage's tokens."""
+    import torch
+
     rows = [passage_tokens(t, spec) for t in token_lists]
     for i, row in enumerate(rows):
         if not row:
@@ -144,6 +148,8 @@ def pad_passages(token_lists: Sequence[Sequence[int]], spec: EmbedderSpec) -> tu
 def pooled(model: RWKVModel, padded_tokens: Tensor, lengths: Tensor, spec: EmbedderSpec) -> Tensor:
     """Embeddings [B, C] (fp32, unnormalized) of right-padded passages ``padded_tokens`` [B, T] whose
     first ``lengths`` [B] positions are real (eos included). Differentiable when grad is enabled."""
+    import torch
+
     hidden = model.hidden_train(padded_tokens).float()  # [B, T, C]
     lengths = lengths.to(hidden.device)
     if spec.pooling == "eos":
@@ -160,6 +166,8 @@ def embed_tokens(model: RWKVModel, token_lists: Sequence[Sequence[int]], spec: E
     order given and does not depend on ``batch_size`` beyond float rounding."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    import torch
+
     check_fits(model, spec)
     if spec.pooling == "mean":
         empty = next((i for i, t in enumerate(token_lists) if len(t) == 0), None)

@@ -3,6 +3,8 @@ batching and matches a forward pass of the passage alone."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -124,3 +126,10 @@ def test_right_padding_holds_the_passages_in_front(model):
     padded, lengths = pad_passages([[5, 6], [7, 8, 9]], spec("eos"))
     assert padded.tolist() == [[5, 6, 1, 0], [7, 8, 9, 1]] and lengths.tolist() == [3, 4]
     assert torch.is_tensor(padded) and padded.dtype == torch.long
+
+
+def test_reading_a_spec_does_not_import_torch():
+    # the query path reads the spec and must stay torch-free (importing torch alone takes seconds)
+    code = ("import sys; from docstream.model.embedding import read_embedder_spec, EmbedderSpec; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
