@@ -1,0 +1,103 @@
+"""Query vectors in numpy equal the torch embedder's pooled hidden states, and need no torch."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from docstream.model import load_model
+from docstream.model.embedding import EmbedderSpec, embed_tokens
+from docstream.tasks.query_vector import QueryEncoder
+from docstream.testing.checkpoints import save_random_checkpoint
+from docstream.tokenizer import load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILTIN_DIR = ROOT / "docstream" / "data" / "default_model"
+BUILTIN = BUILTIN_DIR / "model.pth"
+TOL = 1e-4  # fp32, relative to the vectors' largest magnitude
+TEXTS = ["serialize an object to a JSON formatted string", "a ghost walks on the castle platform at midnight",
+         "x", "parse command line options and arguments " * 3]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _spec(pooling: str, **kw) -> EmbedderSpec:
+    return EmbedderSpec(**{"pooling": pooling, "eos_token": 0, "tokenizer": str(BUILTIN_DIR / "tokenizer.json"),
+                           "dimension": 256, **kw})
+
+
+def _assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=TOL, atol=TOL * float(np.abs(want).max()))
+
+
+@pytest.fixture(scope="module")
+def torch_model():
+    return load_model(BUILTIN)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "eos"])
+def test_encode_equals_the_torch_embedder(torch_model, pooling):
+    spec = _spec(pooling, eos_token=7)
+    encoder = QueryEncoder(BUILTIN, spec)
+    tokenizer = load_tokenizer(spec.tokenizer)
+    want = embed_tokens(torch_model, [tokenizer.encode(t) for t in TEXTS], spec)  # what the index stores
+    _assert_close(encoder.encode(TEXTS), want)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "eos"])
+def test_encode_pools_the_final_hidden_states(torch_model, pooling):
+    """Written out against forward_hidden: mean over the text's tokens, or the state at the appended eos."""
+    encoder = QueryEncoder(BUILTIN, SimpleNamespace(pooling=pooling, eos_token=3, tokenizer="tokenizer.json"))
+    tokens = encoder.tokenizer.encode(TEXTS[1])
+    if pooling == "eos":
+        want = torch_model.forward_hidden(tokens + [3]).last[0, -1].numpy()
+    else:
+        want = torch_model.forward_hidden(tokens).last[0].mean(dim=0).numpy()
+    _assert_close(encoder.encode([TEXTS[1]])[0], want)
+
+
+def test_max_tokens_cuts_the_text_before_eos(tmp_path):
+    model = save_random_checkpoint(tmp_path / "tiny.pth", "7", n_layer=2, n_embd=32, head_size=16,
+                                   vocab_size=4096, seed=2)
+    spec = _spec("eos", dimension=32, max_tokens=4, eos_token=5)
+    encoder = QueryEncoder(model, spec)
+    long = TEXTS[3]
+    assert encoder.tokens(long) == encoder.tokenizer.encode(long)[:4] + [5]
+    want = embed_tokens(load_model(model), [encoder.tokenizer.encode(long)], spec)
+    _assert_close(encoder.encode([long]), want)
+
+
+def test_refusals(tmp_path):
+    v6 = save_random_checkpoint(tmp_path / "v6.pth", "6", n_layer=1, n_embd=32, head_size=16, vocab_size=4096)
+    with pytest.raises(ValueError, match="RWKV-6.*torch"):
+        QueryEncoder(v6, _spec("mean", dimension=32))
+    with pytest.raises(ValueError, match="dimension 128.*256 wide"):
+        QueryEncoder(BUILTIN, _spec("mean", dimension=128))
+    with pytest.raises(ValueError, match="eos_token 99999 is outside"):
+        QueryEncoder(BUILTIN, _spec("eos", eos_token=99999))
+    with pytest.raises(ValueError, match="unknown pooling 'last'"):
+        QueryEncoder(BUILTIN, SimpleNamespace(pooling="last", eos_token=0, tokenizer="tokenizer.json"))
+    encoder = QueryEncoder(BUILTIN, _spec("mean"))
+    with pytest.raises(ValueError, match="no tokens"):
+        encoder.encode([""])
+    with pytest.raises(ValueError, match="list of texts"):
+        encoder.encode("one query")
+
+
+def test_encoding_imports_no_torch():
+    code = ("import sys\n"
+            "from types import SimpleNamespace\n"
+            "from docstream.tasks.query_vector import QueryEncoder\n"
+            f"e = QueryEncoder({str(BUILTIN)!r}, SimpleNamespace(pooling='eos', eos_token=0, "
+            "tokenizer='tokenizer.json', max_tokens=1024, dimension=256))\n"
+            "v = e.encode(['a ghost walks on the castle platform at midnight'])\n"
+            "assert v.shape == (1, 256), v.shape\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
