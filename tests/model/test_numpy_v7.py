@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from docstream.model import load_model
+from docstream.model import numpy_v7
 from docstream.model.numpy_v7 import NumpyRWKV7, rwkv_version
 from docstream.model.pth_numpy import load_pth
 from docstream.testing.checkpoints import make_random_checkpoint, save_random_checkpoint
@@ -119,3 +120,24 @@ def test_no_torch_is_imported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_products_run_on_one_blas_thread_and_the_count_comes_back(checkpoint, monkeypatch):
+    """OpenBLAS spreading a query's small products over busy cores made a query 10-50x slower."""
+    blas = numpy_v7._openblas()
+    if blas is None:
+        pytest.skip("numpy does not compute with OpenBLAS here")
+    get, put = blas
+    original = get()
+    seen = []
+    wkv = numpy_v7._wkv
+    monkeypatch.setattr(numpy_v7, "_wkv", lambda *args: (seen.append(get()), wkv(*args))[1])
+    put(2)
+    try:
+        if get() != 2:
+            pytest.skip("this OpenBLAS runs one thread only")
+        NumpyRWKV7(load_pth(checkpoint)).hidden([1, 2, 3])
+        assert seen == [1, 1, 1]
+        assert get() == 2
+    finally:
+        put(original)
