@@ -391,17 +391,17 @@ def _write_generation(directory: Path, old: LexicalMeta | None, new: Any, identi
 
 def _add_chunks(generation: Path, create: bool, first_row: int, new: Any, progress: bool) -> None:
     """Add ``new``'s chunks to the tantivy index in ``generation`` (rows from ``first_row``) and commit them."""
-    if create:
-        index = tantivy.Index(lexical_schema(), path=str(generation), reuse=False)
-        index.register_tokenizer(TOKENIZER, english_analyzer())
-    else:
-        index = _open(generation)
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(new), desc="lexical index", unit="chunk")
     rows = new.rows
     try:
+        if create:
+            index = tantivy.Index(lexical_schema(), path=str(generation), reuse=False)
+            index.register_tokenizer(TOKENIZER, english_analyzer())
+        else:
+            index = _open(generation)
         writer = index.writer(heap_size=WRITER_HEAP, num_threads=1)
         for i, text in enumerate(new.texts):
             doc = tantivy.Document()  # typed adds: Document(row=...) would make an i64 that the u64 field refuses

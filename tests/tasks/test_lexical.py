@@ -283,3 +283,27 @@ def test_query_path_imports_neither_torch_nor_pyarrow(copy):
     child = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False)
     assert child.returncode == 0, child.stderr
     assert child.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_full_tmpfs(copy):
+    """The same on a real full file system (a 1 MiB tmpfs over OUT/index), where tantivy's own errors
+    do not say why its writer failed."""
+    mount = copy / "index"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        first = update_lexical(copy, rebuild=True)
+        directory = lexical_dir(copy)
+        before = _entries(directory)
+        with open(mount / "filler", "wb", buffering=0) as f, pytest.raises(OSError, match="No space"):
+            while True:
+                f.write(b"\0" * 4096)
+        with pytest.raises(DiskFullError, match=rf"no space left .* {directory}/gen-.*free some space"):
+            update_lexical(copy, rebuild=True)
+        assert _entries(directory) == before and len(load_lexical(copy)) == first.meta.count
+        (mount / "filler").unlink()
+        assert update_lexical(copy, rebuild=True).meta.count == first.meta.count
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
