@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import sys
 import zipfile
@@ -157,12 +158,20 @@ class _Archive:
     def __init__(self, archive: zipfile.ZipFile, prefix: str, byteorder: str, source: str):
         self.archive, self.prefix, self.byteorder, self.source = archive, prefix, byteorder, source
         self.storages: dict[tuple[str, str], np.ndarray] = {}
+        self.handed_out: set[tuple[str, str]] = set()  # storages returned as a tensor themselves
 
     def tensor(self, name: str, t: _Tensor) -> np.ndarray:
-        """The tensor ``t`` as a contiguous array of its own: a strided view of its storage, copied."""
-        storage = self.storage(t.storage.key, t.storage.dtype)
+        """The tensor ``t`` as a contiguous array of its own: a strided view of its storage, copied --
+        except a tensor that is its whole storage, met first, which gets the storage array itself (fresh
+        from :meth:`_read`: one copy less of every weight, the usual case)."""
+        key = (t.storage.key, t.storage.dtype)
+        storage = self.storage(*key)
         if 0 in t.size:
             return np.zeros(t.size, dtype=storage.dtype)
+        if (t.offset == 0 and math.prod(t.size) == storage.size and key not in self.handed_out
+                and t.stride == _contiguous_strides(t.size)):
+            self.handed_out.add(key)
+            return storage.reshape(t.size)
         last = t.offset + sum((n - 1) * s for n, s in zip(t.size, t.stride))
         if last >= storage.size:  # as_strided does not check bounds: never read past the storage
             raise ValueError(f"{self.source}: tensor {name!r} (offset {t.offset}, size {t.size}, stride {t.stride}) "
@@ -188,12 +197,21 @@ class _Archive:
         if len(raw) % stored.itemsize:
             raise ValueError(f"{self.source}: storage data/{key} has {len(raw)} bytes, not a whole number of "
                              f"{dtype} values: the file is damaged")
-        values = np.frombuffer(raw, dtype=stored)
+        values = np.frombuffer(raw, dtype=stored)  # read-only, over the bytes read: every branch copies
         if dtype == "bfloat16":  # a bf16 value is the top half of the float32 with the same bits
-            return (values.astype(np.uint32) << 16).view(np.float32)
+            return np.left_shift(values, 16, dtype=np.uint32).view(np.float32)
         if dtype == "float16":  # fp16 values are exact in float32, the dtype every consumer here computes in
             return values.astype(np.float32)
-        return values.astype(np.dtype(dtype).newbyteorder("="), copy=False)
+        return values.astype(np.dtype(dtype).newbyteorder("="))
+
+
+def _contiguous_strides(size: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides, in elements, of a C-contiguous tensor of ``size``."""
+    strides, step = [], 1
+    for n in reversed(size):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
 
 
 def load_pth(path: str | Path, skip: Container[str] = ()) -> dict[str, np.ndarray]:

@@ -21,12 +21,16 @@ def _expected(path: Path) -> dict[str, np.ndarray]:
 
 
 def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    """Same names, dtypes, shapes and values; each array contiguous, writable and sharing no memory."""
     assert list(got) == list(want)
     for name, w in want.items():
         assert got[name].dtype == w.dtype, name
         assert got[name].shape == w.shape, name
-        assert got[name].flags.c_contiguous and got[name].flags.owndata, name
+        assert got[name].flags.c_contiguous and got[name].flags.writeable, name
         np.testing.assert_array_equal(got[name], w, err_msg=name)
+    arrays = list(got.values())
+    for i, a in enumerate(arrays):
+        assert not any(np.may_share_memory(a, b) for b in arrays[i + 1:]), list(got)[i]
 
 
 def test_every_dtype_and_layout_reads_as_torch_load(tmp_path):
@@ -43,6 +47,7 @@ def test_every_dtype_and_layout_reads_as_torch_load(tmp_path):
         sd[f"{name}.empty"] = t[:, :0]
     sd["i64"] = torch.arange(-20, 20, dtype=torch.int64).reshape(4, 10)[1:, ::3]
     sd["shared_a"], sd["shared_b"] = big[:10], big[30:]  # one storage, two views
+    sd["tied_a"] = sd["tied_b"] = torch.randn(4, generator=g)  # one whole storage, twice
     sd["expanded"] = torch.randn(3, 1, generator=g).expand(3, 4)  # stride 0
     sd["bf16.extremes"] = torch.tensor([0.0, -0.0, 1e38, -1e-38, float("inf"), 3.0e-39], dtype=torch.bfloat16)
     path = tmp_path / "mixed.pth"
