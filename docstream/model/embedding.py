@@ -158,26 +158,39 @@ def pooled(model: RWKVModel, padded_tokens: Tensor, lengths: Tensor, spec: Embed
     return (hidden * valid[..., None]).sum(dim=1) / lengths[:, None].to(hidden.dtype)
 
 
-def embed_tokens(model: RWKVModel, token_lists: Sequence[Sequence[int]], spec: EmbedderSpec,
-                 batch_size: int = 16) -> np.ndarray:
-    """Embeddings [n, C] float32 (unnormalized) of already tokenized passages, each on its own.
-
-    Passages are sorted by length into batches, so little padding is computed; the result is in the
-    order given and does not depend on ``batch_size`` beyond float rounding."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+def pooled_lists(model: RWKVModel, token_lists: Sequence[Sequence[int]], spec: EmbedderSpec,
+                 batch_size: int = 16) -> Tensor:
+    """Embeddings [n, C] (fp32, unnormalized) of tokenized passages, in the order given: the passages run
+    in length-sorted batches of ``batch_size``, so each batch is padded only to its own longest passage.
+    Differentiable when grad is enabled (what training uses); :func:`embed_tokens` is the no-grad form."""
     import torch
 
-    check_fits(model, spec)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if spec.pooling == "mean":
         empty = next((i for i, t in enumerate(token_lists) if len(t) == 0), None)
         if empty is not None:
             raise ValueError(f"passage {empty} has no tokens; mean pooling needs at least one")
-    out = np.zeros((len(token_lists), spec.dimension), dtype=np.float32)
+    if not token_lists:
+        return torch.zeros(0, spec.dimension, device=model.device)
     order = sorted(range(len(token_lists)), key=lambda i: min(len(token_lists[i]), spec.max_tokens))
+    parts = []
+    for start in range(0, len(order), batch_size):
+        padded, lengths = pad_passages([token_lists[i] for i in order[start:start + batch_size]], spec)
+        parts.append(pooled(model, padded, lengths, spec))
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(parts)[inverse.to(parts[0].device)]
+
+
+def embed_tokens(model: RWKVModel, token_lists: Sequence[Sequence[int]], spec: EmbedderSpec,
+                 batch_size: int = 16) -> np.ndarray:
+    """Embeddings [n, C] float32 (unnormalized, no grad) of already tokenized passages, each on its own.
+
+    Passages are sorted by length into batches, so little padding is computed; the result is in the
+    order given and does not depend on ``batch_size`` beyond float rounding."""
+    import torch
+
+    check_fits(model, spec)
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            padded, lengths = pad_passages([token_lists[i] for i in rows], spec)
-            out[rows] = pooled(model, padded, lengths, spec).cpu().numpy()
-    return out
+        return pooled_lists(model, token_lists, spec, batch_size).cpu().numpy().astype(np.float32, copy=False)

@@ -1,7 +1,7 @@
 """``docstream train --objective contrastive``: tune an RWKV checkpoint (any version) as a passage embedder.
 
 Each step embeds ``batch_size`` pairs built from the training text (:mod:`docstream.train.pairs`; plus
-JSONL pairs with ``--pairs``) with the embedder's own pooling (:func:`docstream.model.embedding.pooled`),
+JSONL pairs with ``--pairs``) with the embedder's own pooling (:func:`docstream.model.embedding.pooled_lists`),
 and minimizes the symmetric InfoNCE loss with in-batch negatives: pair i's two sides should be each
 other's nearest neighbours (cosine similarity / temperature) among all sides of the batch.
 
@@ -34,8 +34,7 @@ from docstream.model.embedding import (
     EmbedderSpec,
     check_fits,
     embed_tokens,
-    pad_passages,
-    pooled,
+    pooled_lists,
     write_embedder_spec,
 )
 from docstream.tokenizer import resolve_tokenizer_path
@@ -146,8 +145,9 @@ def _loop(config: TrainConfig, model: RWKVModel, optimizer: torch.optim.Optimize
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         pairs = sampler.batch(step, config.batch_size)
-        padded, lengths = pad_passages([p[0] for p in pairs] + [p[1] for p in pairs], train_spec)
-        vectors = pooled(model, padded.to(config.device), lengths, train_spec)  # [2B, C]: all sides in one pass
+        sides = [p[0] for p in pairs] + [p[1] for p in pairs]
+        # both sides in length-sorted groups of batch_size: each group is padded to its own longest span
+        vectors = pooled_lists(model, sides, train_spec, config.batch_size)  # [2B, C]
         a, b = vectors[:len(pairs)], vectors[len(pairs):]
         loss = info_nce(a, b, config.temperature)
         optimizer.zero_grad(set_to_none=True)
@@ -163,7 +163,7 @@ def _loop(config: TrainConfig, model: RWKVModel, optimizer: torch.optim.Optimize
                                f"and resume from the last checkpoint in {config.out}")
         record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                                   "batch_recall1": recall_at_1(a.detach(), b.detach()),
-                                  "pairs": step * config.batch_size, "step_tokens": int(lengths.sum()),
+                                  "pairs": step * config.batch_size, "step_tokens": sum(map(len, sides)),
                                   "seconds": round(elapsed, 3)}
         if step % config.eval_every == 0 or step == config.max_steps:
             record.update(_evaluate(model, heldout, spec, config.temperature))

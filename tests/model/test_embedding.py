@@ -133,3 +133,18 @@ def test_reading_a_spec_does_not_import_torch():
     code = ("import sys; from docstream.model.embedding import read_embedder_spec, EmbedderSpec; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pooled_lists_keeps_the_order_given_and_carries_gradients(model):
+    from docstream.model.embedding import pooled_lists
+
+    model.requires_grad_(True)
+    try:
+        vectors = pooled_lists(model, PASSAGES, spec("eos"), batch_size=2)
+        np.testing.assert_allclose(vectors.detach().numpy(), embed_tokens(model, PASSAGES, spec("eos")), atol=1e-5)
+        vectors[2].sum().backward()  # only passage 2's tokens get a gradient through the embedding table
+        touched = model.emb.weight.grad.abs().sum(dim=1).nonzero().flatten().tolist()
+        assert sorted(touched) == sorted(set(PASSAGES[2]) | {1})
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.requires_grad_(False)
