@@ -36,3 +36,12 @@ def resolve_model_files(model: str | Path | None, tokenizer: str | Path | None) 
         raise ValueError(f"model {str(model)!r} needs its tokenizer: pass --tokenizer (the World vocabulary "
                          f".txt for RWKV-5/6/7 World models, 20B_tokenizer.json for RWKV-4 Pile models)")
     return Path(model), Path(tokenizer)
+
+
+#: the built-in embedder: the default model's first layers tuned contrastively for search (see its MODEL_CARD.md)
+DEFAULT_EMBEDDER_DIR = Path(__file__).resolve().parent / "data" / "default_embedder"
+
+
+def default_embedder_path() -> Path:
+    """The shipped embedder checkpoint (``model.pth``, described by ``model.embedder.json`` beside it)."""
+    return _existing(DEFAULT_EMBEDDER_DIR / "model.pth")

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_fields(rn, RunConfig, RUN_FIELDS, flags={"input_format": "--format"})
     add_quiet(rn, RunConfig.model_fields["quiet"].description)
     rn.add_argument("--no-index", action="store_true",
-                    help="do not bring the run's FAISS index up to date at the end (docstream index does it later)")
+                    help="do not bring the run's search indexes (lexical and embedder) up to date at the end "
+                         "(docstream index or the first search does it later)")
     rn.add_argument("--json", action="store_true",
                     help="print the summary as JSON (counts, tok/s, seconds per stage, the model's busy share)")
     rn.set_defaults(func=_cmd_run)
@@ -41,15 +42,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("\n".join(summary.lines(config.out)))
     report = summary.as_dict()
     if not args.no_index:
-        from docstream.tasks.index import read_meta, update_index
+        from docstream.commands.search import update_indexes
+        from docstream.tasks.config import IndexConfig
 
-        meta = read_meta(config.out)
-        result = update_index(config.out, factory=meta.factory if meta else "Flat",
-                              metric=meta.metric if meta else "cosine")
-        report["index"] = {"path": str(result.path), "vectors": result.meta.count, "added": result.added}
+        lines = update_indexes(config.out, IndexConfig(), progress=not config.quiet)
+        report["index"] = lines
         if not config.quiet:
-            print(f"index {result.path}: {result.meta.count} vectors ({result.added} new, "
-                  f"{result.meta.factory}, {result.meta.pooling} pooling)")
+            print("\n".join(lines))
     if args.json:
         import json
 

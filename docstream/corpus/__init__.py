@@ -9,12 +9,16 @@ Python use::
         ...
 """
 
-from docstream.corpus.chunker import TokenChunk, iter_chunks, iter_tokens, text_of_span
-from docstream.corpus.documents import (MAX_PIECE_CHARS, MIN_PIECE_CHARS, READ_BLOCK_SIZE, Document, Item, Rejected,
-                                        TextStats, printable_name)
-from docstream.corpus.readers import iter_corpus
-from docstream.corpus.walk import FORMATS, SUFFIXES
+from __future__ import annotations
 
-__all__ = ["FORMATS", "MAX_PIECE_CHARS", "MIN_PIECE_CHARS", "READ_BLOCK_SIZE", "SUFFIXES", "Document", "Item",
-           "Rejected", "TextStats", "TokenChunk", "iter_chunks", "iter_corpus", "iter_tokens", "printable_name",
-           "text_of_span"]
+from docstream.lazy import lazy_exports
+
+# names are imported on first use (PEP 562): code that needs only chunk ids (a search) skips the readers
+_EXPORTS = {
+    "docstream.corpus.chunker": ("TokenChunk", "iter_chunks", "iter_tokens", "text_of_span"),
+    "docstream.corpus.documents": ("MAX_PIECE_CHARS", "MIN_PIECE_CHARS", "READ_BLOCK_SIZE", "Document", "Item",
+                                   "Rejected", "TextStats", "printable_name"),
+    "docstream.corpus.readers": ("iter_corpus",),
+    "docstream.corpus.walk": ("FORMATS", "SUFFIXES"),
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -9,9 +9,12 @@
 """
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from docstream.model.state import State
+if TYPE_CHECKING:  # importing the pooling names must not import torch (fast search imports them)
+    from torch import Tensor
+
+    from docstream.model.state import State
 
 POOLINGS = ("last", "mean", "state")
 #: chosen by bench/retrieval_eval.py (recall@10 0.24 for "mean", 0.20 "state", 0.14 "last" on held-out

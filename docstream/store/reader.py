@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from docstream.corpus.chunk_id import ID_FIELDS, ChunkIdColumns
 from docstream.model.pooling import DEFAULT_POOLING, POOLINGS
-from docstream.store.config import RunConfig
 from docstream.store.run_store import RunStore, drop_retracted, retracted_before
 from docstream.store.schemas import SCHEMAS
+
+if TYPE_CHECKING:  # the settings model (pydantic, the corpus formats) is imported when a run's settings are read
+    from docstream.store.config import RunConfig
 
 #: the embeddings-table column that holds each pooling's vectors
 EMBEDDING_COLUMNS = {"last": "embedding", "mean": "embedding_mean", "state": "embedding_state"}
@@ -81,6 +83,8 @@ def read_run_config(out: str | Path) -> dict[str, Any]:
 
 def run_settings(out: str | Path) -> RunConfig:
     """The settings the run was started with, as a :class:`RunConfig`."""
+    from docstream.store.config import RunConfig
+
     return RunConfig(**read_run_config(out)["settings"])
 
 

@@ -10,11 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from docstream.store.config import InputFormat
 
-__all__ = ["DEFAULT_SAMPLING", "IndexConfig", "Metric", "Pooling", "ProbeConfig", "SamplingConfig", "SearchConfig",
-           "SummarizeConfig", "TemplateName"]
+__all__ = ["DEFAULT_SAMPLING", "DensePooling", "IndexConfig", "Metric", "Pooling", "ProbeConfig", "SamplingConfig",
+           "SearchConfig", "SearchMode", "SummarizeConfig", "TemplateName"]
 
 #: how a chunk's vector is made (docstream.model.pooling.POOLINGS; a test keeps them equal)
 Pooling = Literal["last", "mean", "state"]
+#: the vectors a dense index holds: each chunk's text embedded by an embedder, or one of the run's poolings
+#: (docstream.tasks.index.EMBEDDER and POOLINGS; a test keeps them equal)
+DensePooling = Literal["embedder", "last", "mean", "state"]
+#: how a query is answered (docstream.tasks.search.MODES; a test keeps them equal)
+SearchMode = Literal["hybrid", "dense", "lexical"]
 #: how FAISS compares vectors (docstream.tasks.index.METRICS; a test keeps them equal)
 Metric = Literal["cosine", "ip", "l2"]
 #: the built-in prompt layouts (docstream.tasks.summarize.TEMPLATES; a test keeps them equal)
@@ -70,11 +75,15 @@ class SummarizeConfig(BaseModel):
 
 
 class IndexConfig(BaseModel):
-    """Which FAISS index of a run ``docstream index`` builds or updates."""
+    """Which indexes of a run ``docstream index`` builds or updates: the lexical index and one dense index."""
 
     model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: keeps --help fast
 
-    pooling: Pooling = Field("mean", description="chunk vectors to index")
+    pooling: DensePooling = Field("embedder", description="dense vectors to index: chunk texts embedded by the "
+                                                          "embedder, or the run's own last/mean/state vectors")
+    embedder: Path | None = Field(None, description="embedder checkpoint (with its embedder.json) for pooling "
+                                                    "'embedder' (default: the built-in one)")
+    lexical: bool = Field(True, description="also update the lexical (BM25) index (--no-lexical: only the dense one)")
     factory: str = Field("Flat", description="FAISS index factory: Flat, IVF64,Flat, HNSW32, IVF16,PQ8, ...")
     metric: Metric = Field("cosine", description="how vectors are compared")
     rebuild: bool = Field(False, description="replace an existing index instead of extending it")
@@ -85,18 +94,32 @@ class SearchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: keeps --help fast
 
-    query: str = Field(description="query text")
-    k: int = Field(10, description="number of results")
-    pooling: Pooling = Field("mean", description="chunk vectors to search")
+    query: str | None = Field(None, description="query text (or --queries FILE)")
+    queries: Path | None = Field(None, description="file of queries, one per line, or JSON Lines with 'query' (and "
+                                                   "'id'); results go to stdout as JSON Lines")
+    k: int = Field(10, ge=1, description="number of results")
+    mode: SearchMode = Field("hybrid", description="hybrid: lexical and dense results fused by reciprocal rank; or "
+                                                   "one retriever alone")
+    pooling: DensePooling = Field("embedder", description="dense vectors to search: chunk texts embedded by the "
+                                                          "embedder, or the run's own last/mean/state vectors")
+    embedder: Path | None = Field(None, description="embedder checkpoint (with its embedder.json) for pooling "
+                                                    "'embedder' (default: the built-in one)")
     factory: str | None = Field(None, description="FAISS index factory (default: the existing index's, else Flat)")
     metric: Metric | None = Field(None, description="for a new index: how vectors are compared (default: cosine)")
     params: str | None = Field(None, description="FAISS search parameters, e.g. nprobe=8 (IVF) or efSearch=64 (HNSW)")
     update: bool = Field(True, description="bring the index up to the run's latest commit first (--no-update: "
                                            "search it as it is)")
-    device: str | None = Field(None, description="device for the query model (default: the run's)")
+    device: str | None = Field(None, description="device for the run's own model (poolings last/mean/state; "
+                                                 "default: the run's)")
     model: Path | None = Field(None, description="the run's checkpoint, when its recorded path is not valid here")
     tokenizer: Path | None = Field(None, description="the run's tokenizer file, when its recorded path is not "
                                                      "valid here")
+
+    @model_validator(mode="after")
+    def _one_query_source(self) -> SearchConfig:
+        if (self.query is None) == (self.queries is None):
+            raise ValueError("give a query text or --queries FILE (one of the two)")
+        return self
 
 
 class ProbeConfig(BaseModel):

@@ -32,6 +32,7 @@ from docstream.store.reader import (
     run_settings,
 )
 from docstream.stream.engine import ChunkRecord, Stream, StreamTask
+from docstream.tasks.index_files import l2_normalize
 from docstream.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["DocumentVectors", "POOLINGS", "QueryEmbedder", "chunk_vectors", "document_vectors", "embed_text",
@@ -39,14 +40,6 @@ __all__ = ["DocumentVectors", "POOLINGS", "QueryEmbedder", "chunk_vectors", "doc
 
 #: a query is one document; only its final chunk's state is ever needed, so never snapshot earlier
 _NO_SNAPSHOTS = 1 << 62
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    """float32 copy of ``vectors`` ([n, d] or [d]) with every row scaled to unit length (zero rows stay zero)."""
-    x = np.array(vectors, dtype=np.float32, copy=True)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    np.divide(x, norms, out=x, where=norms > 0)
-    return x
 
 
 def chunk_vectors(out: str | Path, pooling: str = DEFAULT_POOLING) -> EmbeddingRows:

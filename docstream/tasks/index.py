@@ -41,24 +41,35 @@ except ImportError as _err:
 
 from docstream.files import atomic_write_bytes, atomic_write_hashed, locked
 from docstream.model.pooling import DEFAULT_POOLING
-from docstream.store.reader import EmbeddingRows, check_pooling, read_embeddings, read_run_config
-from docstream.tasks.embed import l2_normalize
+from docstream.store.reader import (
+    CommittedEmbeddings,
+    EmbeddingRows,
+    check_pooling,
+    read_embeddings,
+    read_run_config,
+)
+from docstream.tasks.embedder import EmbedderFiles
 from docstream.tasks.index_files import (
     ChunkId,
     DiskFullError,
     IdTable,
     IndexDamagedError,
     file_problems,
+    l2_normalize,
     last_generation,
     rebuild_hint,
     remove_unnamed,
 )
 
-__all__ = ["ChunkId", "DEFAULT_FACTORY", "DiskFullError", "IdTable", "IndexDamagedError", "IndexMeta", "LoadedIndex",
-           "METRICS", "UpdateResult", "build_index", "index_dir", "load_index", "new_index", "prepare_vectors",
-           "read_meta", "run_identity", "train_index", "training_minimum", "update_index"]
+__all__ = ["ChunkId", "DEFAULT_FACTORY", "DiskFullError", "EMBEDDER", "IdTable", "IndexDamagedError", "IndexMeta",
+           "LoadedIndex", "METRICS", "UpdateResult", "build_index", "check_dense", "index_dir", "load_index",
+           "new_index", "prepare_vectors", "read_meta", "run_identity", "train_index", "training_minimum",
+           "update_index"]
 
 DEFAULT_FACTORY = "Flat"
+#: the dense vectors named "embedder": each chunk's text embedded on its own by an embedder
+#: (:mod:`docstream.tasks.embedder`), next to the run's own poolings
+EMBEDDER = "embedder"
 METRICS = ("cosine", "ip", "l2")
 #: FAISS warns below this many training points per k-means centroid
 POINTS_PER_CENTROID = 39
@@ -92,6 +103,10 @@ class IndexMeta:
     index_sha256: str | None = None
     ids_sha256: str | None = None
     format: int = META_FORMAT
+    #: the fingerprint of the embedder whose vectors an "embedder" index holds (None for the run's poolings),
+    #: and the embedder as it was named ("builtin" or its checkpoint's path), which a repair rebuilds with
+    embedder: str | None = None
+    embedder_name: str | None = None
 
     @property
     def verifiable(self) -> bool:
@@ -272,9 +287,14 @@ def _faiss_message(err: RuntimeError) -> str:
 # Index generations on disk
 
 
+def check_dense(pooling: str) -> str:
+    """``pooling`` if it names dense vectors an index can hold (a run pooling or :data:`EMBEDDER`)."""
+    return pooling if pooling == EMBEDDER else check_pooling(pooling)
+
+
 def index_dir(out: str | Path, pooling: str = DEFAULT_POOLING) -> Path:
     """``OUT/index/<pooling>``."""
-    return Path(out) / "index" / check_pooling(pooling)
+    return Path(out) / "index" / check_dense(pooling)
 
 
 def read_meta(out: str | Path, pooling: str = DEFAULT_POOLING) -> IndexMeta | None:
@@ -329,13 +349,17 @@ def check_generation(directory: Path, meta: IndexMeta) -> None:
         raise IndexDamagedError(path, problem, rebuild_hint(directory, meta.factory, meta.metric))
 
 
-def update_index(out: str | Path, pooling: str = DEFAULT_POOLING, factory: str = DEFAULT_FACTORY, metric: str = "cosine",
-                 rebuild: bool = False, progress: bool = False) -> UpdateResult:
+def update_index(out: str | Path, pooling: str = DEFAULT_POOLING, factory: str = DEFAULT_FACTORY,
+                 metric: str = "cosine", rebuild: bool = False, progress: bool = False,
+                 embedder: str | Path | None = None, device: str = "cpu") -> UpdateResult:
     """Bring the ``pooling`` index of the run at ``out`` up to the run's latest commit.
 
     Adds only the embeddings of commits newer than the index's ``seq`` (nothing when it is up to
     date), so each chunk is indexed exactly once however often this is called. ``rebuild=True``
     discards the existing index and builds ``factory`` from every committed vector.
+
+    ``pooling="embedder"`` indexes each chunk's text embedded by ``embedder`` (None: the built-in one; see
+    :mod:`docstream.tasks.embedder`) on ``device``, instead of the vectors the run computed.
 
     Raises:
         ValueError: the existing index has another factory or metric (pass ``rebuild=True``), was
@@ -345,36 +369,38 @@ def update_index(out: str | Path, pooling: str = DEFAULT_POOLING, factory: str =
         DiskFullError: the disk filled up; the previous index is intact and no temp file is left.
         FileNotFoundError: ``out`` is not a run's output directory.
     """
-    check_pooling(pooling)
+    check_dense(pooling)
     check_metric(metric)
-    identity = run_identity(out)
+    vectors = _VectorSource(out, pooling, embedder, device, progress)
+    identity = vectors.identity
     directory = index_dir(out, pooling)
     directory.mkdir(parents=True, exist_ok=True)
     with locked(directory, exclusive=True):
         old = None if rebuild else read_meta(out, pooling)
         if old is not None:
-            _check_compatible(old, factory, metric, identity, directory)
+            _check_compatible(old, factory, metric, identity, directory, vectors.embedder)
         if old is not None and not old.verifiable:
             old = None  # written before checksums: its files cannot be trusted, so build it afresh
         if old is not None:
             check_generation(directory, old)
-        new = read_embeddings(out, pooling, after_seq=old.seq if old else 0)
+        new = vectors.read(after_seq=old.seq if old else 0)
         if old is not None and new.last_seq < old.seq:
             raise IndexDamagedError(directory / META_NAME, f"includes commit {old.seq} but the run's newest commit "
                                                            f"is {new.last_seq} (the run folder was rewritten)",
                                     rebuild_hint(directory, old.factory, old.metric))
         if old is not None and new.retracted:
             # rows already in the index belong to documents a later commit retracted: start over
-            old, new = None, read_embeddings(out, pooling)
+            old, new = None, vectors.read(after_seq=0)
         if old is not None and new.last_seq == old.seq:
             return UpdateResult(old, 0, directory)
         meta = _write_generation(directory, old, new.rows, new.last_seq, factory, metric, pooling, identity,
-                                 progress)
+                                 progress, vectors.files)
         return UpdateResult(meta, len(new.rows), directory)
 
 
 def _write_generation(directory: Path, old: IndexMeta | None, rows: EmbeddingRows, seq: int, factory: str,
-                      metric: str, pooling: str, identity: str, progress: bool) -> IndexMeta:
+                      metric: str, pooling: str, identity: str, progress: bool,
+                      embedder: EmbedderFiles | None = None) -> IndexMeta:
     """Add ``rows`` to the old generation (or a new index) and commit the result as the next generation."""
     if old is None and not len(rows):
         raise ValueError(f"the run at {str(directory.parents[1])!r} has no committed embeddings yet, so there "
@@ -397,7 +423,9 @@ def _write_generation(directory: Path, old: IndexMeta | None, rows: EmbeddingRow
         index_sha256 = atomic_write_hashed(directory / index_file, lambda tmp: _write_faiss(index, tmp))
         ids_sha256 = ids.write(directory / ids_file)
         meta = IndexMeta(factory, metric, pooling, int(index.d), seq, int(index.ntotal), generation, index_file,
-                         ids_file, identity, index_sha256, ids_sha256)
+                         ids_file, identity, index_sha256, ids_sha256,
+                         embedder=embedder.fingerprint if embedder else None,
+                         embedder_name=embedder.name if embedder else None)
         _write_meta(directory, meta)
     except BaseException:
         if not _meta_names(directory, index_file):  # remove what this generation wrote: a full disk gets its space back
@@ -428,8 +456,12 @@ def _write_meta(directory: Path, meta: IndexMeta) -> None:
     atomic_write_bytes(directory / META_NAME, meta.to_json())
 
 
-def _check_compatible(meta: IndexMeta, factory: str, metric: str, identity: str, directory: Path) -> None:
+def _check_compatible(meta: IndexMeta, factory: str, metric: str, identity: str, directory: Path,
+                      embedder: str | None = None) -> None:
     """Fail when the saved index cannot simply be extended with this update's settings."""
+    if meta.embedder != embedder:
+        raise ValueError(f"the index in {directory} holds the vectors of another embedder; search with the "
+                         f"embedder it was built with, or rebuild it with this one (rebuild=True, --rebuild)")
     if (meta.factory, meta.metric) != (factory, metric):
         raise ValueError(f"the {meta.pooling!r} index in {directory} is {meta.factory!r} with metric "
                          f"{meta.metric!r}, not {factory!r} with metric {metric!r}; use its settings, or replace "
@@ -437,6 +469,46 @@ def _check_compatible(meta: IndexMeta, factory: str, metric: str, identity: str,
     if meta.run_identity != identity:
         raise ValueError(f"the index in {directory} was built from a run with other settings or another model; "
                          f"rebuild it (rebuild=True, --rebuild)")
+
+
+class _VectorSource:
+    """Where an index update's vectors come from: the run's own ``pooling`` vectors, or each chunk's text
+    embedded by an embedder (``pooling`` = :data:`EMBEDDER`)."""
+
+    def __init__(self, out: str | Path, pooling: str, embedder: str | Path | None, device: str, progress: bool):
+        self.out, self.pooling, self.device, self.progress = out, pooling, device, progress
+        self.files = None
+        if pooling == EMBEDDER:
+            from docstream.tasks.embedder import resolve_embedder
+
+            self.files = resolve_embedder(embedder)
+        self.embedder = self.files.fingerprint if self.files else None
+        identity = run_identity(out)
+        self.identity = identity if self.files is None else embedder_identity(identity, self.embedder)
+
+    def read(self, after_seq: int) -> CommittedEmbeddings:
+        """The live rows of the commits after ``after_seq``, with their vectors."""
+        if self.files is None:
+            return read_embeddings(self.out, self.pooling, after_seq=after_seq)
+        from docstream.tasks.chunk_text import read_chunk_texts
+        from docstream.tasks.embedder import PassageEmbedder
+
+        chunks = read_chunk_texts(self.out, after_seq=after_seq)
+        vectors = np.empty((0, self.files.spec.dimension), np.float32)
+        if len(chunks):
+            embedder, pieces = PassageEmbedder(self.files, self.device), []
+            with tqdm(total=len(chunks), unit="chunk", desc="embedding chunks", disable=not self.progress) as bar:
+                for start in range(0, len(chunks), ADD_BATCH // 64):
+                    pieces.append(embedder.embed(chunks.texts[start:start + ADD_BATCH // 64]))
+                    bar.update(len(pieces[-1]))
+            vectors = np.concatenate(pieces)
+        rows = EmbeddingRows(*chunks.rows.ids(), vectors)
+        return CommittedEmbeddings(rows, after_seq, chunks.last_seq, chunks.retracted)
+
+
+def embedder_identity(identity: str, embedder: str) -> str:
+    """The identity an embedder index records: the run's identity digest joined with the embedder's fingerprint."""
+    return hashlib.sha256(f"{identity}:{embedder}".encode()).hexdigest()
 
 
 def run_identity(out: str | Path) -> str:

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -19,11 +20,19 @@ from docstream.files import DamagedFileError, DiskFullError, atomic_write_hashed
 from docstream.store.reader import EmbeddingRows
 from docstream.store.schemas import ID_TABLE_SCHEMA
 
-__all__ = ["ChunkId", "DiskFullError", "IdTable", "IndexDamagedError", "file_problems", "last_generation",
-           "rebuild_hint", "remove_unnamed"]
+__all__ = ["ChunkId", "DiskFullError", "IdTable", "IndexDamagedError", "file_problems", "l2_normalize",
+           "last_generation", "rebuild_hint", "remove_unnamed"]
 
 #: the names of the files an update writes: generation files and their temp files (``.NAME.tmp-PID``)
 GENERATION_FILE = re.compile(r"^(?:index-(?P<generation>\d+)\.faiss|ids-\d+\.parquet|\..+\.tmp-\d+)$")
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """float32 copy of ``vectors`` ([n, d] or [d]) with every row scaled to unit length (zero rows stay zero)."""
+    x = np.array(vectors, dtype=np.float32, copy=True)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    np.divide(x, norms, out=x, where=norms > 0)
+    return x
 
 
 class IndexDamagedError(DamagedFileError):
@@ -99,5 +108,7 @@ class IdTable(ChunkIdColumns):
 
     @classmethod
     def read(cls, path: Path) -> IdTable:
-        table = pq.read_table(path, schema=ID_TABLE_SCHEMA)
+        table = pq.ParquetFile(path).read(columns=ID_TABLE_SCHEMA.names)  # (read_table would import pyarrow.dataset)
+        if not table.schema.equals(ID_TABLE_SCHEMA):
+            raise ValueError(f"its columns are {table.schema}, not those of an id table")
         return cls(*cls.columns_of(table))

@@ -191,6 +191,16 @@ class LexicalIndex:
                                     order_by_field="row", order=tantivy.Order.Asc).hits
         return [self._hit(0.0, address) for _, address in hits]
 
+    def document_chunks(self, doc_id: str) -> list[LexicalHit]:
+        """The chunks of document ``doc_id`` in the index (score 0), in row order: how search finds the text
+        of a chunk the dense retriever ranked."""
+        if not self.meta.count:
+            return []
+        query = tantivy.Query.term_query(self.schema, "doc_id", doc_id)
+        hits = self.searcher.search(query, limit=self.meta.count, count=False, order_by_field="row",
+                                    order=tantivy.Order.Asc).hits
+        return [self._hit(0.0, address) for _, address in hits]
+
     def _hit(self, score: float, address: tantivy.DocAddress) -> LexicalHit:
         doc = self.searcher.doc(address)
         return LexicalHit(int(doc.get_first("row")), float(score), doc.get_first("doc_id"),

@@ -1,4 +1,5 @@
-"""``docstream verify``: is a run folder sound -- its own committed files and the FAISS indexes derived from them?
+"""``docstream verify``: is a run folder sound -- its own committed files and the indexes derived from them
+(the FAISS indexes of vectors and the lexical index)?
 
 Python use::
 
@@ -28,14 +29,21 @@ from docstream.store.reader import last_seq
 from docstream.store.run_store import Problem, RunStore
 from docstream.tasks.index import (
     DEFAULT_FACTORY,
+    EMBEDDER,
     META_NAME,
     IndexMeta,
+    embedder_identity,
     index_dir,
     read_generation,
     run_identity,
     update_index,
 )
 from docstream.tasks.index_files import IndexDamagedError, file_problems, rebuild_hint
+
+#: the folders under ``OUT/index/`` docstream writes: one per dense vector kind, and the lexical index
+DENSE = (*POOLINGS, EMBEDDER)
+LEXICAL = "lexical"
+INDEXES = (*DENSE, LEXICAL)
 
 __all__ = ["EXIT_PROBLEMS", "EXIT_SOUND", "VerifyReport", "check_index", "print_report", "verify_run"]
 
@@ -95,17 +103,17 @@ def verify_run(out: str | Path, repair: bool = False) -> VerifyReport:
     if repair:
         failed = []
         for pooling, (problems, behind) in checks.items():
-            if pooling in POOLINGS and (problems or behind):
+            if pooling in INDEXES and (problems or behind):
                 outcome = _repair(out, pooling, rebuild=bool(problems))
                 (repaired if isinstance(outcome, str) else failed).append(outcome)
         checks = _check_indexes(out)
         run_problems += failed
     problems = list(run_problems) + [p for found, _ in checks.values() for p in found]
-    notes = [f"{index_dir(out, pooling)}: {behind} commits behind the run; the next `docstream index` or search "
+    notes = [f"{out / 'index' / pooling}: {behind} commits behind the run; the next `docstream index` or search "
              f"adds them" for pooling, (_, behind) in checks.items() if behind]
     commits, parts = _counts(out)
     return VerifyReport(out, tuple(problems), tuple(repaired), tuple(notes), commits, parts,
-                        sum(1 for pooling in checks if pooling in POOLINGS))
+                        sum(1 for pooling in checks if pooling in INDEXES))
 
 
 def check_index(out: str | Path, pooling: str, run_seq: int | None = None,
@@ -137,6 +145,8 @@ def check_index(out: str | Path, pooling: str, run_seq: int | None = None,
                 read_generation(directory, meta, verify=False)
             except IndexDamagedError as err:
                 problems.append(Problem(err.path, err.problem, err.fix))
+    if identity is not None and meta.embedder is not None:
+        identity = embedder_identity(identity, meta.embedder)
     if identity is not None and meta.run_identity != identity:
         problems.append(Problem(str(meta_path), "was built from another run, or from this run with other "
                                                 "settings or another model", hint))
@@ -155,13 +165,27 @@ def _check_indexes(out: Path) -> dict[str, tuple[list[Problem], int]]:
     run_seq, identity = _run_facts(out)
     checks = {}
     for path in sorted(root.iterdir()):
-        if path.is_dir() and path.name in POOLINGS:
+        if path.is_dir() and path.name in DENSE:
             checks[path.name] = check_index(out, path.name, run_seq, identity)
+        elif path.is_dir() and path.name == LEXICAL:
+            checks[path.name] = _check_lexical(out, run_seq, identity)
         else:
-            checks[path.name] = ([Problem(str(path), f"is not an index docstream writes (poolings are "
-                                                     f"{', '.join(POOLINGS)})",
+            checks[path.name] = ([Problem(str(path), f"is not an index docstream writes (those are "
+                                                     f"{', '.join(INDEXES)})",
                                           "move it out of the run folder if you put it there")], 0)
     return checks
+
+
+def _check_lexical(out: Path, run_seq: int | None, identity: str | None) -> tuple[list[Problem], int]:
+    """The problems of the lexical index and how many commits it is behind the run."""
+    from docstream.tasks.lexical import check_lexical, lexical_dir, read_lexical_meta
+    from docstream.tasks.lexical import rebuild_hint as lexical_hint
+
+    hint = lexical_hint(lexical_dir(out))
+    problems = [Problem(str(path), what, hint) for path, what in check_lexical(out, run_seq, identity)]
+    meta = None if problems else read_lexical_meta(out)
+    behind = run_seq - meta.seq if meta is not None and run_seq is not None else 0
+    return problems, behind
 
 
 def _run_facts(out: Path) -> tuple[int | None, str | None]:
@@ -180,19 +204,35 @@ def _run_facts(out: Path) -> tuple[int | None, str | None]:
 def _repair(out: Path, pooling: str, rebuild: bool) -> str | Problem:
     """Rebuild (or, when it is only behind, update) the ``pooling`` index: a line saying what was done,
     or the problem that kept it from being repaired."""
+    if pooling == LEXICAL:
+        return _repair_lexical(out, rebuild)
     directory = index_dir(out, pooling)
     try:
         meta = IndexMeta.from_json((directory / META_NAME).read_bytes(), directory / META_NAME)
     except (OSError, ValueError):
         meta = None  # rebuild with the defaults
     factory, metric = (meta.factory, meta.metric) if meta else (DEFAULT_FACTORY, "cosine")
+    embedder = meta.embedder_name if meta is not None else None
     try:
-        result = update_index(out, pooling, factory, metric, rebuild=rebuild)
+        result = update_index(out, pooling, factory, metric, rebuild=rebuild, embedder=embedder)
     except (OSError, ValueError) as err:
         return Problem(str(directory), f"could not be {'rebuilt' if rebuild else 'updated'}: {err}",
                        f"repair the run's own files first, then run `docstream verify --run {out} --repair` again")
     return (f"{directory}: {'rebuilt' if rebuild else 'updated'} ({result.meta.factory}, {result.meta.metric}): "
             f"{result.meta.count} vectors up to commit {result.meta.seq}")
+
+
+def _repair_lexical(out: Path, rebuild: bool) -> str | Problem:
+    from docstream.tasks.lexical import lexical_dir, update_lexical
+
+    directory = lexical_dir(out)
+    try:
+        result = update_lexical(out, rebuild=rebuild)
+    except (OSError, ValueError) as err:
+        return Problem(str(directory), f"could not be {'rebuilt' if rebuild else 'updated'}: {err}",
+                       f"repair the run's own files first, then run `docstream verify --run {out} --repair` again")
+    done = "rebuilt" if rebuild else "updated"
+    return f"{directory}: {done}: {result.meta.count} chunks up to commit {result.meta.seq}"
 
 
 def _counts(out: Path) -> tuple[int, int]:

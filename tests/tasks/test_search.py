@@ -35,7 +35,7 @@ def out(tmp_path_factory, model, corpus):
 
 @pytest.fixture(scope="module")
 def searcher(out):
-    return Searcher(out)
+    return Searcher(out, "mean", mode="dense")
 
 
 def _call(argv):
@@ -58,7 +58,7 @@ def test_exact_text_of_a_document_ranks_it_first(searcher, corpus, doc_id):
 
 @pytest.mark.parametrize("pooling", ["mean", "state"])
 def test_every_pooling_finds_the_exact_document(out, corpus, pooling):
-    hits = search(out, corpus[1]["doc005.txt"], k=3, pooling=pooling)
+    hits = search(out, corpus[1]["doc005.txt"], k=3, pooling=pooling, mode="dense")
     assert hits[0].doc_id == "doc005.txt" and hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert read_meta(out, pooling).factory == "Flat"
 
@@ -73,30 +73,33 @@ def test_snippets_are_capped_and_missing_documents_tolerated(tmp_path, model):
     write_corpus(corpus, 2, seed=52, min_words=150, max_words=160)
     out = run_corpus(model, corpus, tmp_path / "out", chunk_len=512)
     text = (corpus / "doc000.txt").read_text()
-    hits = search(out, text, k=2)
+    hits = search(out, text, k=2, pooling="mean", mode="dense")
     assert hits[0].doc_id == "doc000.txt" and len(hits[0].snippet) == 200 and hits[0].snippet.endswith("…")
     (corpus / "doc001.txt").unlink()
-    hits = search(out, text, k=2)
+    hits = search(out, text, k=2, pooling="mean", mode="dense")
     assert {h.doc_id: h.snippet for h in hits}["doc001.txt"] is None
     assert "(text unavailable)" in format_hits(hits)
 
 
 def test_cli_search_prints_a_ranked_table(out, corpus, capsys):
-    assert _call(["search", "--run", str(out), corpus[1]["doc002.txt"], "-k", "3"]) == 0
+    assert _call(["search", "--run", str(out), corpus[1]["doc002.txt"], "-k", "3", "--mode", "dense",
+                  "--pooling", "mean"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["rank", "score", "doc", "id", "chunk", "tokens", "snippet"]
+    assert lines[0].split() == ["rank", "score", "doc", "id", "chunk", "tokens", "found", "snippet"]
     assert len(lines) == 4
     first = lines[1].split()
-    assert first[:3] == ["1", "1.0000", "doc002.txt"] and first[3] == "0"
-    assert " ".join(first[5:]) == shorten(corpus[1]["doc002.txt"], 80)
+    assert first[:3] == ["1", "1.0000", "doc002.txt"] and first[3] == "0" and first[5] == "D1"
+    assert " ".join(first[6:]) == shorten(corpus[1]["doc002.txt"], 80)
 
 
 def test_cli_search_json_lines(out, corpus, capsys):
     assert _call(["search", "--run", str(out), corpus[1]["doc004.txt"], "-k", "4", "--pooling", "mean",
-                  "--factory", "Flat", "--json"]) == 0
+                  "--factory", "Flat", "--mode", "dense", "--json"]) == 0
     hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4]
-    assert set(hits[0]) == {"rank", "score", "doc_id", "chunk_index", "token_start", "token_end", "snippet"}
+    assert set(hits[0]) == {"rank", "score", "doc_id", "chunk_index", "token_start", "token_end", "snippet",
+                            "retrievers"}
+    assert [h["retrievers"] for h in hits] == [{"dense": 1}, {"dense": 2}, {"dense": 3}, {"dense": 4}]
     assert hits[0]["doc_id"] == "doc004.txt" and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
 
 
@@ -130,8 +133,11 @@ def test_cli_choices_match_the_library():
     from docstream.model.pooling import DEFAULT_POOLING, POOLINGS
     from docstream.tasks import index
     from docstream.tasks import search as search_module
-    from docstream.tasks.config import IndexConfig, Metric, Pooling, SearchConfig
+    from docstream.tasks.config import DensePooling, IndexConfig, Metric, Pooling, SearchConfig, SearchMode
 
     assert get_args(Pooling) == POOLINGS and get_args(Metric) == index.METRICS
-    assert IndexConfig().pooling == SearchConfig(query="q").pooling == search_module.DEFAULT_POOLING == DEFAULT_POOLING
+    assert get_args(DensePooling) == (index.EMBEDDER, *POOLINGS) and get_args(SearchMode) == search_module.MODES
+    assert IndexConfig().pooling == SearchConfig(query="q").pooling == search_module.DEFAULT_POOLING == index.EMBEDDER
+    assert SearchConfig(query="q").mode == search_module.DEFAULT_MODE == "hybrid"
+    assert DEFAULT_POOLING == "mean"  # the run's own default pooling, for dense search over the run's vectors
     assert IndexConfig().factory == search_module.DEFAULT_FACTORY == index.DEFAULT_FACTORY
