@@ -277,3 +277,22 @@ def test_train_command_trains_an_embedder(corpus, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "trained 2 steps, 8 pairs" in printed and "held-out recall@1" in printed
     assert read_embedder_spec(out / "model.pth").pooling == "eos"
+
+
+def test_a_new_model_and_tokenizer_can_be_trained_as_an_embedder(corpus, tmp_path):
+    result = train_contrastive(tiny(corpus, tmp_path, init_from=None, tokenizer=None, vocab_size=300, n_layer=1,
+                                    n_embd=32, head_size=16, max_steps=2, eval_every=2))
+    spec = read_embedder_spec(result.model_path)
+    assert spec.tokenizer == str(tmp_path / "tokenizer.json") and load_tokenizer(spec.tokenizer).vocab_size == 300
+    assert load_model(result.model_path).config.n_layer == 1
+
+
+def test_the_tuned_model_reads_the_same_in_the_official_package(uninterrupted):
+    from tests.official import run_official
+
+    _, result = uninterrupted
+    model = load_model(result.model_path)
+    seqs = [[0, 17, 42, 5, 299, 100, 3, 8]]
+    official = run_official(result.model_path, "7", seqs)
+    logits, _ = model.forward(seqs[0], all_logits=True)
+    assert (logits[0] - official[0]["all"]).abs().max().item() <= 1e-4
