@@ -296,3 +296,13 @@ def test_the_tuned_model_reads_the_same_in_the_official_package(uninterrupted):
     official = run_official(result.model_path, "7", seqs)
     logits, _ = model.forward(seqs[0], all_logits=True)
     assert (logits[0] - official[0]["all"]).abs().max().item() <= 1e-4
+
+
+def test_temp_files_of_a_killed_run_are_removed_and_the_finished_run_stays(corpus, uninterrupted):
+    out, result = uninterrupted
+    stale = [out / ".model.embedder.json.tmp-99999", out / ".tokenizer.txt.tmp-99999"]
+    for path in stale:
+        path.write_text("half written")
+    again = train_contrastive(tiny(corpus, out))
+    assert again.steps == result.steps and not any(p.exists() for p in stale)
+    assert read_embedder_spec(again.model_path).pooling == "mean"
