@@ -64,6 +64,8 @@ class Collection:
     docs: list[Doc] = field(default_factory=list)
     #: query id -> (query text, relevant doc id)
     queries: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: source name -> its licence, where each source has its own
+    licences: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,6 +133,7 @@ def dedupe(docs: list[Doc]) -> list[Doc]:
 def readmes(max_docs: int, doc_chars: int) -> Collection:
     """Installed distributions' READMEs; query = the distribution's Summary line."""
     found: dict[str, tuple[str, str, str]] = {}
+    licences: dict[str, str] = {}
     paths = sorted({*sys.path, *(p for p in _SYSTEM_SITES if os.path.isdir(p))})
     for dist in importlib.metadata.distributions(path=paths):
         meta = dist.metadata
@@ -139,6 +142,7 @@ def readmes(max_docs: int, doc_chars: int) -> Collection:
         summary = " ".join((meta.get("Summary") or "").split())
         if name and slug(name) not in found and len(summary.split()) >= 4 and len(text) >= 500:
             found[slug(name)] = (name, summary, text)
+            licences[name] = meta.get("License-Expression") or _short(meta.get("License")) or _classifiers(meta)
     chosen = sorted(found.values(), key=lambda f: (-len(f[2]), f[0].lower()))[:max_docs]
     collection = Collection("readmes", "long descriptions (README) and Summary lines of the installed Python "
                             "distributions, read with importlib.metadata",
@@ -149,6 +153,7 @@ def readmes(max_docs: int, doc_chars: int) -> Collection:
         docs.append(Doc(f"readme-{slug(name)}", name, body))
         summaries[f"readme-{slug(name)}"] = summary
     collection.docs = dedupe(docs)
+    collection.licences = {d.title: licences[d.title] or "unknown" for d in collection.docs}
     # two distributions with the same summary (a family of plugins) would make an ambiguous known item
     counts: dict[str, int] = {}
     for summary in summaries.values():
@@ -156,6 +161,15 @@ def readmes(max_docs: int, doc_chars: int) -> Collection:
     collection.queries = {f"q-{d.doc_id}": (summaries[d.doc_id], d.doc_id) for d in collection.docs
                           if counts[summaries[d.doc_id].lower()] == 1}
     return collection
+
+
+def _short(text: str | None) -> str:
+    """The first line of a License field (some hold the whole licence text)."""
+    return text.strip().splitlines()[0][:60] if text and text.strip() else ""
+
+
+def _classifiers(meta) -> str:
+    return ", ".join(c.split("::")[-1].strip() for c in meta.get_all("Classifier") or [] if c.startswith("License ::"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,7 +276,7 @@ def write_beir(collection: Collection, directory: Path) -> None:
             f.write(f"{qid}\t{doc_id}\t1\n")
     info = {"name": collection.name, "source": collection.source, "licence": collection.licence,
             "documents": len(collection.docs), "queries": len(collection.queries),
-            "characters": sum(len(d.text) for d in collection.docs)}
+            "characters": sum(len(d.text) for d in collection.docs), "licences": collection.licences}
     (directory / "collection.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
@@ -294,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         chars = sum(len(d.text) for d in collection.docs)
         print(f"{name}: {len(collection.docs)} documents ({chars:,} characters), {len(collection.queries)} queries "
               f"-> {args.outdir / name}\n  texts: {collection.source}\n  licence: {collection.licence}")
+        if collection.licences:
+            print("  sources (licence): " + "; ".join(f"{k} ({v})" for k, v in collection.licences.items()))
     return 0
 
 
