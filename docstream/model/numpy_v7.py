@@ -5,6 +5,11 @@ maths), float32 throughout, from the zero state, with no head: :meth:`NumpyRWKV7
 final hidden states after ``ln_out``, what an embedder pools. Layer by layer, the linear maps run as
 one matrix product over all positions (the token shift needs only the layer's own normalized input,
 one position back), and the WKV recurrence, the only sequential part, runs token by token.
+
+:meth:`NumpyRWKV7.hidden_batch` runs many texts at once: their positions are concatenated, so each
+linear map is still one product, and the recurrence steps all texts together (one state per text).
+One short text's cost is mostly numpy's per-call overhead, which a batch shares: 1000 queries of ~20
+tokens ran 2-2.5x faster in batches of 64 than one at a time (measured on a busy 2-core machine).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import contextlib
 import ctypes
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -89,11 +95,31 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return _F32(1) / (_F32(1) + np.exp(-x))
 
 
-def _shift(xx: np.ndarray) -> np.ndarray:
-    """token_shift from the zero state: the previous position's value, zeros at position 0."""
-    sx = np.zeros_like(xx)
+def _shift(xx: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """token_shift from the zero state, for texts concatenated along axis 0: the previous position's
+    value, zeros at each text's first position (``first``: their indices)."""
+    sx = np.empty_like(xx)
     sx[1:] = xx[:-1]
+    sx[first] = 0
     return sx
+
+
+class _Layout(NamedTuple):
+    """Where the texts of a batch lie in the concatenated positions, and the order the recurrence reads them."""
+
+    first: np.ndarray  # index of each text's first position (the token shift puts zeros there)
+    order: np.ndarray  # position indices step by step: position t of every text longer than t, longest text first
+    active: list[int]  # at each step, how many texts are that long: a prefix of the texts, longest first
+
+    @classmethod
+    def of(cls, lengths: Sequence[int]) -> _Layout:
+        lengths = np.asarray(lengths, dtype=np.int64)
+        first = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        by_length = np.argsort(-lengths, kind="stable")
+        steps = np.arange(int(lengths.max()))[:, None]
+        running = lengths[by_length][None, :] > steps  # [step, text]: does the text have this position
+        order = (first[by_length][None, :] + steps)[running]  # row-major: step by step, texts longest first
+        return cls(first, order, running.sum(axis=1).tolist())
 
 
 class NumpyRWKV7:
@@ -148,33 +174,52 @@ class NumpyRWKV7:
     def hidden(self, tokens: Sequence[int]) -> np.ndarray:
         """Final hidden states [T, C] float32 (after ``ln_out``, before the head) of ``tokens``, from the
         zero state. ``ValueError`` for an empty sequence or an id outside the vocabulary."""
-        ids = np.asarray(tokens)
-        if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"tokens must be a non-empty list of ints, got {str(tokens)[:60]}")
-        if ids.min() < 0 or ids.max() >= self.vocab_size:
-            bad = ids.min() if ids.min() < 0 else ids.max()
-            raise ValueError(f"token id {bad} is outside the model's vocabulary [0, {self.vocab_size})")
-        with one_blas_thread():
-            return self._trunk(ids)
+        return self.hidden_batch([tokens])[0]
 
-    def _trunk(self, ids: np.ndarray) -> np.ndarray:
+    def hidden_batch(self, token_lists: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """:meth:`hidden` of each token list, computed together: ``[T_i, C]`` float32 per list, each from
+        the zero state (the texts do not see each other). ``ValueError`` naming the list for an empty
+        one or an id outside the vocabulary. Lists of similar lengths batch best: the recurrence runs
+        as many steps as the longest list has tokens."""
+        if isinstance(token_lists, np.ndarray) and token_lists.ndim < 2:
+            raise ValueError("hidden_batch takes a list of token lists; use hidden() for one text")
+        arrays = []
+        for i, tokens in enumerate(token_lists):
+            ids = np.asarray(tokens)
+            if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(f"tokens must be a non-empty list of ints, got {str(tokens)[:60]} (text {i})")
+            if ids.min() < 0 or ids.max() >= self.vocab_size:
+                bad = ids.min() if ids.min() < 0 else ids.max()
+                raise ValueError(f"token id {bad} of text {i} is outside the model's vocabulary "
+                                 f"[0, {self.vocab_size})")
+            arrays.append(ids)
+        if not arrays:
+            return []
+        lengths = [len(ids) for ids in arrays]
+        layout = _Layout.of(lengths)
+        with one_blas_thread():
+            hidden = self._trunk(np.concatenate(arrays), layout)
+        return np.split(hidden, np.cumsum(lengths)[:-1])
+
+    def _trunk(self, ids: np.ndarray, layout: _Layout) -> np.ndarray:
         x = _layer_norm(self.emb[ids], *self.ln0)  # x = ln0(emb(tokens))
         v_first = None
         for i, p in enumerate(self.layers):
             xx = _layer_norm(x, *p["ln1"])  # Block: xx = ln1(x)
-            att, v_first = self._time_mix(p, xx, v_first, first=i == 0)
+            att, v_first = self._time_mix(p, xx, v_first, layout, first=i == 0)
             x = x + att  # x = x + att(ln1(x))
             xx2 = _layer_norm(x, *p["ln2"])
-            k = xx2 + (_shift(xx2) - xx2) * p["ffn_x_k"]  # ChannelMix7: k = lerp(xx, shift(xx), x_k)
+            # ChannelMix7: k = lerp(xx, shift(xx), x_k)
+            k = xx2 + (_shift(xx2, layout.first) - xx2) * p["ffn_x_k"]
             r = np.maximum(k @ p["ffn_key"], 0)
             x = x + (r * r) @ p["ffn_value"]  # x = x + value(relu(key(k))^2)
         return _layer_norm(x, *self.ln_out)
 
-    def _time_mix(self, p: dict[str, np.ndarray], xx: np.ndarray, v_first: np.ndarray | None,
+    def _time_mix(self, p: dict[str, np.ndarray], xx: np.ndarray, v_first: np.ndarray | None, layout: _Layout,
                   first: bool) -> tuple[np.ndarray, np.ndarray]:
-        """TimeMix7.forward for all positions of one layer: (output [T, C], v_first)."""
+        """TimeMix7.forward for all positions of one layer (T: all texts' positions): (output [T, C], v_first)."""
         T, H, N = xx.shape[0], self.n_head, self.head_size
-        dx = _shift(xx) - xx
+        dx = _shift(xx, layout.first) - xx
         # xr, xw, xk, xv, xa, xg = lerp(xx, sx, x_*)
         xr, xw, xk, xv, xa, xg = (xx + dx * p[m] for m in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"))
         r = xr @ p["receptance"]  # r = receptance(xr)
@@ -192,37 +237,49 @@ class NumpyRWKV7:
             v = v + (v_first - v) * _sigmoid(p["v0"] + (xv @ p["v1"]) @ p["v2"])
         decay = np.exp(-_DECAY_SCALE * _sigmoid(p["w0"] + w))  # w = exp(-e^-0.5 * sigmoid(w0 + w))
         y = _wkv(r.reshape(T, H, N), decay.reshape(T, H, N), k.reshape(T, H, N), v.reshape(T, H, N),
-                 -kk, kk * a.reshape(T, H, N))
+                 -kk, kk * a.reshape(T, H, N), layout)
         # y = group_norm(y) per head (eps 64e-5), then the bonus (r * k * r_k summed per head) * v
         y = _layer_norm(y, _F32(1), _F32(0), _GN_EPS).reshape(T, H * N) * p["ln_x"][0] + p["ln_x"][1]
         bonus = (r * k * p["r_k"]).reshape(T, H, N).sum(axis=-1, keepdims=True) * v.reshape(T, H, N)
         return ((y + bonus.reshape(T, H * N)) * g) @ p["output"], v_first  # output((y + bonus) * g)
 
 
-def _wkv(r: np.ndarray, w: np.ndarray, k: np.ndarray, v: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The generalized delta rule (kernels.reference.wkv7_ref) from S = 0; inputs [T, H, N], S [H, N(value), N(key)]:
+def _wkv(r: np.ndarray, w: np.ndarray, k: np.ndarray, v: np.ndarray, a: np.ndarray, b: np.ndarray,
+         layout: _Layout) -> np.ndarray:
+    """The generalized delta rule (kernels.reference.wkv7_ref) from S = 0, one state per text; inputs
+    [T, H, N] (all texts' positions, as ``layout`` says), S [H, N(value), N(key)]:
 
         S <- S diag(w_t) + (S a_t) b_t^T + v_t k_t^T,   y_t = S r_t
 
-    The two rank-1 terms are one product [S a_t, v_t] @ [b_t; k_t], and every step writes into
-    preallocated arrays: the loop's cost is numpy's per-call overhead, so it makes as few calls as it can.
+    Step t updates the states of the texts longer than t together: with the texts longest first these
+    are the first ``layout.active[t]`` states, and the others (ended texts) are left alone. The inputs
+    are put in step order once, so a step reads contiguous rows. The two rank-1 terms are one product
+    [S a_t, v_t] @ [b_t; k_t], and every step writes into preallocated arrays: the loop's cost is
+    numpy's per-call overhead, so it makes as few calls as it can.
     """
     T, H, N = r.shape
-    s = np.zeros((H * N, N), dtype=_F32)  # rows (head, value), columns key
-    heads = s.reshape(H, N, N)  # the same memory, per head
-    update = np.empty((H, N, N), dtype=_F32)
+    order = layout.order
+    s = np.zeros((layout.active[0], H * N, N), dtype=_F32)  # per text: rows (head, value), columns key
+    heads = s.reshape(-1, H, N, N)  # the same memory, per head
+    update = np.empty_like(heads)
     left = np.empty((T, H, N, 2), dtype=_F32)  # [S a_t, v_t]: column 0 is filled in the loop
-    left[..., 1] = v
-    right = np.stack((b, k), axis=2)  # [T, H, 2, N]: [b_t; k_t]
-    # row (h, i) of S decays by head h's w_t: repeated once for all steps, since a plain elementwise
-    # product is ~2x faster than one broadcasting [H, 1, N] over [H, N, N]
-    decay = np.repeat(w, N, axis=1)  # [T, H*N, N]
-    a_col, r_col = a[..., None], r[..., None]
+    left[..., 1] = v[order]
+    right = np.stack((b[order], k[order]), axis=2)  # [T, H, 2, N]: [b_t; k_t]
+    # row (h, i) of S decays by head h's w_t: repeated per row, step by step, since a plain elementwise
+    # product with that (in cache) is faster than one broadcasting [H, 1, N] over [H, N, N] (measured:
+    # 290 against 360 us for 64 texts), and repeating all steps at once would take T * H*N*N floats
+    w = w[order]
+    a_col, r_col = a[order][..., None], r[order][..., None]
     y = np.empty((T, H, N, 1), dtype=_F32)
-    for t in range(T):
-        np.matmul(heads, a_col[t], out=left[t, :, :, :1])  # S a_t
-        np.multiply(s, decay[t], out=s)  # S diag(w_t)
-        np.matmul(left[t], right[t], out=update)  # (S a_t) b_t^T + v_t k_t^T
-        np.add(heads, update, out=heads)
-        np.matmul(heads, r_col[t], out=y[t])  # y_t = S r_t
-    return y[..., 0]
+    start = 0
+    for n in layout.active:
+        t = slice(start, start + n)  # this step's rows: one per running text
+        np.matmul(heads[:n], a_col[t], out=left[t, :, :, :1])  # S a_t
+        np.multiply(s[:n], np.repeat(w[t], N, axis=1), out=s[:n])  # S diag(w_t)
+        np.matmul(left[t], right[t], out=update[:n])  # (S a_t) b_t^T + v_t k_t^T
+        np.add(heads[:n], update[:n], out=heads[:n])
+        np.matmul(heads[:n], r_col[t], out=y[t])  # y_t = S r_t
+        start += n
+    out = np.empty((T, H, N), dtype=_F32)
+    out[order] = y[..., 0]
+    return out

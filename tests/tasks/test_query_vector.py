@@ -61,6 +61,26 @@ def test_encode_pools_the_final_hidden_states(torch_model, pooling):
     _assert_close(encoder.encode([TEXTS[1]])[0], want)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "eos"])
+def test_a_batch_encodes_as_each_text_alone(pooling, monkeypatch):
+    """70 texts of 1-40 words: encoded in two batches (64 and 6, shortest first), each vector as the text's
+    own, in the input order."""
+    encoder = QueryEncoder(BUILTIN, _spec(pooling, eos_token=7))
+    words = " ".join(TEXTS).split()
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, int(n))) for n in rng.integers(1, 41, 70)]
+    alone = np.stack([encoder.encode([text])[0] for text in texts])
+    batches = []
+    hidden_batch = encoder.model.hidden_batch
+    monkeypatch.setattr(encoder.model, "hidden_batch", lambda lists: (batches.append(lists), hidden_batch(lists))[1])
+    together = encoder.encode(texts)
+    assert [len(b) for b in batches] == [64, 6]
+    lengths = [len(tokens) for b in batches for tokens in b]
+    assert lengths == sorted(lengths)  # so a batch's texts end at nearly the same step
+    assert together.dtype == np.float32 and together.shape == alone.shape
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5 * float(np.abs(alone).max()))
+
+
 def test_max_tokens_cuts_the_text_before_eos(tmp_path):
     model = save_random_checkpoint(tmp_path / "tiny.pth", "7", n_layer=2, n_embd=32, head_size=16,
                                    vocab_size=4096, seed=2)
@@ -95,8 +115,8 @@ def test_encoding_imports_no_torch():
             "from docstream.tasks.query_vector import QueryEncoder\n"
             f"e = QueryEncoder({str(BUILTIN)!r}, SimpleNamespace(pooling='eos', eos_token=0, "
             "tokenizer='tokenizer.json', max_tokens=1024, dimension=256))\n"
-            "v = e.encode(['a ghost walks on the castle platform at midnight'])\n"
-            "assert v.shape == (1, 256), v.shape\n"
+            "v = e.encode(['a ghost walks on the castle platform at midnight', 'parse options'])\n"
+            "assert v.shape == (2, 256), v.shape\n"
             "print('torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
