@@ -15,6 +15,15 @@ their licences) for three collections, each query having exactly one relevant do
   share almost no word 5-grams with any other document, so that a licence notice copied into many
   files never becomes an ambiguous query.
 
+and, apart from them, one development collection for choosing settings (never to report):
+
+* ``docstrings-dev``: the docstrings of the packages held out of the built-in embedder's training text
+  (``runs/embedder-corpus/heldout``, from ``pipelines/embedder_corpus.py``), one document per module;
+  the query is one docstring's summary line, removed from the document.
+
+``readmes`` leaves out the distributions whose docstrings the built-in embedder was trained on
+(``--unseen-by``), so every collection reported is unseen by it.
+
 Documents are cut at paragraph boundaries to ``--doc-chars`` characters and identical texts are kept
 once. Everything is deterministic for a given machine: inputs are sorted, sampling uses ``--seed``. The
 texts stay under their authors' licences; they are read at run time and nothing is redistributed.
@@ -130,8 +139,18 @@ def dedupe(docs: list[Doc]) -> list[Doc]:
 # readmes
 
 
-def readmes(max_docs: int, doc_chars: int) -> Collection:
-    """Installed distributions' READMEs; query = the distribution's Summary line."""
+def trained_distributions(training_text: Path | None) -> set[str]:
+    """Slugs of the distributions whose packages' docstrings are in the embedder's training text (its folder
+    names are import names): their READMEs are left out of the readmes collection, which must be unseen."""
+    if training_text is None or not training_text.is_dir():
+        return set()
+    imported = {p.name for p in training_text.iterdir() if p.is_dir()}
+    return {slug(dist) for name, dists in importlib.metadata.packages_distributions().items() if name in imported
+            for dist in dists}
+
+
+def readmes(max_docs: int, doc_chars: int, exclude: set[str] = frozenset()) -> Collection:
+    """Installed distributions' READMEs (those in ``exclude`` left out); query = the distribution's Summary line."""
     found: dict[str, tuple[str, str, str]] = {}
     licences: dict[str, str] = {}
     paths = sorted({*sys.path, *(p for p in _SYSTEM_SITES if os.path.isdir(p))})
@@ -140,7 +159,8 @@ def readmes(max_docs: int, doc_chars: int) -> Collection:
         name = (meta.get("Name") or "").strip()
         text = (meta.get_payload() or meta.get("Description") or "").strip()
         summary = " ".join((meta.get("Summary") or "").split())
-        if name and slug(name) not in found and len(summary.split()) >= 4 and len(text) >= 500:
+        if (name and slug(name) not in found and slug(name) not in exclude and len(summary.split()) >= 4
+                and len(text) >= 500):
             found[slug(name)] = (name, summary, text)
             licences[name] = meta.get("License-Expression") or _short(meta.get("License")) or _classifiers(meta)
     chosen = sorted(found.values(), key=lambda f: (-len(f[2]), f[0].lower()))[:max_docs]
@@ -278,16 +298,43 @@ def write_beir(collection: Collection, directory: Path) -> None:
     (directory / "collection.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
-BUILDERS = ("readmes", "pydoc", "debian")
+BUILDERS = ("readmes", "pydoc", "debian", "docstrings-dev")
 
 
 def build(name: str, args: argparse.Namespace) -> Collection:
     rng = random.Random(f"{args.seed}-{name}")
     if name == "readmes":
-        return readmes(args.max_docs, args.doc_chars)
+        return readmes(args.max_docs, args.doc_chars, trained_distributions(args.unseen_by))
     if name == "pydoc":
         return pydoc_collection(args.max_docs, args.doc_chars, rng)
+    if name == "docstrings-dev":
+        return docstrings_dev(args.unseen_by.parent / "heldout", args.max_docs, args.doc_chars, rng)
     return debian(args.max_docs, args.doc_chars, rng)
+
+
+def docstrings_dev(heldout: Path, max_docs: int, doc_chars: int, rng: random.Random) -> Collection:
+    """The embedder's held-out docstrings, one document per module; query = one docstring's summary line."""
+    collection = Collection("docstrings-dev", f"docstrings of the packages in {heldout} (held out of the built-in "
+                            "embedder's training text; for choosing settings only)",
+                            "each package's own licence")
+    paths = sorted(heldout.rglob("*.txt")) if heldout.is_dir() else []
+    if not paths:
+        raise SystemExit(f"{heldout} has no held-out docstrings: run pipelines/embedder_corpus.py first")
+    docs, queries = [], {}
+    for path in paths[:max_docs]:
+        blocks = [b for b in path.read_text(encoding="utf-8").split("\n\n") if b.strip()]
+        summaries = [b.splitlines()[0].strip() for b in blocks if len(b.splitlines()[0].split()) >= 5]
+        if not summaries:
+            continue
+        summary = rng.choice(summaries)
+        doc_id = f"module-{path.parent.name}-{path.stem}"
+        body = "\n\n".join(cut(paragraphs_of(remove_phrase(path.read_text(encoding="utf-8"), summary)), doc_chars))
+        docs.append(Doc(doc_id, path.stem, body))
+        queries[f"q-{doc_id}"] = (summary, doc_id)
+    collection.docs = dedupe(docs)
+    kept = {d.doc_id for d in collection.docs}
+    collection.queries = {q: v for q, v in queries.items() if v[1] in kept}
+    return collection
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-docs", type=int, default=300, help="documents per collection at most (default 300)")
     p.add_argument("--doc-chars", type=int, default=3000, help="longest document in characters (default 3000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unseen-by", type=Path, default=Path("runs/embedder-corpus/text"),
+                   help="the built-in embedder's training text (pipelines/embedder_corpus.py): READMEs of the "
+                        "distributions whose docstrings it holds are left out of readmes (default: %(default)s)")
     args = p.parse_args(argv)
     if args.max_docs < 2 or args.doc_chars < 200:
         p.error("--max-docs must be at least 2 and --doc-chars at least 200")

@@ -152,11 +152,19 @@ def chunk_count(out: Path) -> int:
 # Retrievers
 
 
-def docstream_rankings(out: Path, options: dict, queries: list[str], depth: int) -> tuple[list[list[str]], float, float]:
+def docstream_rankings(out: Path, options: dict, queries: list[str],
+                       depth: int) -> tuple[list[list[str]], float, float]:
     """Each query's documents, best chunk first, from a docstream Searcher; the seconds opening the searcher
     took (indexes built or updated) and the seconds ``search_many`` took."""
     from docstream.tasks.search import Searcher
 
+    if options.get("embedder") is not None:  # index this embedder's vectors (once; kept while it is the same)
+        from docstream.tasks.embedder import resolve_embedder
+        from docstream.tasks.index import read_meta, update_index
+
+        meta = read_meta(out, "embedder")
+        if meta is None or meta.embedder != resolve_embedder(options["embedder"]).fingerprint:
+            update_index(out, "embedder", embedder=options["embedder"], rebuild=True)
     start = time.perf_counter()
     searcher = Searcher(out, **options)
     opened = time.perf_counter() - start
@@ -221,7 +229,12 @@ def evaluate(directory: Path, args: argparse.Namespace) -> dict:
             if name == "bm25s":
                 rankings, opened, searched = bm25s_rankings(collection, texts, args.depth)
             else:
-                rankings, opened, searched = docstream_rankings(out, RETRIEVERS[name], texts, args.depth)
+                options = dict(RETRIEVERS[name])
+                if options.get("pooling") == "embedder":
+                    options["embedder"] = args.embedder
+                if name == "hybrid" and args.dense_weight is not None:
+                    options["dense_weight"] = args.dense_weight
+                rankings, opened, searched = docstream_rankings(out, options, texts, args.depth)
         except Exception as error:  # noqa: BLE001 -- a failing retriever is reported, the others still run
             print(f"  {name}: FAILED {type(error).__name__}: {error}", flush=True)
             report["retrievers"][name] = {"error": f"{type(error).__name__}: {error}"}
@@ -264,6 +277,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=100, help="chunk hits asked per query (default 100)")
     p.add_argument("--retrievers", nargs="+", choices=list(RETRIEVERS), default=list(RETRIEVERS))
     p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (default 1; see above)")
+    p.add_argument("--embedder", type=Path, help="embedder checkpoint for dense-tuned and hybrid (default: built-in)")
+    p.add_argument("--dense-weight", type=float, help="the dense ranking's weight in hybrid fusion (default: "
+                                                      "docstream's)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if args.chunk_len < 1 or args.depth < CUTOFF or args.threads < 1:

@@ -42,7 +42,7 @@ def run_demo(out: str | Path, quiet: bool = False) -> int:
     for doc in sorted(docs, key=lambda d: d["doc_id"]):
         print(f"  {doc['doc_id']:<36} {doc['n_tokens']:>6} tokens in {doc['n_chunks']} chunks")
 
-    print(f'\nsearch "{SEARCH_QUERY}" (FAISS index over mean-pooled chunk embeddings):')
+    print(f'\nsearch "{SEARCH_QUERY}" (hybrid: BM25 and the built-in embedder, fused by reciprocal rank):')
     print(format_hits(search(out, SEARCH_QUERY, k=3)))
 
     print(f"\nsummary of {SUMMARY_DOC}, generated from its final snapshot (prompt {SUMMARY_PROMPT!r}):")

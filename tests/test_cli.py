@@ -22,6 +22,12 @@ def test_demo_streams_the_sample_corpus_and_resumes(tmp_path):
     store = RunStore(out)
     assert store.read_table("documents").num_rows == 9
     assert store.read_table("embeddings").num_rows > 6
+    from docstream.demo import SEARCH_QUERY
+    from docstream.tasks.search import search
+
+    # the demo's query ("a ghost walks on the castle platform at midnight") finds Hamlet first
+    top = search(out, SEARCH_QUERY, k=3)[0]
+    assert top.doc_id == "plays/hamlet.txt" and top.retrievers["lexical"] == 1
     again = _cli("demo", "--out", str(out), "--quiet")
     assert again.returncode == 0 and "already done 9" in again.stdout
 

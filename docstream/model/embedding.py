@@ -38,6 +38,7 @@ the ``retr_head`` applied, which this format does not describe.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -70,6 +71,8 @@ class EmbedderSpec(BaseModel):
     tokenizer: str = Field(min_length=1, description="tokenizer file, relative to the json or absolute")
     dimension: int = Field(ge=1, description="vector width: the model's n_embd")
     max_tokens: int = Field(1024, ge=1, description="passage tokens read (the rest is cut off)")
+    token_weights: str | None = Field(None, description="mean pooling: a .npy of one weight per token id (relative "
+                                                        "to the json or absolute); None weighs tokens equally")
 
 
 def spec_paths(model_path: str | Path) -> tuple[Path, Path]:
@@ -96,6 +99,13 @@ def read_embedder_spec(model_path: str | Path) -> EmbedderSpec | None:
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in err.errors())
         raise ValueError(f"{path} is not a valid embedder spec: {problems}") from None
+    if spec.token_weights is not None:
+        weights = Path(spec.token_weights)
+        weights = weights if weights.is_absolute() else (path.parent / weights).resolve()
+        if not weights.is_file():
+            raise ValueError(f"{path} names the token weights {spec.token_weights!r}, but {weights} does not exist; "
+                             f"put the file there or correct the path")
+        spec = spec.model_copy(update={"token_weights": str(weights)})
     tokenizer = Path(spec.tokenizer)
     beside = tokenizer if tokenizer.is_absolute() else (path.parent / tokenizer).resolve()
     if beside.is_file():
@@ -104,6 +114,32 @@ def read_embedder_spec(model_path: str | Path) -> EmbedderSpec | None:
         return spec
     raise ValueError(f"{path} names the tokenizer {spec.tokenizer!r}, but {beside} does not exist; "
                      f"put the tokenizer there or correct the path")
+
+
+@lru_cache(maxsize=8)
+def _read_weights(path: str) -> np.ndarray:
+    try:
+        weights = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"token weights {path} cannot be read as a .npy array ({err})") from err
+    if weights.ndim != 1 or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError(f"token weights {path} must be one finite, non-negative weight per token id "
+                         f"(a 1-d array); got shape {weights.shape}")
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
+    return weights
+
+
+def token_weights(spec: EmbedderSpec, vocab_size: int | None = None) -> np.ndarray | None:
+    """The per-token weights of mean pooling ([V] float32, read once per file), or None for a plain mean.
+    ``vocab_size``: the model's, which the weights must cover."""
+    if spec.pooling != "mean" or spec.token_weights is None:
+        return None
+    weights = _read_weights(str(spec.token_weights))
+    if vocab_size is not None and len(weights) != vocab_size:
+        raise ValueError(f"token weights {spec.token_weights} hold {len(weights)} weights, but the model's "
+                         f"vocabulary has {vocab_size} ids")
+    return weights
 
 
 def write_embedder_spec(path: str | Path, spec: EmbedderSpec) -> Path:
@@ -118,6 +154,7 @@ def check_fits(model: RWKVModel, spec: EmbedderSpec) -> None:
     if spec.dimension != model.config.n_embd:
         raise ValueError(f"the embedder spec says dimension {spec.dimension} but the model is "
                          f"{model.config.n_embd} wide; correct 'dimension' in its embedder.json")
+    token_weights(spec, model.config.vocab_size)
     if spec.pooling == "eos" and spec.eos_token >= model.config.vocab_size:
         raise ValueError(f"eos_token {spec.eos_token} is outside the model's vocabulary "
                          f"[0, {model.config.vocab_size})")
@@ -154,8 +191,11 @@ def pooled(model: RWKVModel, padded_tokens: Tensor, lengths: Tensor, spec: Embed
     lengths = lengths.to(hidden.device)
     if spec.pooling == "eos":
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
-    valid = torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]  # [B, T]
-    return (hidden * valid[..., None]).sum(dim=1) / lengths[:, None].to(hidden.dtype)
+    valid = (torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]).to(hidden.dtype)  # [B, T]
+    weights = token_weights(spec)
+    if weights is not None:  # a weighted mean: frequent tokens count for less
+        valid = valid * torch.tensor(weights, device=hidden.device)[padded_tokens.to(hidden.device)]
+    return (hidden * valid[..., None]).sum(dim=1) / valid.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def pooled_lists(model: RWKVModel, token_lists: Sequence[Sequence[int]], spec: EmbedderSpec,

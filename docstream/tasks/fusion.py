@@ -26,13 +26,17 @@ class Fused:
 
 
 def reciprocal_rank_fusion(rankings: Mapping[str, Sequence[Hashable]], limit: int | None = None,
-                           k: int = RRF_K) -> list[Fused]:
+                           k: int = RRF_K, weights: Mapping[str, float] | None = None) -> list[Fused]:
     """Fuse ``rankings`` (retriever name -> its keys, best first; a key at most once per ranking) into one list,
-    best first, at most ``limit`` long. Ties in fused score go to the item with the better best rank, then to
-    the earlier retriever in ``rankings``' order, then to the earlier position there, so the result is fully
-    determined by the input."""
+    best first, at most ``limit`` long. ``weights`` (retriever name -> weight, 1 for a retriever not named)
+    scale each retriever's ``1 / (k + rank)``, as weighted RRF does in Elasticsearch and Vespa. Ties in fused
+    score go to the item with the better best rank, then to the earlier retriever in ``rankings``' order,
+    then to the earlier position there, so the result is fully determined by the input."""
     if k < 0:
         raise ValueError(f"the RRF constant k must be >= 0, got {k}")
+    weights = dict(weights or {})
+    if any(not w >= 0 for w in weights.values()):
+        raise ValueError(f"fusion weights must be >= 0, got {weights}")
     ranks: dict[Hashable, dict[str, int]] = {}
     first_seen: dict[Hashable, tuple[int, int]] = {}
     for order, (name, keys) in enumerate(rankings.items()):
@@ -42,6 +46,7 @@ def reciprocal_rank_fusion(rankings: Mapping[str, Sequence[Hashable]], limit: in
                 raise ValueError(f"retriever {name!r} ranks {key!r} twice")
             found[name] = rank
             first_seen.setdefault(key, (order, rank))
-    fused = [Fused(key, sum(1.0 / (k + r) for r in found.values()), found) for key, found in ranks.items()]
+    fused = [Fused(key, sum(weights.get(name, 1.0) / (k + r) for name, r in found.items()), found)
+             for key, found in ranks.items()]
     fused.sort(key=lambda f: (-f.score, min(f.ranks.values()), first_seen[f.key]))
     return fused if limit is None else fused[:limit]

@@ -61,10 +61,22 @@ class QueryEncoder:
         if not tokenizer.is_absolute() and (self.model_path.parent / tokenizer).is_file():
             tokenizer = self.model_path.parent / tokenizer
         self.tokenizer = load_tokenizer(tokenizer if tokenizer.is_file() else str(spec.tokenizer))
+        self.weights = None
+        if self.pooling == "mean" and getattr(spec, "token_weights", None) is not None:
+            from docstream.model.embedding import token_weights  # imports no torch
+
+            self.weights = token_weights(spec, self.model.vocab_size)
 
     @property
     def dimension(self) -> int:
         return self.model.n_embd
+
+    def _mean(self, hidden: np.ndarray, ids: list[int]) -> np.ndarray:
+        """Mean pooling of one text's hidden states [T, C], weighted by its tokens' weights when the spec has them."""
+        if self.weights is None:
+            return hidden.mean(axis=0)
+        weights = self.weights[ids]
+        return (weights @ hidden) / max(float(weights.sum()), 1e-12)
 
     def tokens(self, text: str) -> list[int]:
         """The ids the model reads for ``text``: its first ``max_tokens`` tokens, then eos if pooled at it."""
@@ -92,5 +104,5 @@ class QueryEncoder:
         for start in range(0, len(by_length), BATCH):
             batch = by_length[start:start + BATCH]
             for i, hidden in zip(batch, self.model.hidden_batch([token_lists[i] for i in batch])):
-                out[i] = hidden[-1] if self.pooling == "eos" else hidden.mean(axis=0)
+                out[i] = hidden[-1] if self.pooling == "eos" else self._mean(hidden, token_lists[i])
         return out

@@ -53,6 +53,8 @@ DEFAULT_POOLING = "embedder"
 DEFAULT_FACTORY = "Flat"
 #: candidates each retriever hands to fusion (at least k)
 DEPTH = 100
+#: the dense ranking's weight in hybrid fusion (the lexical one's is 1)
+DENSE_WEIGHT = 1.0
 
 #: snippets are cut to this many characters
 SNIPPET_CHARS = 200
@@ -97,16 +99,17 @@ class Searcher:
     :data:`DEFAULT_FACTORY` when there is none. With ``update`` (the default) the indexes are first brought
     up to the run's latest commit (built if missing); without it they are used as they are. ``params`` are
     FAISS search parameters ("nprobe=8", "efSearch=64"); ``depth`` is how many candidates each retriever
-    gives fusion. ``embedder_options`` go to :class:`~docstream.tasks.embed.QueryEmbedder` (the run's own
+    gives fusion, and ``dense_weight`` the dense ranking's weight there (the lexical one's is 1).
+    ``embedder_options`` go to :class:`~docstream.tasks.embed.QueryEmbedder` (the run's own
     model, for its poolings), e.g. ``device``, ``model``, ``tokenizer``.
     """
 
     def __init__(self, out: str | Path, pooling: str = DEFAULT_POOLING, factory: str | None = None,
                  metric: str | None = None, *, mode: str = DEFAULT_MODE, update: bool = True,
                  params: str | None = None, embedder: str | Path | None = None, depth: int = DEPTH,
-                 **embedder_options):
+                 dense_weight: float = DENSE_WEIGHT, **embedder_options):
         self.out, self.mode, self.pooling, self.params = Path(out), check_mode(mode), pooling, params
-        self.depth = depth
+        self.depth, self.weights = depth, {"dense": dense_weight}
         self.index: LoadedIndex | None = None
         self.lexical: LexicalIndex | None = None
         self._encode: Callable[[Sequence[str]], np.ndarray] | None = None
@@ -149,7 +152,7 @@ class Searcher:
             if found_dense is not None:
                 rankings["dense"] = [chunk for chunk, _ in found_dense]
                 scores["dense"] = dict(found_dense)
-            fused = reciprocal_rank_fusion(rankings, limit=k)
+            fused = reciprocal_rank_fusion(rankings, limit=k, weights=self.weights)
             single = None if self.mode == "hybrid" else next(iter(scores))
             results.append([(f.key, f.score if single is None else scores[single][f.key], f.ranks) for f in fused])
         if snippets:

@@ -19,7 +19,7 @@ CURVE_FIELDS = ("data", "heldout", "tokenizer", "vocab_size", "init_from", "n_la
                 "dim_ffn", "ctx_len", "batch_size", "lr", "lr_final", "warmup_steps", "max_steps",
                 "weight_decay", "betas", "grad_clip", "seed", "dtype", "objective")
 #: settings that also decide the curve of a contrastive run (absent from a language model's settings)
-CONTRASTIVE_FIELDS = ("pooling", "eos_token", "temperature", "pairs", "span_min", "eval_pairs")
+CONTRASTIVE_FIELDS = ("pooling", "eos_token", "temperature", "pairs", "span_min", "eval_pairs", "token_weights")
 #: the value a curve setting had in directories written before the setting existed
 CURVE_DEFAULTS = {"objective": "lm"}
 
@@ -69,6 +69,8 @@ class TrainConfig(BaseModel):
     embed_max_tokens: int = Field(1024, ge=1, description="contrastive: passage tokens the embedder reads "
                                                           "(max_tokens of its embedder.json)")
     eval_pairs: int = Field(64, ge=2, description="contrastive: held-out span pairs recall@1 is measured on")
+    token_weights: Path | None = Field(None, description="contrastive, mean pooling: .npy of one weight per token id "
+                                                         "(e.g. a/(a + p(token)), so frequent tokens count less)")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -35,6 +35,7 @@ from docstream.model.embedding import (
     check_fits,
     embed_tokens,
     pooled_lists,
+    read_embedder_spec,
     write_embedder_spec,
 )
 from docstream.tokenizer import resolve_tokenizer_path
@@ -72,6 +73,10 @@ class ContrastiveResult:
     spec_path: Path
 
 
+#: the token weights' name in a training directory
+WEIGHTS_NAME = "token_weights.npy"
+
+
 def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     """Symmetric InfoNCE of paired embeddings a, b [B, C]: cross-entropy of each row's match among all
     rows of the other side (cosine similarities / temperature), averaged over both directions."""
@@ -99,6 +104,19 @@ def _copy_tokenizer(config: TrainConfig) -> str:
     return name
 
 
+def _copy_weights(config: TrainConfig) -> str | None:
+    """The token weights' file name inside the training directory (copied there), or None without weights."""
+    if config.token_weights is None:
+        return None
+    if config.pooling != "mean":
+        raise ValueError(f"token weights weigh the tokens of mean pooling; pooling is {config.pooling!r}")
+    data = Path(config.token_weights).read_bytes()
+    target = config.out / WEIGHTS_NAME
+    if not target.is_file() or target.read_bytes() != data:
+        atomic_write_bytes(target, data)
+    return WEIGHTS_NAME
+
+
 def _evaluate(model: RWKVModel, pairs: list[Pair], spec: EmbedderSpec, temperature: float) -> dict[str, float]:
     """Held-out recall@1 and InfoNCE loss of the fixed evaluation pairs."""
     a = torch.from_numpy(embed_tokens(model, [p[0] for p in pairs], spec))
@@ -123,9 +141,11 @@ def train_contrastive(config: TrainConfig) -> ContrastiveResult:
         heldout = heldout_pairs(load_documents(config.heldout, tokenizer), span, config.eval_pairs)
         model = _model(config, tokenizer)
         spec = EmbedderSpec(pooling=config.pooling, eos_token=config.eos_token, tokenizer=tokenizer_name,
-                            dimension=model.config.n_embd, max_tokens=config.embed_max_tokens)
-        check_fits(model, spec)
+                            dimension=model.config.n_embd, max_tokens=config.embed_max_tokens,
+                            token_weights=_copy_weights(config))
         spec_path = write_embedder_spec(config.out / SPEC_NAME, spec)
+        spec = read_embedder_spec(config.out / "model.pth")  # its files as paths that work from anywhere
+        check_fits(model, spec)
         optimizer = make_optimizer(model, config)
         step, elapsed, log = _resume(config, model, optimizer)
         return _loop(config, model, optimizer, sampler, heldout, spec, spec_path, step, elapsed, log)

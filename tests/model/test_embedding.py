@@ -148,3 +148,28 @@ def test_pooled_lists_keeps_the_order_given_and_carries_gradients(model):
     finally:
         model.zero_grad(set_to_none=True)
         model.requires_grad_(False)
+
+
+def test_token_weights_make_mean_pooling_a_weighted_mean(model, tmp_path):
+    weights = np.random.default_rng(3).uniform(0.05, 2.0, VOCAB).astype(np.float32)
+    np.save(tmp_path / "w.npy", weights)
+    weighted = spec("mean", token_weights=str(tmp_path / "w.npy"))
+    got = embed_tokens(model, PASSAGES, weighted, batch_size=2)
+    for row, tokens in zip(got, PASSAGES):
+        hidden = model.forward_hidden(tokens).last[0].numpy()
+        want = (weights[tokens][:, None] * hidden).sum(0) / weights[tokens].sum()
+        np.testing.assert_allclose(row, want, atol=1e-5)
+    assert not np.allclose(got, embed_tokens(model, PASSAGES, spec("mean")), atol=1e-3)
+    np.save(tmp_path / "short.npy", weights[:10])
+    with pytest.raises(ValueError, match="hold 10 weights, but the model's vocabulary has 300"):
+        embed_tokens(model, PASSAGES, spec("mean", token_weights=str(tmp_path / "short.npy")))
+
+
+def test_token_weights_are_found_beside_the_spec_and_must_exist(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{}")
+    np.save(tmp_path / "w.npy", np.ones(VOCAB, np.float32))
+    write_embedder_spec(tmp_path / "m.embedder.json", spec("mean", token_weights="w.npy"))
+    assert read_embedder_spec(tmp_path / "m.pth").token_weights == str((tmp_path / "w.npy").resolve())
+    (tmp_path / "w.npy").unlink()
+    with pytest.raises(ValueError, match="names the token weights 'w.npy'"):
+        read_embedder_spec(tmp_path / "m.pth")

@@ -41,3 +41,12 @@ def test_bad_input_is_refused():
         reciprocal_rank_fusion({"one": ["a", "a"]})
     with pytest.raises(ValueError, match="k must be >= 0"):
         reciprocal_rank_fusion({"one": ["a"]}, k=-1)
+
+
+def test_weights_scale_each_retrievers_share():
+    rankings = {"lexical": ["a", "b"], "dense": ["b", "a"]}
+    assert [f.key for f in reciprocal_rank_fusion(rankings)] == ["a", "b"]  # a tie, lexical listed first
+    fused = reciprocal_rank_fusion(rankings, weights={"dense": 2.0})
+    assert [f.key for f in fused] == ["b", "a"] and fused[0].score == pytest.approx(1 / 62 + 2 / 61)
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        reciprocal_rank_fusion(rankings, weights={"dense": -1.0})

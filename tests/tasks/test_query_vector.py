@@ -121,3 +121,14 @@ def test_encoding_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_token_weights_weigh_the_mean_as_the_torch_embedder_does(torch_model, tmp_path):
+    weights = np.random.default_rng(5).uniform(0.01, 1.0, 4096).astype(np.float32)
+    np.save(tmp_path / "w.npy", weights)
+    spec = _spec("mean", token_weights=str(tmp_path / "w.npy"))
+    tokenizer = load_tokenizer(spec.tokenizer)
+    want = embed_tokens(torch_model, [tokenizer.encode(t) for t in TEXTS], spec)
+    _assert_close(QueryEncoder(BUILTIN, spec).encode(TEXTS), want)
+    plain = QueryEncoder(BUILTIN, _spec("mean")).encode(TEXTS)
+    assert not np.allclose(plain, want, rtol=1e-3)

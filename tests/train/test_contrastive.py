@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -306,3 +307,18 @@ def test_temp_files_of_a_killed_run_are_removed_and_the_finished_run_stays(corpu
     again = train_contrastive(tiny(corpus, out))
     assert again.steps == result.steps and not any(p.exists() for p in stale)
     assert read_embedder_spec(again.model_path).pooling == "mean"
+
+
+def test_token_weights_go_with_the_embedder_and_shape_its_training(corpus, tmp_path):
+    weights = np.linspace(0.1, 1.0, 300, dtype=np.float32)
+    np.save(tmp_path / "w.npy", weights)
+    result = train_contrastive(tiny(corpus, tmp_path / "o", token_weights=tmp_path / "w.npy", max_steps=2,
+                                    eval_every=2))
+    spec = read_embedder_spec(result.model_path)
+    assert Path(spec.token_weights) == (tmp_path / "o" / "token_weights.npy").resolve()
+    np.testing.assert_array_equal(np.load(spec.token_weights), weights)
+    plain = train_contrastive(tiny(corpus, tmp_path / "p", max_steps=2, eval_every=2))
+    assert read_log(tmp_path / "o")[0]["loss"] != read_log(tmp_path / "p")[0]["loss"]
+    assert read_embedder_spec(plain.model_path).token_weights is None
+    with pytest.raises(ValueError, match="weigh the tokens of mean pooling"):
+        train_contrastive(tiny(corpus, tmp_path / "e", token_weights=tmp_path / "w.npy", pooling="eos"))
