@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from retrieval_eval import hold_out, installed_readmes, split_documents  # noqa: E402 (the same corpus)
+from readme_paragraphs import hold_out, installed_readmes, split_documents  # noqa: E402 (the same corpus as retrieval_eval)
 
 
 def import_seconds(statement: str, repeats: int = 5) -> float:
