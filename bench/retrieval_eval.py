@@ -43,8 +43,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# bench/lexical_choice.py builds its corpus with these, imported from here
-from readme_paragraphs import hold_out, installed_readmes, split_documents  # noqa: F401
 
 #: each retriever's Searcher options (None: bm25s, outside docstream)
 RETRIEVERS = {"lexical": {"mode": "lexical"}, "dense-raw": {"mode": "dense", "pooling": "mean"},
