@@ -377,6 +377,8 @@ def update_index(out: str | Path, pooling: str = DEFAULT_POOLING, factory: str =
     directory.mkdir(parents=True, exist_ok=True)
     with locked(directory, exclusive=True):
         old = None if rebuild else read_meta(out, pooling)
+        if old is not None and _builtin_replaced(old, vectors.files):
+            old = None  # a docstream upgrade brought a new built-in embedder: its vectors replace the old ones
         if old is not None:
             _check_compatible(old, factory, metric, identity, directory, vectors.embedder)
         if old is not None and not old.verifiable:
@@ -454,6 +456,14 @@ def _write_faiss(index: faiss.Index, path: Path) -> None:
 def _write_meta(directory: Path, meta: IndexMeta) -> None:
     """Commit ``meta`` as the current generation (atomically: the old meta.json or the whole new one)."""
     atomic_write_bytes(directory / META_NAME, meta.to_json())
+
+
+def _builtin_replaced(meta: IndexMeta, files: EmbedderFiles | None) -> bool:
+    """Whether ``meta`` describes the built-in embedder's vectors and the built-in embedder is now another one."""
+    from docstream.tasks.embedder import BUILTIN
+
+    return (files is not None and files.name == BUILTIN and meta.embedder_name == BUILTIN
+            and meta.embedder != files.fingerprint)
 
 
 def _check_compatible(meta: IndexMeta, factory: str, metric: str, identity: str, directory: Path,

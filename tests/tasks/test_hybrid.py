@@ -162,3 +162,13 @@ def test_run_keeps_the_search_indexes_up_to_date_across_a_resume(model, tmp_path
     keys = {(c.doc_id, c.chunk_index) for c in lexical.chunks()}
     assert len(keys) == lexical.meta.count == dense.meta.count == len(chunks) and len({d[:6] for d, _ in keys}) == 7
     assert lexical.meta.seq == dense.meta.seq == chunks.last_seq
+
+
+def test_an_index_of_an_earlier_built_in_embedder_is_rebuilt_by_the_next_search(copy):
+    meta_path = copy / "index" / "embedder" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["embedder_name"] == "builtin"
+    meta["embedder"] = "0" * 64  # as an index built by the built-in embedder of an earlier docstream
+    meta_path.write_text(json.dumps(meta))
+    hits = Searcher(copy).search("river stone", k=2)
+    assert hits and read_meta(copy, "embedder").embedder != "0" * 64
