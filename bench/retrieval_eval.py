@@ -156,7 +156,7 @@ def docstream_rankings(out: Path, options: dict, queries: list[str],
     took (indexes built or updated) and the seconds ``search_many`` took."""
     from docstream.tasks.search import Searcher
 
-    if options.get("embedder") is not None:  # index this embedder's vectors (once; kept while it is the same)
+    if options.get("pooling") == "embedder":  # index this embedder's vectors (once; kept while it is the same)
         from docstream.tasks.embedder import resolve_embedder
         from docstream.tasks.index import read_meta, update_index
 

@@ -2,6 +2,7 @@
 official rwkv package, and beats both baselines on held-out text, measured, near the card's number."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +27,11 @@ def tokenizer():
     return load_tokenizer(default_tokenizer_path())
 
 
-def test_the_model_and_tokenizer_ship_within_25_mb():
-    files = [default_model_path(), default_tokenizer_path()]
+def test_the_model_tokenizer_and_embedder_ship_within_25_mb():
+    from docstream.defaults import default_embedder_path
+
+    embedder = default_embedder_path()
+    files = [default_model_path(), default_tokenizer_path(), embedder, embedder.with_name("token_weights.npy")]
     assert sum(f.stat().st_size for f in files) <= 25 * 1000 * 1000
     for name in ("MODEL_CARD.md", "loss_curve.png", "heldout.json"):
         assert (DEFAULT_MODEL_DIR / name).is_file(), name
@@ -83,3 +87,17 @@ def test_the_shipped_numbers_are_reproduced_by_measuring_again(model, tokenizer)
     assert gzip_bits_per_byte(text) == pytest.approx(heldout["gzip"], abs=1e-9)
     bpb = heldout_bits_per_byte(model, tokenizer, text)
     assert bpb == pytest.approx(heldout["model"], abs=1e-4)
+
+
+def test_the_built_in_embedder_loads_and_describes_itself(tokenizer):
+    from docstream.defaults import default_embedder_path
+    from docstream.model.embedding import read_embedder_spec, token_weights
+
+    path = default_embedder_path()
+    spec = read_embedder_spec(path)
+    embedder = load_model(path)
+    assert embedder.version == "7" and embedder.config.n_layer == 2 and spec.dimension == embedder.config.n_embd
+    assert spec.pooling == "mean" and Path(spec.tokenizer) == default_tokenizer_path()
+    weights = token_weights(spec, embedder.config.vocab_size)
+    assert weights.shape == (tokenizer.vocab_size,) and 0 < weights.min() < weights.max() <= 1
+    assert (path.parent / "MODEL_CARD.md").is_file()

@@ -16,7 +16,7 @@ from docstream.tasks.chunk_text import read_chunk_texts
 from docstream.tasks.fusion import RRF_K
 from docstream.tasks.index import load_index, read_meta, update_index
 from docstream.tasks.lexical import load_lexical
-from docstream.tasks.search import Searcher
+from docstream.tasks.search import DENSE_WEIGHT, Searcher
 from docstream.tasks.verify import verify_run
 from docstream.tokenizer import default_world_vocab_path
 from tests.tasks import DIM, make_model, run_corpus, write_corpus
@@ -57,7 +57,7 @@ def test_a_chunks_own_text_is_found_first_by_both_retrievers(out):
         top = searcher.search(chunks.texts[i], k=5)[0]
         assert (top.doc_id, top.chunk_index) == (chunks.rows.doc_id[i], chunks.rows.chunk_index[i])
         assert top.retrievers == {"lexical": 1, "dense": 1}
-        assert top.score == pytest.approx(2 / (RRF_K + 1))
+        assert top.score == pytest.approx((1 + DENSE_WEIGHT) / (RRF_K + 1))
         assert top.snippet is not None and top.snippet.split()[0] in chunks.texts[i]
 
 
@@ -92,7 +92,7 @@ def test_encode_gives_the_vectors_the_index_holds(out):
 
 
 def test_the_query_path_imports_neither_torch_nor_pyarrow(out):
-    code = ("import sys; from docstream.tasks.search import Searcher; "
+    code = ("import sys; from docstream.tasks.search import DENSE_WEIGHT, Searcher; "
             f"hits = Searcher({str(out)!r}).search('river stone', k=3); assert len(hits) == 3; "
             "print(sorted(m for m in ('torch', 'pyarrow.dataset') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -9,7 +9,7 @@ import pytest
 from docstream.store.reader import document_rows
 from docstream.tasks.index import read_meta
 from docstream.cli import build_parser
-from docstream.tasks.search import Searcher, format_hits, search, shorten
+from docstream.tasks.search import Hit, Searcher, format_hits, search, shorten
 from tests.tasks import make_model, run_corpus, write_corpus
 
 CHUNK_LEN = 96  # every document below fits in one chunk
@@ -68,17 +68,18 @@ def test_k_larger_than_the_index(searcher, corpus):
     assert len(hits) == len(corpus[1]) and all(h.snippet is None for h in hits)
 
 
-def test_snippets_are_capped_and_missing_documents_tolerated(tmp_path, model):
+def test_snippets_are_capped_and_come_from_the_run_not_the_corpus(tmp_path, model):
     corpus = tmp_path / "corpus"
     write_corpus(corpus, 2, seed=52, min_words=150, max_words=160)
     out = run_corpus(model, corpus, tmp_path / "out", chunk_len=512)
     text = (corpus / "doc000.txt").read_text()
     hits = search(out, text, k=2, pooling="mean", mode="dense")
     assert hits[0].doc_id == "doc000.txt" and len(hits[0].snippet) == 200 and hits[0].snippet.endswith("…")
-    (corpus / "doc001.txt").unlink()
-    hits = search(out, text, k=2, pooling="mean", mode="dense")
-    assert {h.doc_id: h.snippet for h in hits}["doc001.txt"] is None
-    assert "(text unavailable)" in format_hits(hits)
+    (corpus / "doc001.txt").unlink()  # the texts are the run's stored tokens, in the lexical index
+    again = search(out, text, k=2, pooling="mean", mode="dense")
+    assert [h.snippet for h in again] == [h.snippet for h in hits] and all(h.snippet for h in hits)
+    missing = Hit(1, 0.5, "gone.txt", 0, 0, 10, None, {"dense": 1})
+    assert "(text unavailable)" in format_hits([missing])
 
 
 def test_cli_search_prints_a_ranked_table(out, corpus, capsys):
