@@ -17,9 +17,9 @@ if TYPE_CHECKING:  # importing the pooling names must not import torch (fast sea
     from docstream.model.state import State
 
 POOLINGS = ("last", "mean", "state")
-#: chosen by bench/retrieval_eval.py (recall@10 0.24 for "mean", 0.20 "state", 0.14 "last" on held-out
-#: passages; see bench/RESULTS.md), measured with random weights; the built-in trained model's numbers
-#: are in bench/RESULTS.md under retrieval.
+#: the run's own vectors that search uses when asked for them (``--pooling``): chosen with random weights by an
+#: earlier bench/retrieval_eval.py (recall@10 0.24 for "mean", 0.20 "state", 0.14 "last"); search's default
+#: dense vectors are now an embedder's (docstream.tasks.embedder), see bench/RESULTS.md, "Retrieval"
 DEFAULT_POOLING = "mean"
 
 
