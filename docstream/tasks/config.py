@@ -83,7 +83,8 @@ class IndexConfig(BaseModel):
                                                           "embedder, or the run's own last/mean/state vectors")
     embedder: Path | None = Field(None, description="embedder checkpoint (with its embedder.json) for pooling "
                                                     "'embedder' (default: the built-in one)")
-    lexical: bool = Field(True, description="also update the lexical (BM25) index (--no-lexical: only the dense one)")
+    lexical: bool = Field(True, description="update the lexical (BM25) index as well (--no-lexical: the dense one "
+                                            "only)")
     factory: str = Field("Flat", description="FAISS index factory: Flat, IVF64,Flat, HNSW32, IVF16,PQ8, ...")
     metric: Metric = Field("cosine", description="how vectors are compared")
     rebuild: bool = Field(False, description="replace an existing index instead of extending it")

@@ -136,7 +136,7 @@ class Searcher:
         return self._encode(list(texts))
 
     def search(self, query: str, k: int = 10, snippets: bool = True) -> list[Hit]:
-        """The ``k`` chunks that best answer ``query``, best first."""
+        """The ``k`` chunks that best answer ``query``, best first (none for a blank query)."""
         return self.search_many([query], k, snippets)[0]
 
     def search_many(self, queries: Sequence[str], k: int = 10, snippets: bool = True) -> list[list[Hit]]:
@@ -145,6 +145,8 @@ class Searcher:
 
         if isinstance(queries, str):
             raise ValueError("search_many takes a list of queries; use search() for one")
+        if not all(isinstance(query, str) for query in queries):
+            raise ValueError("search_many takes a list of query strings")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         depth = max(k, self.depth) if self.mode == "hybrid" else k
@@ -170,9 +172,14 @@ class Searcher:
                  for rank, (c, score, ranks) in enumerate(hits, 1)] for hits in results]
 
     def _dense_rankings(self, queries: Sequence[str], depth: int) -> list[list[tuple[ChunkId, float]]]:
-        vectors = self.encode(queries)
-        ranked = self.index.search(vectors, depth, self.params)
-        return [[(self.index.ids.row(i), score) for i, score in row] for row in ranked]
+        """Each query's chunks by vector, best first; none for a blank query (it means nothing to embed)."""
+        asked = [i for i, query in enumerate(queries) if query.strip()]
+        found: list[list[tuple[ChunkId, float]]] = [[] for _ in queries]
+        if asked:
+            ranked = self.index.search(self.encode([queries[i] for i in asked]), depth, self.params)
+            for i, row in zip(asked, ranked):
+                found[i] = [(self.index.ids.row(j), score) for j, score in row]
+        return found
 
     def _texts(self, chunks: set[ChunkId]) -> dict[ChunkId, str]:
         """The texts of ``chunks``: from the lexical index when there is one, else from the run's corpus

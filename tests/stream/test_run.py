@@ -201,9 +201,10 @@ def test_cli_run_and_badrun_config(model_path, tmp_path):
     assert ok.returncode == 0, ok.stderr
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["settings"]["chunk_len"] == 32 and saved["settings"]["batch_size"] == 2
-    # the command line brings the run's FAISS index up to date: one vector per committed chunk
-    meta = json.loads((tmp_path / "out" / "index" / "mean" / "meta.json").read_text())
-    assert meta["count"] == RunStore(tmp_path / "out").read_table("embeddings").num_rows
+    # the command line brings the search indexes up to date: one vector and one text per committed chunk
+    chunks = RunStore(tmp_path / "out").read_table("embeddings").num_rows
+    for index in ("embedder", "lexical"):
+        assert json.loads((tmp_path / "out" / "index" / index / "meta.json").read_text())["count"] == chunks
     cfg.write_text("chunk_len: -3\n")
     bad = subprocess.run(base + ["--out", str(tmp_path / "out2"), "--config", str(cfg),
                                  "--tokenizer", str(default_world_vocab_path())],

@@ -77,8 +77,12 @@ def test_each_mode_uses_its_retrievers_only(out):
 
 def test_search_many_equals_one_query_at_a_time(out):
     searcher = Searcher(out)
-    queries = ["river stone", f"{KEYWORD} garden", "quiet morning paper", "!!!"]
-    assert searcher.search_many(queries, k=4) == [searcher.search(q, k=4) for q in queries]
+    queries = ["river stone", f"{KEYWORD} garden", "", "quiet morning paper", "!!!", "  \n"]
+    found = searcher.search_many(queries, k=4)
+    assert found == [searcher.search(q, k=4) for q in queries]
+    assert found[2] == found[5] == [] and all(found[i] for i in (0, 1, 3))
+    for mode in ("dense", "lexical"):
+        assert Searcher(out, mode=mode).search("   ", k=3) == []
 
 
 def test_encode_gives_the_vectors_the_index_holds(out):
