@@ -45,7 +45,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from docstream.commands.search import update_indexes
         from docstream.tasks.config import IndexConfig
 
-        lines = update_indexes(config.out, IndexConfig(), progress=not config.quiet)
+        # the embedder runs where the run's model ran (a Ray driver may have no GPU: there, on its CPU)
+        device = config.device if config.engine == "local" else "cpu"
+        lines = update_indexes(config.out, IndexConfig(), progress=not config.quiet, device=device)
         report["index"] = lines
         if not config.quiet:
             print("\n".join(lines))

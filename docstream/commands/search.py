@@ -112,9 +112,9 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def update_indexes(out: str | Path, config: IndexConfig, progress: bool = False) -> list[str]:
+def update_indexes(out: str | Path, config: IndexConfig, progress: bool = False, device: str = "cpu") -> list[str]:
     """Bring the run's lexical index (unless ``config.lexical`` is off) and its ``config.pooling`` dense index up
-    to date; one line per index saying what was done."""
+    to date (an embedder embeds on ``device``); one line per index saying what was done."""
     from docstream.tasks.index import update_index
 
     lines = []
@@ -125,7 +125,7 @@ def update_indexes(out: str | Path, config: IndexConfig, progress: bool = False)
         lines.append(f"lexical index in {lexical.path}: {lexical.meta.count} chunks, {lexical.added} added, "
                      f"up to commit {lexical.meta.seq}")
     result = update_index(out, config.pooling, config.factory, config.metric, rebuild=config.rebuild,
-                          progress=progress, embedder=config.embedder)
+                          progress=progress, embedder=config.embedder, device=device)
     meta = result.meta
     lines.append(f"{meta.pooling} index {meta.factory!r} ({meta.metric}, {meta.dimension}-d) in {result.path}: "
                  f"{meta.count} vectors, {result.added} added, up to commit {meta.seq}")
