@@ -17,7 +17,6 @@ window is the nearest of all held-out second halves to its first half (1 / eval_
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +46,10 @@ from docstream.train.loop import (
     _resume,
     _save,
     _tokenizer,
-    learning_rate,
+    apply_gradients,
+    finite_loss,
     make_optimizer,
+    set_learning_rate,
 )
 from docstream.train.pairs import (
     Pair,
@@ -161,26 +162,18 @@ def _loop(config: TrainConfig, model: RWKVModel, optimizer: torch.optim.Optimize
     train_spec = spec.model_copy(update={"max_tokens": config.ctx_len})
     while step < config.max_steps:
         started = time.perf_counter()
-        lr = learning_rate(config, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
+        lr = set_learning_rate(optimizer, config, step)
         pairs = sampler.batch(step, config.batch_size)
         sides = [p[0] for p in pairs] + [p[1] for p in pairs]
         # both sides in length-sorted groups of batch_size: each group is padded to its own longest span
         vectors = pooled_lists(model, sides, train_spec, config.batch_size)  # [2B, C]
         a, b = vectors[:len(pairs)], vectors[len(pairs):]
         loss = info_nce(a, b, config.temperature)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
-        optimizer.step()
+        grad_norm = apply_gradients(model, optimizer, loss, config)
         step += 1
         seconds = time.perf_counter() - started
         elapsed += seconds
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise RuntimeError(f"training diverged at step {step}: loss {loss_value}; lower lr (now {config.lr}) "
-                               f"and resume from the last checkpoint in {config.out}")
+        loss_value = finite_loss(loss, step, config)
         record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                                   "batch_recall1": recall_at_1(a.detach(), b.detach()),
                                   "pairs": step * config.batch_size, "step_tokens": sum(map(len, sides)),

@@ -108,6 +108,34 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr_final + 0.5 * (config.lr - config.lr_final) * (1 + math.cos(math.pi * progress))
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) -> float:
+    """Set the schedule's learning rate of ``step`` on every parameter group (times its ``lr_scale``); returns it."""
+    lr = learning_rate(config, step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+    return lr
+
+
+def apply_gradients(model: RWKVModel, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                    config: TrainConfig) -> float:
+    """Back-propagate ``loss``, clip the gradients to norm ``config.grad_clip`` and take an optimizer step;
+    returns the gradient norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
+    optimizer.step()
+    return grad_norm
+
+
+def finite_loss(loss: torch.Tensor, step: int, config: TrainConfig) -> float:
+    """``loss`` as a float; ``RuntimeError`` saying what to do when it is NaN or infinite (training diverged)."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise RuntimeError(f"training diverged at step {step}: loss {value}; lower lr (now {config.lr}) "
+                           f"and resume from the last checkpoint in {config.out}")
+    return value
+
+
 def new_rwkv7(config: TrainConfig, vocab_size: int) -> RWKVModel:
     """A new RWKV-7 of the configured shape (default widths of :meth:`ModelConfig.new`), initialized
     as the RWKV authors initialize one."""
@@ -288,24 +316,16 @@ def _loop(config: TrainConfig, model: RWKVModel, optimizer: torch.optim.Optimize
     loss_value = log[-1]["loss"] if log else float("nan")
     while step < config.max_steps:
         started = time.perf_counter()
-        lr = learning_rate(config, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
+        lr = set_learning_rate(optimizer, config, step)
         inputs, targets = batches.batch(step)
         with autocast:
             logits, _ = model.forward_train(inputs.to(config.device))
         loss = F.cross_entropy(logits.float().view(-1, vocab), targets.to(config.device).reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
-        optimizer.step()
+        grad_norm = apply_gradients(model, optimizer, loss, config)
         step += 1
         seconds = time.perf_counter() - started
         elapsed += seconds
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise RuntimeError(f"training diverged at step {step}: loss {loss_value}; lower lr (now {config.lr}) "
-                               f"and resume from the last checkpoint in {config.out}")
+        loss_value = finite_loss(loss, step, config)
         record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                                   "tokens": step * tokens_per_step, "seconds": round(elapsed, 3)}
         if step % config.eval_every == 0 or step == config.max_steps:
