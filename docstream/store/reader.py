@@ -7,6 +7,8 @@ never depend on the storage format.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,6 +81,13 @@ def read_run_config(out: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{str(out)!r} has no config.json, so it is not the output directory of a "
                                 f"docstream run; pass the --out directory of `docstream run`")
     return config
+
+
+def run_identity(out: str | Path) -> str:
+    """A digest of the run's identity (settings that shape its vectors, model and tokenizer fingerprints): what
+    an index records of the run it was built from."""
+    identity = read_run_config(out)["identity"]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def run_settings(out: str | Path) -> RunConfig:

@@ -216,6 +216,12 @@ class RunStore:
         found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _RECORD_NAME.match(p.name))]
         return sorted(found)
 
+    def newest_record(self) -> int:
+        """The number of the newest commit record file (0 when there is none), from the file names alone: a
+        cheap check of whether something derived from the run is up to date. Reading the records
+        (:meth:`commit_records`) is what checks them."""
+        return max((seq for seq, _ in self._record_paths()), default=0)
+
     def scan_records(self) -> tuple[list[dict[str, Any]], list[Problem]]:
         """Every readable commit record in order, and each problem of the record sequence: a gap, an
         unreadable record, or a ``commits/LATEST`` that disagrees with the records (a missing newest

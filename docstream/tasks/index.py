@@ -46,7 +46,7 @@ from docstream.store.reader import (
     EmbeddingRows,
     check_pooling,
     read_embeddings,
-    read_run_config,
+    run_identity,
 )
 from docstream.tasks.embedder import EmbedderFiles
 from docstream.tasks.index_files import (
@@ -519,9 +519,3 @@ class _VectorSource:
 def embedder_identity(identity: str, embedder: str) -> str:
     """The identity an embedder index records: the run's identity digest joined with the embedder's fingerprint."""
     return hashlib.sha256(f"{identity}:{embedder}".encode()).hexdigest()
-
-
-def run_identity(out: str | Path) -> str:
-    """A digest of the run's identity (settings that shape its vectors, model and tokenizer fingerprints)."""
-    identity = read_run_config(out)["identity"]
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

@@ -23,7 +23,6 @@ Loading and searching import neither pyarrow nor torch: a command-line query sta
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -313,15 +312,6 @@ def check_lexical(out: str | Path, run_seq: int | None = None, identity: str | N
 # Updating
 
 
-def run_identity(out: str | Path) -> str:
-    """The run's identity digest, as :func:`docstream.tasks.index.run_identity` computes it (that module
-    imports FAISS, which the lexical index does not need)."""
-    from docstream.store.reader import read_run_config
-
-    identity = read_run_config(out)["identity"]
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
 def update_lexical(out: str | Path, rebuild: bool = False, progress: bool = False) -> LexicalUpdate:
     """Bring the lexical index of the run at ``out`` up to the run's latest commit.
 
@@ -335,9 +325,7 @@ def update_lexical(out: str | Path, rebuild: bool = False, progress: bool = Fals
         DiskFullError: the disk filled up; the previous generation is intact and no temp directory is left.
         FileNotFoundError: ``out`` is not a run's output directory.
     """
-    from docstream.store.reader import (
-        last_seq,  # these read Parquet: only updates pay for pyarrow
-    )
+    from docstream.store.reader import last_seq, run_identity  # these import pyarrow: only updates pay for it
     from docstream.tasks.chunk_text import read_chunk_texts
 
     identity = run_identity(out)

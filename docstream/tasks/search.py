@@ -273,14 +273,13 @@ def _open_lexical(out: Path, update: bool) -> LexicalIndex:
 
 
 def newest_commit(out: str | Path) -> int:
-    """The number of the run's newest commit record, from the names in ``commits/`` alone (a cheap check of
-    whether an index is up to date; reading the records themselves is what an update does)."""
-    directory = Path(out) / "commits"
+    """The number of the run's newest commit record (see :meth:`RunStore.newest_record`)."""
+    from docstream.store.run_store import RunStore
+
     if not (Path(out) / "config.json").is_file():
         raise FileNotFoundError(f"{str(out)!r} is not a docstream run folder (no config.json); pass the --out "
                                 f"of a `docstream run`")
-    names = (p.name for p in directory.iterdir()) if directory.is_dir() else ()
-    return max((int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()), default=0)
+    return RunStore(out).newest_record()
 
 
 def _lexical_texts(lexical: LexicalIndex, chunks: set[ChunkId]) -> dict[ChunkId, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from docstream.corpus.chunk_id import ChunkIdColumns
-from docstream.store.reader import last_seq
+from docstream.store.reader import last_seq, run_identity
 from docstream.tasks import chunk_text, lexical
 from docstream.tasks.index_files import IndexDamagedError
 from docstream.tasks.lexical import (
@@ -201,7 +201,7 @@ def test_garbled_meta_and_index_of_another_run(copy, out):
     path.write_text(json.dumps(dict(fields, run_identity="0" * 64)))
     with pytest.raises(ValueError, match="built from a run with other settings"):
         update_lexical(copy)
-    assert check_lexical(copy, identity=lexical.run_identity(copy))[0][1].startswith("was built from another run")
+    assert check_lexical(copy, identity=run_identity(copy))[0][1].startswith("was built from another run")
     path.write_text(json.dumps(dict(fields, seq=fields["seq"] + 5)))
     with pytest.raises(IndexDamagedError, match=r"includes commit \d+ but the run's newest commit is \d+ \(the run folder was rewritten\)"):
         update_lexical(copy)
