@@ -2,9 +2,12 @@
 checkpoint, small corpora of random sentences, quick runs, and the guard of the compiled-kernel tests."""
 from __future__ import annotations
 
+import json
 import os
 import random
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 
@@ -92,3 +95,13 @@ def load_or_skip(load: Callable[[], ModuleType], what: str) -> ModuleType:
     if os.environ.get(REQUIRE_KERNELS) == "1":
         pytest.fail(f"{what} could not be built, and {REQUIRE_KERNELS}=1 requires them:\n{err}", pytrace=False)
     pytest.skip(f"{what} unavailable: {err.reason} (set {REQUIRE_KERNELS}=1 to fail instead)")
+
+
+def imported_by(code: str, modules: Iterable[str]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has imported after running ``code`` (from the repository root),
+    sorted; ``code`` must succeed. How the tests check that a fast path stays free of torch and friends."""
+    probe = (f"{code}\nimport json as _json, sys as _sys\n"
+             f"print(_json.dumps(sorted(m for m in {tuple(modules)!r} if m in _sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
