@@ -78,6 +78,8 @@ META_NAME = "meta.json"
 META_FORMAT = 2
 #: vectors added to an index per call, so progress shows on large updates
 ADD_BATCH = 65536
+#: chunk texts an embedder embeds per call of an update (the progress bar moves this often)
+EMBED_BATCH = 1024
 _FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 
@@ -508,8 +510,8 @@ class _VectorSource:
         if len(chunks):
             embedder, pieces = PassageEmbedder(self.files, self.device), []
             with tqdm(total=len(chunks), unit="chunk", desc="embedding chunks", disable=not self.progress) as bar:
-                for start in range(0, len(chunks), ADD_BATCH // 64):
-                    pieces.append(embedder.embed(chunks.texts[start:start + ADD_BATCH // 64]))
+                for start in range(0, len(chunks), EMBED_BATCH):
+                    pieces.append(embedder.embed(chunks.texts[start:start + EMBED_BATCH]))
                     bar.update(len(pieces[-1]))
             vectors = np.concatenate(pieces)
         rows = EmbeddingRows(*chunks.rows.ids(), vectors)
