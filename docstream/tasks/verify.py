@@ -216,8 +216,7 @@ def _repair(out: Path, pooling: str, rebuild: bool) -> str | Problem:
     try:
         result = update_index(out, pooling, factory, metric, rebuild=rebuild, embedder=embedder)
     except (OSError, ValueError) as err:
-        return Problem(str(directory), f"could not be {'rebuilt' if rebuild else 'updated'}: {err}",
-                       f"repair the run's own files first, then run `docstream verify --run {out} --repair` again")
+        return _not_repaired(out, directory, rebuild, err)
     return (f"{directory}: {'rebuilt' if rebuild else 'updated'} ({result.meta.factory}, {result.meta.metric}): "
             f"{result.meta.count} vectors up to commit {result.meta.seq}")
 
@@ -229,10 +228,15 @@ def _repair_lexical(out: Path, rebuild: bool) -> str | Problem:
     try:
         result = update_lexical(out, rebuild=rebuild)
     except (OSError, ValueError) as err:
-        return Problem(str(directory), f"could not be {'rebuilt' if rebuild else 'updated'}: {err}",
-                       f"repair the run's own files first, then run `docstream verify --run {out} --repair` again")
+        return _not_repaired(out, directory, rebuild, err)
     done = "rebuilt" if rebuild else "updated"
     return f"{directory}: {done}: {result.meta.count} chunks up to commit {result.meta.seq}"
+
+
+def _not_repaired(out: Path, directory: Path, rebuild: bool, err: Exception) -> Problem:
+    """The problem of an index that an update or rebuild failed on (the run's own files come first)."""
+    return Problem(str(directory), f"could not be {'rebuilt' if rebuild else 'updated'}: {err}",
+                   f"repair the run's own files first, then run `docstream verify --run {out} --repair` again")
 
 
 def _counts(out: Path) -> tuple[int, int]:
