@@ -98,7 +98,7 @@ class PassageEmbedder:
         space, so every chunk gets a vector."""
         from docstream.model.embedding import embed_tokens
 
-        tokens = [self.tokenizer.encode(text or " ")[:self.files.spec.max_tokens] for text in texts]
+        tokens = [self.tokenizer.encode(text or " ") for text in texts]  # embed_tokens keeps the first max_tokens
         return embed_tokens(self.model, tokens, self.files.spec, self.batch_size)
 
 
