@@ -205,6 +205,8 @@ def main() -> int:
     parser.add_argument("--skip-compile-check", action="store_true",
                         help="skip step 1 (on a GPU machine the builds of step 2 compile the same sources)")
     parser.add_argument("--junit", help="write the GPU tests' JUnit XML report here")
+    parser.add_argument("--only", action="append", choices=["build", "tests", "timing"],
+                        help="with a GPU: run only these steps of step 2 (repeatable; default all three)")
     args = parser.parse_args()
 
     nvcc = find_nvcc()
@@ -220,17 +222,21 @@ def main() -> int:
         print(f"no usable GPU (torch {torch.__version__}, CUDA {torch.version.cuda}): stopping after the compile check")
         return 0
 
-    print(f"\nbuilding the extensions on {torch.cuda.get_device_name()} "
-          f"(torch {torch.__version__}, CUDA {torch.version.cuda})")
-    if not prebuild():
-        return 1
-
-    print("\npytest -m gpu tests/kernels tests/model/test_gpu.py", flush=True)
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "tests/kernels", "tests/model/test_gpu.py"]
-    if args.junit:
-        cmd.append(f"--junitxml={args.junit}")
-    rc = subprocess.run(cmd, cwd=ROOT, check=False).returncode
-    time_cuda_ops()
+    steps = set(args.only or ("build", "tests", "timing"))
+    if "build" in steps:
+        print(f"\nbuilding the extensions on {torch.cuda.get_device_name()} "
+              f"(torch {torch.__version__}, CUDA {torch.version.cuda})", flush=True)
+        if not prebuild():
+            return 1
+    rc = 0
+    if "tests" in steps:
+        print("\npytest -m gpu tests/kernels tests/model/test_gpu.py", flush=True)
+        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "tests/kernels", "tests/model/test_gpu.py"]
+        if args.junit:
+            cmd.append(f"--junitxml={args.junit}")
+        rc = subprocess.run(cmd, cwd=ROOT, check=False).returncode
+    if "timing" in steps:
+        time_cuda_ops()
     return rc
 
 

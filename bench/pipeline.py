@@ -55,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--code", default=str(ROOT), help="docstream checkout to measure (default: this one)")
     p.add_argument("--work", default=None, help="scratch folder (default: a temp folder, removed after)")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
+    p.add_argument("--json-out", help="write the results as JSON to this file (after each configuration)")
     return p.parse_args()
 
 
@@ -272,6 +273,8 @@ def main() -> None:
                         c["disk_mb_s"] = disk_rate(work, c["bytes_written"], c["largest_part"])
                 results.append(entry)
                 report(entry)
+                if args.json_out:
+                    Path(args.json_out).write_text(json.dumps(results, indent=1))
             del model
     finally:
         if not args.work:
