@@ -85,6 +85,17 @@ session() {  # everything, most important first; logs in $OUT/session.log, resul
     return $rc
 }
 
+recheck() {  # a second, short lease: the pipeline ratio after a change, and one variant
+    nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
+    limited 200 python3 bench/pipeline.py --model 169m --device cuda --dtype bf16 --batch-size 16 --batch-size 64 \
+        --tokens 1000000 --repeats 2 --work /tmp/docstream-pipeline --json-out "$OUT/pipeline-169m.json"
+    limited 100 python3 bench/pipeline.py --model 169m --device cuda --dtype bf16 --batch-size 16 \
+        --tokens 1000000 --repeats 2 --switch-interval 0.0005 --work /tmp/docstream-pipeline \
+        --json-out "$OUT/pipeline-169m-si.json"
+    echo "=== recheck done in $((SECONDS - START)) s"
+    return $rc
+}
+
 profile() {
     python3 bench/profile_gpu.py --version 7 --shape 169m 2>&1 | tee "$OUT/profile.log" || rc=1
 }
@@ -96,6 +107,7 @@ for stage in "${@:-all}"; do
         profile) profile ;;
         pipeline) pipeline ;;
         session) session 2>&1 | tee "$OUT/session.log" || rc=1 ;;
+        recheck) recheck 2>&1 | tee "$OUT/recheck.log" || rc=1 ;;
         all) check; streaming 169m; streaming 1.5b ;;
         *) echo "usage: bash bench/gpu_session.sh [check|169m|1.5b|profile|pipeline|session|all]..." >&2; exit 2 ;;
     esac

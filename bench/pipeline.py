@@ -55,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--code", default=str(ROOT), help="docstream checkout to measure (default: this one)")
     p.add_argument("--work", default=None, help="scratch folder (default: a temp folder, removed after)")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
+    p.add_argument("--switch-interval", type=float, default=None,
+                   help="Python's thread switch interval in seconds for the runs (default: Python's, 0.005)")
     p.add_argument("--json-out", help="write the results as JSON to this file (after each configuration)")
     return p.parse_args()
 
@@ -173,7 +175,11 @@ def model_only(model, shapes: list[tuple[int, int]], repeats: int) -> dict:
     batches = [torch.randint(0, model.config.vocab_size, shape, generator=g).to(model.device) for shape in shapes]
     n_tokens = sum(b * t for b, t in shapes)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    with torch.no_grad():
+    try:  # the ids are valid: no device read of them per forward (as in a run); older checkouts lack it
+        from docstream.model.base import tokens_checked
+    except ImportError:
+        from contextlib import nullcontext as tokens_checked
+    with torch.no_grad(), tokens_checked():
         best = float("inf")
         for _ in range(repeats):
             sync()
@@ -238,6 +244,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     import docstream
     from docstream.model import load_model
 
@@ -248,7 +256,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"docstream {docstream.__file__}  torch {torch.__version__}  device {device} "
           f"({torch.cuda.get_device_name() if device.startswith('cuda') else platform.processor() or 'cpu'}) "
-          f"{dtype}  threads {torch.get_num_threads()}  cpus {os.cpu_count()}  load {os.getloadavg()[0]:.2f}")
+          f"{dtype}  threads {torch.get_num_threads()}  switch interval {sys.getswitchinterval()}  cpus {os.cpu_count()}  load {os.getloadavg()[0]:.2f}")
     results = []
     try:
         for name in args.model or ["default"]:

@@ -7,8 +7,9 @@ checkpoint layout and a checkpoint loads with ``load_state_dict`` as it is. Each
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -42,6 +43,29 @@ STEP_MAX_ROWS = 64
 #: step (None: torch's products); :data:`_NOT_STEPPING` outside a step
 _NOT_STEPPING = object()
 _STEP_KERNEL: contextvars.ContextVar = contextvars.ContextVar("docstream_step_kernel", default=_NOT_STEPPING)
+#: set (by :func:`tokens_checked`) while a caller that has range-checked its token ids on the host runs
+#: forwards: the model then does not check them again. On a GPU that check reads the tensor's min and
+#: max, which waits for all the work queued before it (one host sync per forward, so the host could
+#: never launch a forward while the previous one runs).
+_TOKENS_CHECKED: contextvars.ContextVar = contextvars.ContextVar("docstream_tokens_checked", default=False)
+
+
+@contextlib.contextmanager
+def tokens_checked() -> Iterator[None]:
+    """Forwards inside this block trust that their token ids are in the vocabulary (checked by the
+    caller with :func:`check_token_range`, on the host): no device sync per forward."""
+    reset = _TOKENS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _TOKENS_CHECKED.reset(reset)
+
+
+def check_token_range(lo: int, hi: int, vocab_size: int) -> None:
+    """``ValueError`` naming the first id outside ``[0, vocab_size)`` of ids spanning ``lo..hi``."""
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"token id {bad} is outside the model's vocabulary [0, {vocab_size})")
 
 
 def matmul(x: Tensor, w: Tensor) -> Tensor:
@@ -300,10 +324,8 @@ class RWKVModel(nn.Module):
                              f"lists of ints, got shape {tuple(tokens.shape)}")
         if tokens.dtype not in (torch.long, torch.int32, torch.int64):
             raise ValueError(f"tokens must be integers, got {tokens.dtype}")
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= self.config.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"token id {bad} is outside the model's vocabulary [0, {self.config.vocab_size})")
+        if not _TOKENS_CHECKED.get():
+            check_token_range(int(tokens.min()), int(tokens.max()), self.config.vocab_size)
         return tokens.to(self.device, torch.long)
 
     def _check_state(self, state: State, batch_size: int) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from docstream.model.base import Hidden, RWKVModel
+from docstream.model.base import Hidden, RWKVModel, check_token_range, tokens_checked
 from docstream.model.state import State
 
 #: what a feed returns besides the states: nothing, the logits after the last token, or after every token
@@ -71,16 +71,22 @@ def forward_groups(model: RWKVModel, rows: Sequence[Sequence[int]], states: Stat
             raise ValueError(f"token row {i} is empty; every row needs at least one token")
         groups.setdefault(len(row), []).append(i)
     for members in groups.values():
-        tokens = torch.from_numpy(np.stack([np.asarray(rows[i], dtype=np.int64) for i in members]))
+        ids = np.stack([np.asarray(rows[i], dtype=np.int64) for i in members])
+        # checked here, on the host: the model's own check would wait for the device's queued work
+        check_token_range(int(ids.min()), int(ids.max()), model.config.vocab_size)
+        tokens = torch.from_numpy(ids)
         if on_cuda(model):  # pinned and non-blocking: the host does not wait for the work already queued
             tokens = tokens.pin_memory().to(model.device, non_blocking=True)
         state = _gather(states, members)
+        with tokens_checked():
+            if hidden:
+                out = model.forward_hidden(tokens, state)
+            else:
+                # the last position's logits cost one head product per row; computed even when unused
+                out, new = model.forward(tokens, state, all_logits=logits == "all")
         if hidden:
-            out = model.forward_hidden(tokens, state)
             yield Batch(members, tokens, out.state, hidden=out)
         else:
-            # the last position's logits cost one head product per row; computed even when unused
-            out, new = model.forward(tokens, state, all_logits=logits == "all")
             yield Batch(members, tokens, new, out if logits else None)
 
 

@@ -94,3 +94,32 @@ def test_feed_chunks_takes_token_chunks_and_gives_them_back(model):
 def test_caller_mistakes_are_value_errors(model, call, message):
     with pytest.raises(ValueError, match=message):
         call(model)
+
+
+@pytest.mark.parametrize("bad", [-1, VOCAB, VOCAB + 7])
+def test_token_ids_are_checked_on_the_host_before_any_forward(model, bad, monkeypatch):
+    rows = [[1, 2, 3], [4, bad, 6]]
+    calls = []
+    monkeypatch.setattr(model, "forward_hidden", lambda *a, **k: calls.append(a))
+    with pytest.raises(ValueError, match=f"token id {bad} is outside the model's vocabulary"):
+        list(forward_groups(model, rows, model.init_state(2), hidden=True))
+    assert calls == []  # rejected before the model ran
+
+
+def test_forwards_of_checked_rows_never_read_the_token_tensor(model, monkeypatch):
+    # the model's own range check reads tokens.min()/max(): on a GPU that waits for all queued work,
+    # so forward_groups checks on the host and the model must not check again
+    rows = _rows([5, 5, 3])
+    want = [(b.rows, b.hidden.last.clone()) for b in forward_groups(model, rows, model.init_state(3), hidden=True)]
+    reads = []
+    for name in ("min", "max"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _f=original, _n=name, **k: reads.append(_n) or _f(t, *a, **k))
+    got = [(b.rows, b.hidden.last) for b in forward_groups(model, rows, model.init_state(3), hidden=True)]
+    assert reads == []
+    assert [r for r, _ in got] == [r for r, _ in want]
+    assert all(torch.equal(g, w) for (_, g), (_, w) in zip(got, want))
+    # outside forward_groups a forward still checks its tokens itself
+    with pytest.raises(ValueError, match=f"token id {VOCAB} is outside"):
+        model.forward_hidden(torch.tensor([[1, VOCAB]]))
+    assert reads  # ... by reading them
