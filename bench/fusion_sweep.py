@@ -1,0 +1,112 @@
+"""How the lexical and dense rankings are fused: weighted reciprocal rank fusion against convex
+combinations of normalized scores, on the collections of ``bench/retrieval_eval.py``.
+
+For each collection it reuses (or makes) the run that ``retrieval_eval.py`` makes, asks docstream's
+``Searcher`` for the lexical (BM25) and the dense (built-in embedder) chunk hits of every query with their
+scores (``--depth`` each), and fuses them offline in several ways:
+
+* ``rrf-W``: what hybrid search does, ``1 / (60 + rank)`` summed, the dense ranking weighted ``W``;
+* ``cc-minmax-A`` / ``cc-z-A``: ``A * lexical + (1 - A) * dense`` of scores normalized per query (min-max
+  over each retriever's list, or z-scores); a chunk one retriever did not return takes that list's lowest
+  normalized score (the convex combination of Bruch, Gai and Ingber, "An Analysis of Fusion Functions for
+  Hybrid Retrieval", 2022).
+
+Documents are ranked by their best chunk, as in ``retrieval_eval.py``; the table gives recall@10 / nDCG@10.
+A variant is chosen on ``docstrings-dev`` only; the other collections are the test.
+
+    python bench/fusion_sweep.py --collection bench/out/beir/readmes --collection bench/out/beir/pydoc \\
+        --collection bench/out/beir/debian --collection bench/out/beir/docstrings-dev
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from retrieval_eval import metrics, prepare_run, read_collection  # noqa: E402
+
+Hits = list[tuple[tuple[str, int], float]]
+
+
+def hits(out: Path, queries: list[str], depth: int) -> tuple[list[Hits], list[Hits]]:
+    """Each query's lexical and dense chunk hits, ((doc id, chunk index), score), best first."""
+    from docstream.tasks.search import Searcher
+
+    def ranked(searcher: Searcher) -> list[Hits]:
+        found = searcher.search_many(queries, k=depth, snippets=False)
+        return [[((h.doc_id, h.chunk_index), h.score) for h in row] for row in found]
+
+    return ranked(Searcher(out, mode="lexical")), ranked(Searcher(out, mode="dense", pooling="embedder"))
+
+
+def rrf(lexical: Hits, dense: Hits, weight: float, k: int = 60) -> list:
+    score: dict = {}
+    for w, found in ((1.0, lexical), (weight, dense)):
+        for rank, (chunk, _) in enumerate(found, 1):
+            score[chunk] = score.get(chunk, 0.0) + w / (k + rank)
+    return sorted(score, key=lambda chunk: -score[chunk])
+
+
+def normalized(found: Hits, how: str) -> dict:
+    values = [s for _, s in found]
+    if not values:
+        return {}
+    if how == "minmax":
+        lo, hi = min(values), max(values)
+        return {c: (s - lo) / (hi - lo) if hi > lo else 1.0 for c, s in found}
+    mean = sum(values) / len(values)
+    sd = (sum((s - mean) ** 2 for s in values) / len(values)) ** 0.5 or 1.0
+    return {c: (s - mean) / sd for c, s in found}
+
+
+def convex(lexical: Hits, dense: Hits, alpha: float, how: str) -> list:
+    lex, den = normalized(lexical, how), normalized(dense, how)
+    lex_floor, den_floor = min(lex.values(), default=0.0), min(den.values(), default=0.0)
+    score = {c: alpha * lex.get(c, lex_floor) + (1 - alpha) * den.get(c, den_floor) for c in set(lex) | set(den)}
+    return sorted(score, key=lambda chunk: (-score[chunk], chunk))
+
+
+def variants() -> dict[str, Callable[[Hits, Hits], list]]:
+    out: dict[str, Callable[[Hits, Hits], list]] = {
+        "lexical": lambda lex, den: [c for c, _ in lex], "dense": lambda lex, den: [c for c, _ in den]}
+    for weight in (0.1, 0.2, 0.5):
+        out[f"rrf-{weight}"] = lambda lex, den, w=weight: rrf(lex, den, w)
+    for how in ("minmax", "z"):
+        for alpha in (0.5, 0.6, 0.7, 0.8, 0.9):
+            out[f"cc-{how}-{alpha}"] = lambda lex, den, a=alpha, h=how: convex(lex, den, a, h)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--collection", type=Path, action="append", required=True)
+    p.add_argument("--work", type=Path, default=Path("bench/out/retrieval"), help="runs, as retrieval_eval.py")
+    p.add_argument("--depth", type=int, default=100, help="chunk hits asked of each retriever")
+    args = p.parse_args()
+    run_args = argparse.Namespace(model=None, tokenizer=None, chunk_len=256, work=args.work)
+    table: dict[str, list[str]] = {name: [] for name in variants()}
+    names = []
+    for directory in args.collection:
+        collection = read_collection(directory)
+        qids = sorted(collection.queries)
+        queries, relevant = [collection.queries[q] for q in qids], [collection.qrels[q] for q in qids]
+        out, _ = prepare_run(collection, run_args)
+        lexical, dense = hits(out, queries, args.depth)
+        names.append(collection.name)
+        for name, fuse in variants().items():
+            ranked = [list(dict.fromkeys(chunk[0] for chunk in fuse(lex, den))) for lex, den in zip(lexical, dense)]
+            m = metrics(ranked, relevant)
+            table[name].append(f"{m['recall@10']:.3f} / {m['nDCG@10']:.3f}")
+    print("| fusion | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    for name, cells in table.items():
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
