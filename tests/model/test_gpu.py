@@ -124,3 +124,35 @@ def test_training_gradients_match_cpu(tmp_path):
     for name, g in grads["cpu"][1].items():
         scale = max(g.abs().max().item(), 1e-12)
         _close(grads["cuda"][1][name], g, tol=1e-3 * scale, what=f"grad of {name}")
+
+
+def test_captured_forward_replays_the_eager_forward(case, tmp_path):
+    # a model of its own: the capture registers with the model, and the shared one serves other tests
+    from docstream.model.base import tokens_checked
+    from docstream.model.graphs import capture_forward
+
+    path, _, _, seqs = case
+    gpu = load_model(path, device="cuda", backend="cuda")
+    assert capture_forward(gpu, 3, T) is not None  # its own check against the eager forward passed
+    _, mid = gpu.forward(seqs[:, :SPLIT].cuda())
+    for tokens, state in ((seqs, gpu.init_state(3)), (seqs.flip(1), mid)):
+        tokens = tokens.cuda()
+        eager = gpu.forward_hidden(tokens, state)  # not under tokens_checked: never replayed
+        with tokens_checked():
+            replayed = gpu.forward_hidden(tokens, state)
+        _close(replayed.last, eager.last, what="hidden")
+        _states_close(replayed.state, eager.state)
+
+
+def test_a_run_with_cuda_graphs_writes_what_an_eager_run_writes(tmp_path):
+    from docstream.stream.run import run
+    from tests.helpers import make_model, nested_corpus, run_config
+    from tests.stream.tables import assert_same_outputs, sorted_tables
+
+    model, corpus = make_model(tmp_path), nested_corpus(tmp_path / "corpus", 10, seed=4)
+    outs = {}
+    for graphs in (False, True):
+        outs[graphs] = tmp_path / f"out-{graphs}"
+        run(run_config(model, corpus, outs[graphs], device="cuda", dtype="fp32", backend="cuda",
+                       cuda_graphs=graphs))
+    assert_same_outputs(sorted_tables(outs[True]), sorted_tables(outs[False]))

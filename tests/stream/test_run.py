@@ -210,3 +210,12 @@ def test_cli_run_and_badrun_config(model_path, tmp_path):
                                  "--tokenizer", str(default_world_vocab_path())],
                          cwd=ROOT, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "chunk_len" in bad.stderr
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"device": "cpu"}, "cuda_graphs needs device 'cuda' and engine 'local' \\(got device 'cpu'"),
+    ({"device": "cuda", "engine": "ray"}, "engine 'ray'"),
+])
+def test_cuda_graphs_outside_a_local_gpu_run_is_refused_by_name(model_path, tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        run_config(model_path, tmp_path, tmp_path / "out", cuda_graphs=True, **settings)
