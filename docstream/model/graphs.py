@@ -15,9 +15,13 @@ the state is on the model's device; every other forward runs eagerly. Replays co
 static buffers and return copies of the outputs, so the results of one forward are never overwritten by
 the next.
 
-The recorded kernels are the eager forward's own, so results are the eager ones (the check allows float
-rounding only). Each captured shape keeps its buffers and the graph's memory pool until
-:func:`release_forwards`.
+Decoding is launch-bound in the same way, one token per step: :func:`enable_step_graphs` makes
+:meth:`RWKVModel.step <docstream.model.base.RWKVModel.step>` capture one graph per batch size the first
+time it steps that many rows on the GPU (checked like a forward), and replay it from then on, with the
+same ``inplace`` contract.
+
+The recorded kernels are the eager ones, so results are the eager ones (the check allows float rounding
+only). Each captured shape keeps its buffers and the graph's memory pool until :func:`release_forwards`.
 """
 from __future__ import annotations
 
@@ -31,7 +35,8 @@ from torch import Tensor
 from docstream.model.base import Hidden, RWKVModel, tokens_checked
 from docstream.model.state import State
 
-__all__ = ["CapturedForward", "capture_forward", "cuda_capture", "release_forwards"]
+__all__ = ["CapturedForward", "CapturedStep", "capture_forward", "capture_step", "cuda_capture",
+           "enable_step_graphs", "release_forwards"]
 
 #: largest relative difference between a replay and the eager forward that the check accepts
 CHECK_TOLERANCE = 1e-3
@@ -93,6 +98,7 @@ def capture_forward(model: RWKVModel, batch: int, length: int,
     case the model keeps running that shape eagerly. ``capture`` is :func:`cuda_capture` on a GPU."""
     if batch < 1 or length < 1:
         raise ValueError(f"a captured forward needs batch >= 1 and length >= 1, got [{batch}, {length}]")
+    _check_device(model, capture)
     device = model.device
     tokens = torch.zeros(batch, length, dtype=torch.long, device=device)
     static = model.init_state(batch)
@@ -113,8 +119,84 @@ def capture_forward(model: RWKVModel, batch: int, length: int,
 
 
 def release_forwards(model: RWKVModel) -> None:
-    """Drop every captured forward of ``model`` (their buffers and graph memory are freed)."""
+    """Drop every captured forward and step of ``model`` (their buffers and graph memory are freed) and
+    stop capturing steps."""
     model._captured.clear()
+    model._captured_steps.clear()
+    model._step_capture = None
+
+
+@dataclass
+class CapturedStep:
+    """``step`` of one batch size, replayed: static tokens [batch, 1] and a static state the graph
+    updates in place."""
+
+    tokens: Tensor
+    state: State
+    logits: Tensor       # [batch, V] fp32, overwritten by every replay
+    replay: Callable[[], None]
+
+    def __call__(self, tokens: Tensor, state: State, inplace: bool) -> tuple[Tensor, State]:
+        """``model.step(tokens, state, inplace)`` for ``tokens`` [batch, 1] on the model's device."""
+        self.tokens.copy_(tokens)
+        for name, part in self.state.parts().items():
+            part.copy_(state.parts()[name])
+        self.replay()
+        if inplace:
+            for name, part in state.parts().items():
+                part.copy_(self.state.parts()[name])
+            return self.logits.clone(), state
+        return self.logits.clone(), self.state.clone()
+
+
+def _eager_step(model: RWKVModel, tokens: Tensor, state: State) -> Tensor:
+    """What a step graph records: ``model.step`` in place, its token check left to the caller."""
+    with tokens_checked():
+        logits, _ = model._eager_step(tokens, state, inplace=True)
+    return logits
+
+
+def capture_step(model: RWKVModel, batch: int, capture: Capture = cuda_capture) -> CapturedStep | None:
+    """Capture ``model.step`` for ``batch`` rows and register it, after checking a replay against the eager
+    step on random tokens from a random state. None (with a warning) when capturing or the check fails."""
+    if batch < 1:
+        raise ValueError(f"a captured step needs batch >= 1, got {batch}")
+    tokens = torch.zeros(batch, 1, dtype=torch.long, device=model.device)
+    static = model.init_state(batch)
+    try:
+        replay, logits = capture(lambda: _eager_step(model, tokens, static))
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+        warnings.warn(f"could not capture the decoding step of {batch} rows in a CUDA graph ({err}); "
+                      f"stepping eagerly", RuntimeWarning, stacklevel=2)
+        return None
+    captured = CapturedStep(tokens, static, logits, replay)
+    g = torch.Generator().manual_seed(1)
+    state = _random_state(model, batch, g)
+    step_tokens = torch.randint(0, model.config.vocab_size, (batch, 1), generator=g).to(model.device)
+    with tokens_checked():
+        want_logits, want_state = model._eager_step(step_tokens, state, inplace=False)
+    got_logits, got_state = captured(step_tokens, state.clone(), inplace=False)
+    problem = _differs({"logits": (got_logits, want_logits),
+                        **{f"state {name}": (got_state.parts()[name], t) for name, t in want_state.parts().items()}})
+    if problem:
+        warnings.warn(f"the captured decoding step of {batch} rows does not match the eager one ({problem}); "
+                      f"stepping eagerly", RuntimeWarning, stacklevel=2)
+        return None
+    model._captured_steps[batch] = captured
+    return captured
+
+
+def enable_step_graphs(model: RWKVModel, capture: Capture = cuda_capture) -> None:
+    """From now on ``model.step`` on the model's device captures each new batch size in a graph (checked
+    as :func:`capture_step` does; a size that fails stays eager) and replays it."""
+    _check_device(model, capture)
+    model._step_capture = capture
+
+
+def _check_device(model: RWKVModel, capture: Capture) -> None:
+    if capture is cuda_capture and model.device.type != "cuda":
+        raise ValueError(f"CUDA graphs need a model on a CUDA device; this one is on {model.device}. "
+                         f"Load it with device='cuda'")
 
 
 def _check(model: RWKVModel, captured: CapturedForward) -> str | None:
@@ -122,13 +204,22 @@ def _check(model: RWKVModel, captured: CapturedForward) -> str | None:
     batch, length = captured.shape
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, model.config.vocab_size, (batch, length), generator=g).to(model.device)
+    state = _random_state(model, batch, g)
+    want = _eager(model, tokens, state)
+    got = captured(tokens, state)
+    return _differs({"hidden": (got.last, want.last), **{f"state {name}": (got.state.parts()[name], t)
+                                                         for name, t in want.state.parts().items()}})
+
+
+def _random_state(model: RWKVModel, batch: int, g: torch.Generator) -> State:
     state = model.init_state(batch)
     for part in state.parts().values():
         part.copy_(torch.randn(part.shape, generator=g) * 0.1)
-    want = _eager(model, tokens, state)
-    got = captured(tokens, state)
-    pairs = {"hidden": (got.last, want.last), **{f"state {name}": (got.state.parts()[name], t)
-                                                 for name, t in want.state.parts().items()}}
+    return state
+
+
+def _differs(pairs: dict[str, tuple[Tensor, Tensor]]) -> str | None:
+    """The first of ``pairs`` (name -> (got, want)) whose relative difference passes CHECK_TOLERANCE."""
     for name, (a, b) in pairs.items():
         scale = b.float().abs().max().clamp_min(1e-6)
         diff = ((a.float() - b.float()).abs().max() / scale).item()

@@ -144,6 +144,23 @@ def test_captured_forward_replays_the_eager_forward(case, tmp_path):
         _states_close(replayed.state, eager.state)
 
 
+def test_captured_steps_match_eager_steps_in_place(case):
+    from docstream.model.graphs import enable_step_graphs
+
+    path, _, _, seqs = case
+    eager, graphed = (load_model(path, device="cuda", backend="cuda") for _ in range(2))
+    enable_step_graphs(graphed)
+    _, start = eager.forward(seqs[:, :SPLIT].cuda())
+    states = {"eager": start.clone(), "graphs": start.clone()}
+    for t in range(SPLIT, SPLIT + 6):
+        want, same_e = eager.step(seqs[:, t], states["eager"], inplace=True)
+        got, same_g = graphed.step(seqs[:, t], states["graphs"], inplace=True)
+        assert same_e is states["eager"] and same_g is states["graphs"]
+        _close(got, want)
+        _states_close(states["graphs"], states["eager"])
+    assert graphed._captured_steps.get(3) is not None  # captured (and checked), not left eager
+
+
 def test_a_run_with_cuda_graphs_writes_what_an_eager_run_writes(tmp_path):
     from docstream.stream.run import run
     from tests.helpers import make_model, nested_corpus, run_config

@@ -131,3 +131,91 @@ def test_changing_the_backend_or_releasing_drops_captured_forwards(model):
 def test_bad_shapes_are_value_errors(model):
     with pytest.raises(ValueError, match=r"batch >= 1 and length >= 1, got \[0, 4\]"):
         capture_forward(model, 0, 4, capture=replay_into_outputs)
+
+
+def replay_step_into_outputs(fn):
+    """The step's stand-in capture: ``fn`` updates the static state in place and returns logits; a replay
+    runs it again and writes the logits into the tensor the capture returned."""
+    logits = fn()
+    calls = []
+
+    def replay():
+        calls.append(1)
+        logits.copy_(fn())
+
+    replay.calls = calls
+    return replay, logits
+
+
+def _step_inputs(model, batch, seed):
+    tokens, state = _inputs(model, batch, 1, seed)
+    return tokens[:, 0], state
+
+
+def test_captured_steps_give_the_eager_steps_and_keep_the_inplace_contract(model):
+    from docstream.model.graphs import enable_step_graphs
+
+    runs = {}
+    for graphs in (False, True):
+        if graphs:
+            enable_step_graphs(model, capture=replay_step_into_outputs)
+        tokens, state = _step_inputs(model, 3, 9)
+        out = []
+        for t in range(4):
+            logits, new = model.step((tokens + t) % VOCAB, state, inplace=True)
+            assert new is state  # in place: the same object, its own tensors updated
+            out.append(logits)
+        logits, fresh = model.step(tokens, state)  # not in place: the state passed in is left alone
+        assert fresh is not state and not fresh.equal(state)
+        runs[graphs] = (out, logits, state, fresh)
+    assert set(model._captured_steps) == {3}
+    captured = model._captured_steps[3]
+    assert len(captured.replay.calls) == 1 + 5  # the capture's check, then every step
+    (eager_out, eager_logits, eager_state, eager_fresh), (out, logits, state, fresh) = runs[False], runs[True]
+    for got, want in zip(out, eager_out):  # copies: a later step did not overwrite an earlier one's logits
+        assert torch.equal(got, want)
+    assert torch.equal(logits, eager_logits) and state.equal(eager_state) and fresh.equal(eager_fresh)
+
+
+def test_each_batch_size_gets_its_own_step_and_a_failed_one_stays_eager(model):
+    from docstream.model.graphs import enable_step_graphs
+
+    sizes = []
+
+    def only_two_rows(fn):
+        sizes.append(1)
+        replay, logits = replay_step_into_outputs(fn)
+        if logits.shape[0] != 2:
+            raise RuntimeError("capture refused")
+        return replay, logits
+
+    enable_step_graphs(model, capture=only_two_rows)
+    for batch in (2, 3, 2, 3):
+        tokens, state = _step_inputs(model, batch, batch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            logits, _ = model.step(tokens, state)
+        want, _ = model._eager_step(tokens[:, None], state, inplace=False)
+        assert torch.equal(logits, want)
+    assert len(sizes) == 2  # each batch size is captured (or tried) once
+    assert model._captured_steps[3] is None and model._captured_steps[2] is not None
+    release_forwards(model)
+    assert model._captured_steps == {} and model._step_capture is None
+
+
+def test_a_step_with_bad_ids_is_refused_before_the_graph_runs(model):
+    from docstream.model.graphs import enable_step_graphs
+
+    enable_step_graphs(model, capture=replay_step_into_outputs)
+    _, state = _step_inputs(model, 2, 1)
+    with pytest.raises(ValueError, match=f"token id {VOCAB} is outside"):
+        model.step(torch.tensor([1, VOCAB]), state)
+
+
+def test_cuda_graphs_on_a_cpu_model_are_refused_by_name(model):
+    from docstream.model.graphs import enable_step_graphs
+
+    with pytest.raises(ValueError, match="CUDA graphs need a model on a CUDA device; this one is on cpu"):
+        enable_step_graphs(model)
+    with pytest.raises(ValueError, match="CUDA graphs need a model on a CUDA device"):
+        capture_forward(model, 2, 4)
