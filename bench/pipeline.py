@@ -260,7 +260,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"docstream {docstream.__file__}  torch {torch.__version__}  device {device} "
           f"({torch.cuda.get_device_name() if device.startswith('cuda') else platform.processor() or 'cpu'}) "
-          f"{dtype}  threads {torch.get_num_threads()}  switch interval {sys.getswitchinterval()}  cpus {os.cpu_count()}  load {os.getloadavg()[0]:.2f}")
+          f"{dtype}  threads {torch.get_num_threads()}  switch interval {sys.getswitchinterval()}  "
+          f"cpus {os.cpu_count()}  load {os.getloadavg()[0]:.2f}")
     results = []
     try:
         for name in args.model or ["default"]:

@@ -99,20 +99,13 @@ def capture_forward(model: RWKVModel, batch: int, length: int,
     if batch < 1 or length < 1:
         raise ValueError(f"a captured forward needs batch >= 1 and length >= 1, got [{batch}, {length}]")
     _check_device(model, capture)
-    device = model.device
-    tokens = torch.zeros(batch, length, dtype=torch.long, device=device)
-    static = model.init_state(batch)
-    try:
-        replay, out = capture(lambda: _eager(model, tokens, static))
-    except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
-        warnings.warn(f"could not capture the [{batch}, {length}] forward in a CUDA graph ({err}); "
-                      f"running it eagerly", RuntimeWarning, stacklevel=2)
+    what, fallback = f"the [{batch}, {length}] forward", "running it eagerly"
+    recorded = _record(model, (batch, length), _eager, capture, what, fallback)
+    if recorded is None:
         return None
+    tokens, static, replay, out = recorded
     captured = CapturedForward(tokens, static, out, replay)
-    problem = _check(model, captured)
-    if problem:
-        warnings.warn(f"the captured [{batch}, {length}] forward does not match the eager one ({problem}); "
-                      f"running it eagerly", RuntimeWarning, stacklevel=2)
+    if _refused(_check(model, captured), what, fallback):
         return None
     model._captured[(batch, length)] = captured
     return captured
@@ -161,14 +154,12 @@ def capture_step(model: RWKVModel, batch: int, capture: Capture = cuda_capture) 
     step on random tokens from a random state. None (with a warning) when capturing or the check fails."""
     if batch < 1:
         raise ValueError(f"a captured step needs batch >= 1, got {batch}")
-    tokens = torch.zeros(batch, 1, dtype=torch.long, device=model.device)
-    static = model.init_state(batch)
-    try:
-        replay, logits = capture(lambda: _eager_step(model, tokens, static))
-    except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
-        warnings.warn(f"could not capture the decoding step of {batch} rows in a CUDA graph ({err}); "
-                      f"stepping eagerly", RuntimeWarning, stacklevel=2)
+    _check_device(model, capture)
+    what, fallback = f"the decoding step of {batch} rows", "stepping eagerly"
+    recorded = _record(model, (batch, 1), _eager_step, capture, what, fallback)
+    if recorded is None:
         return None
+    tokens, static, replay, logits = recorded
     captured = CapturedStep(tokens, static, logits, replay)
     g = torch.Generator().manual_seed(1)
     state = _random_state(model, batch, g)
@@ -178,9 +169,7 @@ def capture_step(model: RWKVModel, batch: int, capture: Capture = cuda_capture) 
     got_logits, got_state = captured(step_tokens, state.clone(), inplace=False)
     problem = _differs({"logits": (got_logits, want_logits),
                         **{f"state {name}": (got_state.parts()[name], t) for name, t in want_state.parts().items()}})
-    if problem:
-        warnings.warn(f"the captured decoding step of {batch} rows does not match the eager one ({problem}); "
-                      f"stepping eagerly", RuntimeWarning, stacklevel=2)
+    if _refused(problem, what, fallback):
         return None
     model._captured_steps[batch] = captured
     return captured
@@ -191,6 +180,27 @@ def enable_step_graphs(model: RWKVModel, capture: Capture = cuda_capture) -> Non
     as :func:`capture_step` does; a size that fails stays eager) and replays it."""
     _check_device(model, capture)
     model._step_capture = capture
+
+
+def _record(model: RWKVModel, shape: tuple[int, int], record, capture: Capture, what: str, fallback: str):
+    """Static tokens of ``shape``, a static state, and ``capture`` of ``record(model, tokens, state)``:
+    (tokens, state, replay, outputs), or None with a warning when capturing fails."""
+    tokens = torch.zeros(*shape, dtype=torch.long, device=model.device)
+    static = model.init_state(shape[0])
+    try:
+        replay, out = capture(lambda: record(model, tokens, static))
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+        warnings.warn(f"could not capture {what} in a CUDA graph ({err}); {fallback}", RuntimeWarning, stacklevel=3)
+        return None
+    return tokens, static, replay, out
+
+
+def _refused(problem: str | None, what: str, fallback: str) -> bool:
+    """Warn and return True when a replay's check found ``problem``."""
+    if problem:
+        warnings.warn(f"the captured {what.removeprefix('the ')} does not match the eager one ({problem}); "
+                      f"{fallback}", RuntimeWarning, stacklevel=3)
+    return bool(problem)
 
 
 def _check_device(model: RWKVModel, capture: Capture) -> None:

@@ -114,7 +114,8 @@ def test_forwards_of_checked_rows_never_read_the_token_tensor(model, monkeypatch
     reads = []
     for name in ("min", "max"):
         original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _f=original, _n=name, **k: reads.append(_n) or _f(t, *a, **k))
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda t, *a, _f=original, _n=name, **k: reads.append(_n) or _f(t, *a, **k))
     got = [(b.rows, b.hidden.last) for b in forward_groups(model, rows, model.init_state(3), hidden=True)]
     assert reads == []
     assert [r for r, _ in got] == [r for r, _ in want]

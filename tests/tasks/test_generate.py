@@ -120,6 +120,7 @@ def test_eos_ends_a_row(lm):
 
         def __init__(self):
             self.calls = 0
+            self.config = model.config
 
         def _count(self, logits):
             self.calls += 1
