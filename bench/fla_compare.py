@@ -75,7 +75,8 @@ def compare_kernels(sizes: list[tuple[int, int]], do_bench) -> list[dict]:
                    "max_abs_state": s.abs().max().item()}
         rows.append(row)
         print(f"wkv7 B={B:<3} T={T:<5} docstream {row['docstream_ms']:8.3f} ms   "
-              f"fla chunk {row['fla_chunk_ms']:8.3f} ms   fla recurrent {row['fla_recurrent_ms']:8.3f} ms   |y| <= {scale:.1f}: max diff "
+              f"fla chunk {row['fla_chunk_ms']:8.3f} ms   fla recurrent {row['fla_recurrent_ms']:8.3f} ms   "
+              f"|y| <= {scale:.1f}: max diff "
               f"{row['diff_y_chunk']:.4f} (chunk) {row['diff_y_recurrent']:.4f} (recurrent); state diff "
               f"{row['diff_state_chunk']:.4f} of |s| <= {row['max_abs_state']:.1f}", flush=True)
     return rows
