@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from docstream.commands.flags import add_fields
 from docstream.store.config import RunConfig, default_dtype
@@ -16,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cmd_info(args: argparse.Namespace) -> int:
     from docstream.defaults import default_model_path
     from docstream.model import load_model
+    from docstream.model.hf_files import checkpoint_format
 
     defaults = RunConfig.model_fields
     path = args.model if args.model is not None else default_model_path()
@@ -25,6 +27,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     c = model.config
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model      {path}")
+    print(f"format     {checkpoint_format(Path(path))}")
     print(f"version    RWKV-{c.version}")
     print(f"layers     {c.n_layer}   width {c.n_embd}   attention {c.dim_att}   ffn {c.dim_ffn}")
     if c.head_size:

@@ -1,4 +1,5 @@
-"""Loading BlinkDL ``.pth`` checkpoints: version detection, dtype placement, fp16 rescaling."""
+"""Loading RWKV checkpoints (BlinkDL ``.pth``, Hugging Face layouts): version detection, dtype placement,
+fp16 rescaling."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from docstream.checksum import sha256_file
 from docstream.model.base import RWKVModel
 from docstream.model.v4 import RWKV4
 from docstream.model.v5 import RWKV5
@@ -45,10 +45,18 @@ def detect_version(sd: dict[str, Tensor], source: str = "checkpoint") -> str:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """The state dict stored at ``path``, memory-mapped where the file format allows."""
+    """The state dict stored at ``path`` in BlinkDL's names, memory-mapped where the file format allows.
+
+    ``path`` is a BlinkDL ``.pth`` file, or a Hugging Face checkpoint (a model folder or a ``.safetensors``
+    file; :mod:`docstream.model.hf_files`) of RWKV-7 in fla's layout or RWKV-4 in transformers'."""
+    from docstream.model.hf_files import is_hf_path, read_hf_files, to_blinkdl
+
     path = Path(path)
+    if is_hf_path(path):
+        return to_blinkdl(read_hf_files(path), repr(str(path)))
     if not path.is_file():
-        raise FileNotFoundError(f"RWKV checkpoint {str(path)!r} does not exist (expected a BlinkDL .pth file)")
+        raise FileNotFoundError(f"RWKV checkpoint {str(path)!r} does not exist (expected a BlinkDL .pth file, "
+                                f"a .safetensors file or a Hugging Face model folder)")
     try:
         try:
             sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
@@ -61,7 +69,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
                          f"expected a BlinkDL RWKV .pth file, complete and not truncated") from err
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise ValueError(f"{str(path)!r} does not hold a state dict of tensors; expected a BlinkDL RWKV .pth file")
-    return sd
+    return to_blinkdl(sd, repr(str(path)))  # a pytorch_model.bin of transformers' RWKV-4, say
 
 
 def build_model(sd: dict[str, Tensor], device: str | torch.device = "cpu", dtype: str = "fp32",
@@ -130,8 +138,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
 
 
 def file_fingerprint(path: str | Path) -> str:
-    """sha256 of a checkpoint file, the identity snapshots record of the model that made them."""
-    return sha256_file(path)
+    """The identity snapshots record of the model that made them (see
+    :func:`docstream.model.hf_files.checkpoint_fingerprint`: a file's sha256, or a model folder's)."""
+    from docstream.model.hf_files import checkpoint_fingerprint
+
+    return checkpoint_fingerprint(path)
 
 
 def _check_device(device: str | torch.device) -> torch.device:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import ray
 
-from docstream.checksum import sha256_file
 from docstream.corpus import Rejected
 from docstream.model import load_model
+from docstream.model.hf_files import checkpoint_fingerprint
 from docstream.stream.engine import ChunkRecord, DocumentDone, Stream, StreamTask
 from docstream.tokenizer import load_tokenizer
 
@@ -58,7 +58,8 @@ class DocumentWorker:
         tokenizer = load_tokenizer(spec.tokenizer)
         host = socket.gethostname()
         # every node must read the very files the driver fingerprinted, or results would differ
-        _check_same_file("model checkpoint", spec.model, sha256_file(spec.model), spec.model_fingerprint, host)
+        _check_same_file("model checkpoint", spec.model, checkpoint_fingerprint(spec.model), spec.model_fingerprint,
+                         host)
         _check_same_file("tokenizer file", spec.tokenizer, tokenizer.fingerprint(), spec.tokenizer_fingerprint, host)
         # Ray hands each worker its own GPU as device 0
         device = "cuda" if spec.device.startswith("cuda") else spec.device

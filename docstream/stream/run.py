@@ -17,9 +17,9 @@ from typing import Iterator
 from tqdm import tqdm
 
 import docstream
-from docstream.checksum import sha256_file
 from docstream.corpus import SUFFIXES, Document, Rejected, iter_corpus
 from docstream.model import State, load_model
+from docstream.model.hf_files import checkpoint_fingerprint
 from docstream.store.config import RunConfig
 from docstream.store.run_store import Progress, RunStore, SnapshotRef
 from docstream.stream.clock import StageClock
@@ -380,7 +380,7 @@ class _Recorder:
 def _open_output(config: RunConfig, store: RunStore, tokenizer: Tokenizer) -> str:
     """The run's model fingerprint, after checking that ``store`` may be resumed with ``config`` (or
     recording ``config`` in a new one)."""
-    fingerprint = sha256_file(config.model)
+    fingerprint = checkpoint_fingerprint(config.model)
     identity = dict(config.result_settings(), model_fingerprint=fingerprint,
                     tokenizer_fingerprint=tokenizer.fingerprint())
     saved = store.read_config()

@@ -19,9 +19,9 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from docstream.checksum import sha256_file
 from docstream.corpus import Document, Rejected
 from docstream.model import load_model
+from docstream.model.hf_files import checkpoint_fingerprint
 from docstream.model.pooling import DEFAULT_POOLING, POOLINGS
 from docstream.store.reader import (
     EmbeddingRows,
@@ -106,7 +106,7 @@ class QueryEmbedder:
         tokenizer_path = Path(tokenizer) if tokenizer is not None else Path(settings.tokenizer)
         _require_file("model checkpoint", model_path, out, "model")
         _require_file("tokenizer file", tokenizer_path, out, "tokenizer")
-        _check_fingerprint("model checkpoint", model_path, sha256_file(model_path),
+        _check_fingerprint("model checkpoint", model_path, checkpoint_fingerprint(model_path),
                            identity.get("model_fingerprint"), out, "model")
         self.tokenizer: Tokenizer = load_tokenizer(tokenizer_path)
         _check_fingerprint("tokenizer file", tokenizer_path, self.tokenizer.fingerprint(),
@@ -162,7 +162,7 @@ def embed_text(out: str | Path, text: str, pooling: str = DEFAULT_POOLING, **opt
 
 def _require_file(what: str, path: Path, out: str | Path, option: str) -> None:
     """Fail when ``path`` is missing."""
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{what} {str(path)!r} used by the run at {str(out)!r} does not exist here; "
                                 f"pass {option}= (--{option}) naming the same file")
 

@@ -33,16 +33,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from docstream.checksum import sha256_file
 from docstream.corpus import Document, iter_corpus
 from docstream.corpus.chunker import TokenChunk, iter_chunks
 from docstream.files import atomic_write_bytes
 from docstream.model import RWKVModel, State, load_model
 from docstream.model.feed import feed_chunks
+from docstream.model.hf_files import checkpoint_fingerprint
 from docstream.store.config import RunConfig
 from docstream.store.reader import document_rows, run_settings
 from docstream.store.schemas import SUMMARY_SCHEMA
-from docstream.store.snapshots import SnapshotInfo, final_snapshot, list_snapshots, load_snapshot, snapshot_at
+from docstream.store.snapshots import (
+    SnapshotInfo,
+    final_snapshot,
+    list_snapshots,
+    load_snapshot,
+    snapshot_at,
+)
 from docstream.tasks.config import DEFAULT_SAMPLING
 from docstream.tasks.generate import Generation, SamplingConfig, generate
 from docstream.tokenizer import Tokenizer, load_tokenizer
@@ -309,9 +315,9 @@ def _pick(doc_id: str, snapshots: dict[str, list[SnapshotInfo]], at_chunk: int |
 
 def _check_model(settings: RunConfig, targets: list[_Target]) -> str:
     """The checkpoint's fingerprint, checked against the one the snapshots were made with."""
-    if not Path(settings.model).is_file():
+    if not Path(settings.model).exists():
         raise FileNotFoundError(f"the run's model checkpoint {str(settings.model)!r} does not exist any more")
-    fingerprint = sha256_file(settings.model)
+    fingerprint = checkpoint_fingerprint(settings.model)
     for t in targets:
         if t.snapshot is not None and t.snapshot.model_fingerprint != fingerprint:
             raise ValueError(f"the snapshot of {t.doc_id!r} was made by another model "
