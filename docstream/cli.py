@@ -25,7 +25,8 @@ EXIT_CODES = (("docstream.stream.ray_engine", "RayUnavailableError", 2),
 
 def exit_code(err: BaseException) -> int | None:
     """The exit code for ``err``, or None when it is a bug to show with its traceback."""
-    if isinstance(err, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+    if isinstance(err, (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+                        PermissionError)):
         return 2
     for module, name, code in EXIT_CODES:
         cls = getattr(sys.modules.get(module), name, None)

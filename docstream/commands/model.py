@@ -13,6 +13,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_fields(info, RunConfig, ("model", "dtype", "device"))
     info.set_defaults(func=_cmd_info)
 
+    convert = sub.add_parser("convert",
+                             help="write a checkpoint in another layout (Hugging Face folder or BlinkDL .pth)")
+    convert.add_argument("source", help="a BlinkDL .pth, a .safetensors file or a Hugging Face model folder")
+    convert.add_argument("out", help="the new file (--to pth) or folder (--to hf); must not exist")
+    convert.add_argument("--to", required=True, choices=("hf", "pth"),
+                         help="hf: model.safetensors + config.json (RWKV-7 in fla's layout, RWKV-4 in transformers'); "
+                              "pth: BlinkDL's layout, as the official rwkv package loads it")
+    convert.set_defaults(func=_cmd_convert)
+
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from docstream.defaults import default_model_path
@@ -36,4 +45,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print("low-rank   " + ", ".join(f"{k} {v}" for k, v in sorted(c.lora.items())))
     print(f"vocabulary {c.vocab_size}")
     print(f"parameters {n_params / 1e6:.1f} M ({dtype} on {device})")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from docstream.model.convert import convert_checkpoint
+
+    out = convert_checkpoint(args.source, args.out, args.to)
+    print(f"wrote {out} ({args.to})")
     return 0

@@ -19,8 +19,8 @@ from docstream.model import hf_rwkv4, hf_rwkv7
 if TYPE_CHECKING:  # torch is imported where tensors are read: fingerprints need no torch
     from torch import Tensor
 
-__all__ = ["WEIGHT_FILES", "checkpoint_files", "checkpoint_fingerprint", "checkpoint_format", "is_hf_path", "read_hf_files",
-           "to_blinkdl"]
+__all__ = ["WEIGHT_FILES", "checkpoint_files", "checkpoint_fingerprint", "checkpoint_format", "is_hf_path",
+           "read_hf_files", "to_blinkdl"]
 
 #: what a model folder may hold, in the order they are looked for
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["MARKER", "to_blinkdl"]
+    from docstream.model.config import ModelConfig
+
+__all__ = ["MARKER", "from_blinkdl", "hf_config", "to_blinkdl"]
 
 #: a key only this layout has
 MARKER = re.compile(r"^(rwkv\.)?blocks\.0\.attention\.time_decay$")
@@ -45,3 +47,30 @@ def to_blinkdl(sd: dict[str, Tensor], source: str) -> dict[str, Tensor]:
     if "head.weight" not in out and "emb.weight" in out:  # tie_word_embeddings
         out["head.weight"] = out["emb.weight"]
     return out
+
+
+def from_blinkdl(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """transformers' ``RwkvForCausalLM`` state dict from BlinkDL's (the inverse of :func:`to_blinkdl`)."""
+    parts = {v: k for k, v in _PARTS.items()}
+    mix = {v: k for k, v in _MIX.items()}
+    out: dict[str, Tensor] = {}
+    for key, tensor in sd.items():
+        if key == "head.weight":
+            out[key] = tensor
+        elif key == "emb.weight":
+            out["rwkv.embeddings.weight"] = tensor
+        elif key.startswith("ln_out."):
+            out["rwkv." + key] = tensor
+        else:
+            _, layer, part, rest = key.split(".", 3)
+            out[f"rwkv.blocks.{layer}.{parts[part]}.{mix.get(rest, rest)}"] = tensor
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def hf_config(config: ModelConfig) -> dict:
+    """transformers' ``config.json`` for a model of ``config`` (``"model_type": "rwkv"``)."""
+    return {"architectures": ["RwkvForCausalLM"], "model_type": "rwkv", "vocab_size": config.vocab_size,
+            "hidden_size": config.n_embd, "num_hidden_layers": config.n_layer,
+            "attention_hidden_size": config.dim_att, "intermediate_size": config.dim_ffn,
+            "context_length": 1024, "layer_norm_epsilon": 1e-5, "rescale_every": 6, "bos_token_id": 0,
+            "eos_token_id": 0, "tie_word_embeddings": False, "torch_dtype": "float32"}

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["MARKER", "to_blinkdl"]
+    from docstream.model.config import ModelConfig
+
+__all__ = ["MARKER", "from_blinkdl", "hf_config", "to_blinkdl"]
 
 #: a key only this layout has (with or without the ``model.`` prefix of RWKV7ForCausalLM)
 MARKER = re.compile(r"^(model\.)?layers\.0\.attn\.r_k$")
@@ -82,3 +84,56 @@ def _attention_name(rest: str, key: str, source: str) -> str:
     if head in _PROJ:
         return f"{_PROJ[head]}.{tail}"
     return rest
+
+
+#: BlinkDL's [1, 1, C] tensors that fla keeps as [1, 1, C] parameters (the others it holds as [C])
+_KEPT_3D = re.compile(r"^att\.x_[rwkvag]$")
+_BLINK_LORA = re.compile(r"^att\.([wavg])([012])$")
+
+
+def from_blinkdl(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """fla's ``RWKV7ForCausalLM`` state dict from BlinkDL's (the inverse of :func:`to_blinkdl`; layer 0's
+    unused ``v0/v1/v2`` are left out, as fla's layer 0 has no value-residual branch)."""
+    out: dict[str, Tensor] = {}
+    top = {v: k for k, v in _TOP.items()}
+    norms = {v: k for k, v in _NORMS.items()}
+    proj = {v: k for k, v in _PROJ.items()}
+    for key, tensor in sd.items():
+        if key == "head.weight":
+            out["lm_head.weight"] = tensor
+            continue
+        if key in top:
+            out["model." + top[key]] = tensor
+            continue
+        _, layer, local = key.split(".", 2)
+        module, _, rest = local.partition(".")
+        base = f"model.layers.{layer}."
+        if module in norms:
+            out[base + f"{norms[module]}.{rest}"] = tensor
+        elif module == "ffn":
+            out[base + local] = tensor.flatten() if rest == "x_k" else tensor
+        elif lora := _BLINK_LORA.match(local):
+            branch, index = lora.groups()
+            if layer == "0" and branch == "v":
+                continue
+            target = {"0": "lora.2.bias", "1": "lora.0.weight", "2": "lora.2.weight"}[index]
+            out[base + f"attn.{branch}_lora.{target}"] = tensor.flatten() if index == "0" else tensor.t()
+        else:
+            head, _, tail = rest.partition(".")
+            name = f"{proj[head]}.{tail}" if head in proj else rest
+            out[base + "attn." + name] = tensor if _KEPT_3D.match(local) or tensor.dim() != 3 else tensor.flatten()
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def hf_config(config: ModelConfig) -> dict:
+    """fla's ``config.json`` for a model of ``config`` (``"model_type": "rwkv7"``). fla's group-norm epsilon is
+    ``head_dim * norm_eps``: with ``norm_eps`` 1e-5 it is BlinkDL's 64e-5 exactly at head size 64, the size
+    of every released RWKV-7."""
+    return {"architectures": ["RWKV7ForCausalLM"], "model_type": "rwkv7", "attn_mode": "chunk",
+            "hidden_size": config.n_embd, "num_hidden_layers": config.n_layer, "head_dim": config.head_size,
+            "intermediate_size": config.dim_ffn, "hidden_ratio": config.dim_ffn / config.n_embd,
+            "vocab_size": config.vocab_size, "value_dim": [config.dim_att] * config.n_layer,
+            "decay_low_rank_dim": config.lora["decay"], "a_low_rank_dim": config.lora["iclr"],
+            "v_low_rank_dim": config.lora["value"], "gate_low_rank_dim": config.lora["gate"],
+            "hidden_act": "sqrelu", "norm_first": True, "norm_bias": True, "norm_eps": 1e-5,
+            "tie_word_embeddings": False, "torch_dtype": "float32"}
