@@ -17,9 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                              help="write a checkpoint in another layout (Hugging Face folder or BlinkDL .pth)")
     convert.add_argument("source", help="a BlinkDL .pth, a .safetensors file or a Hugging Face model folder")
     convert.add_argument("out", help="the new file (--to pth) or folder (--to hf); must not exist")
-    convert.add_argument("--to", required=True, choices=("hf", "pth"),
+    convert.add_argument("--to", required=True, choices=("hf", "pth", "gguf"),
                          help="hf: model.safetensors + config.json (RWKV-7 in fla's layout, RWKV-4 in transformers'); "
-                              "pth: BlinkDL's layout, as the official rwkv package loads it")
+                              "pth: BlinkDL's layout, as the official rwkv package loads it; gguf: RWKV-7 for "
+                              "llama.cpp (float32, World vocabulary)")
+    convert.add_argument("--tokenizer", help="with --to gguf: the model's World vocabulary file (default: the "
+                                             "bundled rwkv_vocab_v20230424.txt)")
     convert.set_defaults(func=_cmd_convert)
 
 
@@ -51,6 +54,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from docstream.model.convert import convert_checkpoint
 
-    out = convert_checkpoint(args.source, args.out, args.to)
+    if args.tokenizer is not None and args.to != "gguf":
+        raise ValueError("--tokenizer only applies to --to gguf (the other layouts carry no vocabulary)")
+    out = convert_checkpoint(args.source, args.out, args.to, args.tokenizer)
     print(f"wrote {out} ({args.to})")
     return 0

@@ -4,6 +4,8 @@
   checkpoint docstream reads, e.g. a Hugging Face folder.
 * ``--to hf``: a Hugging Face model folder (``model.safetensors`` and ``config.json``): RWKV-7 in fla's
   ``RWKV7ForCausalLM`` layout, RWKV-4 in transformers' ``RwkvForCausalLM`` layout.
+* ``--to gguf``: one GGUF file of RWKV-7 for llama.cpp (:mod:`docstream.model.gguf_rwkv7`), float32, with the
+  World vocabulary.
 
 The checkpoint is first built into a model, so a damaged or non-finite one is refused before anything is
 written. The output appears whole or not at all: a file is written to a temp name and renamed, a folder is
@@ -24,13 +26,14 @@ from docstream.model.loader import build_model, read_checkpoint
 
 __all__ = ["HF_LAYOUTS", "TARGETS", "convert_checkpoint"]
 
-TARGETS = ("hf", "pth")
+TARGETS = ("hf", "pth", "gguf")
 #: the Hugging Face layout each version is exported in
 HF_LAYOUTS = {"7": hf_rwkv7, "4": hf_rwkv4}
 
 
-def convert_checkpoint(source: str | Path, out: str | Path, to: str) -> Path:
-    """Write the checkpoint at ``source`` to ``out`` in layout ``to`` ("hf" or "pth"); returns ``out``."""
+def convert_checkpoint(source: str | Path, out: str | Path, to: str, tokenizer: str | Path | None = None) -> Path:
+    """Write the checkpoint at ``source`` to ``out`` in layout ``to`` ("hf", "pth" or "gguf"); returns ``out``.
+    ``tokenizer``: the World vocabulary a GGUF file carries (default: docstream's bundled copy)."""
     source, out = Path(source), Path(out)
     if to not in TARGETS:
         raise ValueError(f"unknown target layout {to!r}; expected one of {', '.join(TARGETS)}")
@@ -44,6 +47,9 @@ def convert_checkpoint(source: str | Path, out: str | Path, to: str) -> Path:
     if to == "pth":
         atomic_write(out, lambda tmp: torch.save(sd, tmp))
         return out
+    if to == "gguf":
+        _write_gguf(out, sd, config, tokenizer, source)
+        return out
     layout = HF_LAYOUTS.get(config.version)
     if layout is None:
         raise ValueError(f"RWKV-{config.version} has no Hugging Face layout here; docstream exports RWKV-7 (fla) and "
@@ -54,6 +60,22 @@ def convert_checkpoint(source: str | Path, out: str | Path, to: str) -> Path:
     settings["torch_dtype"] = str(max(dtypes, key=lambda d: torch.finfo(d).bits)).removeprefix("torch.")
     _write_folder(out, tensors, settings)
     return out
+
+
+def _write_gguf(out: Path, sd: dict, config, tokenizer: str | Path | None, source: Path) -> None:
+    from docstream.model.gguf_rwkv7 import write_gguf
+    from docstream.tokenizer.base import read_vocab_bytes
+    from docstream.tokenizer.world import default_world_vocab_path, looks_like_world_vocab, parse_world_vocab
+
+    if config.version != "7":
+        raise ValueError(f"GGUF export is for RWKV-7 (llama.cpp's rwkv7 architecture); {str(source)!r} is "
+                         f"RWKV-{config.version}. Use --to hf or --to pth")
+    vocab = Path(tokenizer) if tokenizer is not None else default_world_vocab_path()
+    path, data = read_vocab_bytes(vocab, "World vocabulary", "pass --tokenizer with the model's vocabulary file")
+    if not looks_like_world_vocab(path):
+        raise ValueError(f"{str(path)!r} is not a World vocabulary (rwkv_vocab_*.txt); a GGUF file of RWKV-7 "
+                         f"carries llama.cpp's rwkv tokenizer, which only the World vocabulary fills")
+    atomic_write(out, lambda tmp: write_gguf(tmp, sd, config, parse_world_vocab(data, str(path)), source.stem))
 
 
 def _write_folder(out: Path, tensors: dict, settings: dict) -> None:

@@ -3,6 +3,7 @@ layout mappings (tests/model/test_hf_layouts.py), docstream's logits, and the of
 import errno
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +93,66 @@ def test_a_full_disk_leaves_no_folder_and_no_temp(checkpoints, tmp_path, monkeyp
     with pytest.raises(DiskFullError, match="no space left on the device"):
         convert_checkpoint(checkpoints["7"], tmp_path / "hf", "hf")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gguf_reads_back_with_llama_cpp_names_shapes_and_metadata(tmp_path):
+    import gguf
+
+    from docstream.tokenizer import default_world_vocab_path
+    from docstream.tokenizer.world import parse_world_vocab
+
+    source = save_random_checkpoint(tmp_path / "w.pth", "7", seed=3, n_layer=2, n_embd=64, head_size=16,
+                                    vocab_size=65536, lora={"decay": 16, "iclr": 8, "value": 8, "gate": 16})
+    out = tmp_path / "model.gguf"
+    assert main(["convert", str(source), str(out), "--to", "gguf"]) == 0
+    sd = torch.load(source, weights_only=True)
+    reader = gguf.GGUFReader(str(out))
+
+    def field(key):
+        f = reader.get_field(key)
+        return f.contents() if f is not None else None
+
+    assert field("general.architecture") == "rwkv7"
+    assert field("rwkv7.block_count") == 2 and field("rwkv7.embedding_length") == 64
+    assert field("rwkv7.wkv.head_size") == 16 and field("rwkv7.feed_forward_length") == 256
+    assert field("rwkv7.attention.decay_lora_rank") == 16 and field("rwkv7.attention.iclr_lora_rank") == 8
+    assert field("rwkv7.attention.value_residual_mix_lora_rank") == 8
+    assert field("rwkv7.attention.gate_lora_rank") == 16
+    assert field("tokenizer.ggml.model") == "rwkv" and field("tokenizer.ggml.eot_token_id") == 261
+    tokens = field("tokenizer.ggml.tokens")
+    vocab = parse_world_vocab(default_world_vocab_path().read_bytes(), "world")
+    assert len(tokens) == 65536 and tokens[0] == "<s>" and tokens[-1] == "[PAD65535]"
+    assert tokens[261] == repr(vocab[261])[2:-1] == "\\n\\n" and tokens[33] == " " and tokens[65] == "@"
+    got = {t.name: np.asarray(t.data) for t in reader.tensors}
+    # written here from llama.cpp's names (convert_hf_to_gguf.py, Rwkv7Model), not the writer's tables
+    want = {"token_embd.weight": sd["emb.weight"], "token_embd_norm.weight": sd["blocks.0.ln0.weight"],
+            "token_embd_norm.bias": sd["blocks.0.ln0.bias"], "output_norm.weight": sd["ln_out.weight"],
+            "output_norm.bias": sd["ln_out.bias"], "output.weight": sd["head.weight"]}
+    for i in range(2):
+        b, p = f"blk.{i}.", f"blocks.{i}."
+        want[b + "attn_norm.weight"], want[b + "attn_norm_2.bias"] = sd[p + "ln1.weight"], sd[p + "ln2.bias"]
+        want[b + "time_mix_lerp_fused.weight"] = torch.stack([sd[p + f"att.x_{m}"] for m in "rwkvag"])
+        want[b + "time_mix_w1.weight"] = sd[p + "att.w1"].t()
+        want[b + "time_mix_g2.weight"] = sd[p + "att.g2"].t()
+        want[b + "time_mix_a0.weight"] = sd[p + "att.a0"].flatten()
+        want[b + "time_mix_v1.weight"] = sd[p + ("att.a1" if i == 0 else "att.v1")].t()
+        want[b + "time_mix_r_k.weight"] = sd[p + "att.r_k"].flatten()
+        want[b + "time_mix_receptance.weight"] = sd[p + "att.receptance.weight"]
+        want[b + "time_mix_ln.bias"] = sd[p + "att.ln_x.bias"]
+        want[b + "channel_mix_lerp_k.weight"] = sd[p + "ffn.x_k"].flatten()
+        want[b + "channel_mix_value.weight"] = sd[p + "ffn.value.weight"]
+    for name, t in want.items():
+        assert name in got, name
+        assert got[name].shape == tuple(t.shape) and np.array_equal(got[name], t.numpy()), name
+    assert len(got) == 6 + 2 * 28  # every tensor of both blocks, nothing else
+
+
+def test_gguf_needs_rwkv7_and_a_world_vocabulary(checkpoints, tmp_path):
+    with pytest.raises(ValueError, match="GGUF export is for RWKV-7.*RWKV-4"):
+        convert_checkpoint(checkpoints["4"], tmp_path / "v4.gguf", "gguf")
+    bpe = tmp_path / "tokenizer.json"
+    bpe.write_text("{}")
+    with pytest.raises(ValueError, match="is not a World vocabulary"):
+        convert_checkpoint(checkpoints["7"], tmp_path / "v7.gguf", "gguf", tokenizer=bpe)
+    assert main(["convert", str(checkpoints["7"]), str(tmp_path / "x"), "--to", "hf", "--tokenizer", str(bpe)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]
