@@ -11,7 +11,7 @@ TRAIN_FIELDS = ("data", "heldout", "out", "tokenizer", "vocab_size", "init_from"
                 "dim_ffn", "ctx_len", "batch_size", "lr", "lr_final", "warmup_steps", "max_steps", "weight_decay",
                 "grad_clip", "eval_every", "eval_bytes", "save_every", "save_dtype", "seed", "dtype", "device",
                 "backend", "threads", "objective", "pooling", "eos_token", "temperature", "pairs", "span_min",
-                "embed_max_tokens", "eval_pairs")
+                "embed_max_tokens", "eval_pairs", "lora_rank", "lora_alpha", "lora_targets", "merge")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "--tokenizer is given) or fine-tune a BlinkDL checkpoint of any version "
                                     "(--init-from). With --objective contrastive, train it as a passage embedder "
                                     "instead (pairs of spans of the text, in-batch negatives, InfoNCE), written "
-                                    "with its model.embedder.json. Re-running on the same --out resumes from its "
-                                    "checkpoint.")
+                                    "with its model.embedder.json. With --lora-rank, train low-rank adapters "
+                                    "only (adapter.safetensors; --merge also writes model.pth). Re-running on "
+                                    "the same --out resumes from its checkpoint.")
     tr.add_argument("--config", help="YAML/TOML/JSON file of training settings (flags override it)")
     add_fields(tr, TrainConfig, TRAIN_FIELDS)
     add_quiet(tr, TrainConfig.model_fields["quiet"].description)

@@ -20,6 +20,11 @@ CURVE_FIELDS = ("data", "heldout", "tokenizer", "vocab_size", "init_from", "n_la
                 "weight_decay", "betas", "grad_clip", "seed", "dtype", "objective")
 #: settings that also decide the curve of a contrastive run (absent from a language model's settings)
 CONTRASTIVE_FIELDS = ("pooling", "eos_token", "temperature", "pairs", "span_min", "eval_pairs", "token_weights")
+#: the matrices LoRA adapts by default: every block's attention projections and feed-forward matrices
+LORA_TARGETS = ("att.receptance", "att.key", "att.value", "att.output", "att.gate", "ffn.key", "ffn.value",
+                "ffn.receptance")
+#: settings that also decide the curve of a LoRA run (absent from a full fine-tune's settings)
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
 #: the value a curve setting had in directories written before the setting existed
 CURVE_DEFAULTS = {"objective": "lm"}
 
@@ -72,8 +77,25 @@ class TrainConfig(BaseModel):
     token_weights: Path | None = Field(None, description="contrastive, mean pooling: .npy of one weight per token id "
                                                          "(e.g. a/(a + p(token)), so frequent tokens count less)")
 
+    lora_rank: int | None = Field(None, ge=1, description="train low-rank adapters of this rank on the matrices of "
+                                                          "--init-from instead of every weight (LoRA)")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA scale numerator: adapters add (alpha / rank) B A "
+                                                             "(default 2 x rank)")
+    lora_targets: list[str] = Field(list(LORA_TARGETS), description="LoRA: the block matrices adapted, by name ending")
+    merge: bool = Field(False, description="LoRA: also write model.pth with the adapters folded in (a BlinkDL .pth "
+                                           "the official rwkv package loads)")
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if self.lora_rank is not None:
+            if self.init_from is None:
+                raise ValueError("lora_rank adapts an existing model: give it with --init-from")
+            if self.objective != "lm":
+                raise ValueError(f"LoRA trains language models here; objective {self.objective!r} trains every weight")
+            if self.lora_alpha is None:
+                self.lora_alpha = 2.0 * self.lora_rank
+        elif self.merge or self.lora_alpha is not None:
+            raise ValueError("merge and lora_alpha apply to LoRA runs; add --lora-rank R")
         if self.init_from is None and self.n_embd % self.head_size:
             raise ValueError(f"n_embd {self.n_embd} is not a multiple of head_size {self.head_size}")
         if self.lr_final > self.lr:
@@ -96,7 +118,8 @@ class TrainConfig(BaseModel):
         for key in ("tokenizer", "init_from", "pairs"):
             if data[key] is not None:
                 data[key] = str(Path(data[key]).resolve())
-        fields = CURVE_FIELDS + (CONTRASTIVE_FIELDS if self.objective == "contrastive" else ())
+        fields = (CURVE_FIELDS + (CONTRASTIVE_FIELDS if self.objective == "contrastive" else ())
+                  + (LORA_FIELDS if self.lora_rank is not None else ()))
         return {k: data[k] for k in fields}
 
 

@@ -87,7 +87,7 @@ def _directory_lock(out: Path) -> Iterator[None]:
 #: :mod:`docstream.files`), and the fixed names older versions used for the token file and the BPE
 #: tokenizer; nothing else is ever removed
 _TEMP_NAME = re.compile(r"\.(settings\.json|train_state\.pt|model\.pth|log\.jsonl|train_tokens\.npy|tokenizer\.json"
-                        r"|tokenizer\.txt|model\.embedder\.json)"
+                        r"|tokenizer\.txt|model\.embedder\.json|adapter\.safetensors|adapter\.json)"
                         r"\.tmp-\d+|train_tokens\.tmp\.npy|tokenizer\.json\.tmp")
 
 
@@ -145,7 +145,13 @@ def new_rwkv7(config: TrainConfig, vocab_size: int) -> RWKVModel:
 
 
 def make_optimizer(model: RWKVModel, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only and the decay base at twice the learning rate."""
+    """AdamW with weight decay on matrices only and the decay base at twice the learning rate (a LoRA run:
+    the adapters alone, without weight decay)."""
+    if config.lora_rank is not None:
+        from docstream.train.lora import lora_parameters
+
+        return torch.optim.AdamW([{"params": lora_parameters(model), "weight_decay": 0.0, "lr_scale": 1.0}],
+                                 lr=config.lr, betas=config.betas, eps=1e-8)
     groups: dict[str, list[torch.nn.Parameter]] = {"decay": [], "plain": [], "double": []}
     for name, p in model.named_parameters():
         if any(name.endswith(s) for s in DOUBLE_LR):
@@ -171,8 +177,10 @@ def export_blinkdl(model: RWKVModel, path: Path, dtype: str = "fp32") -> Path:
 
 
 def _blinkdl_weights(model: RWKVModel, dtype: str) -> dict[str, torch.Tensor]:
-    target = torch.bfloat16 if dtype == "bf16" else torch.float32
-    return {k: v.detach().to("cpu", target).contiguous() for k, v in model.state_dict().items()}
+    """BlinkDL's state dict of ``model`` in ``dtype`` (LoRA adapters, if any, folded into their matrices)."""
+    from docstream.train.lora import merged_state
+
+    return merged_state(model, torch.bfloat16 if dtype == "bf16" else torch.float32)
 
 
 def _log_bytes(log: list[dict[str, Any]]) -> bytes:
@@ -231,6 +239,11 @@ def _model(config: TrainConfig, tokenizer: Tokenizer) -> RWKVModel:
             raise ValueError(f"{config.init_from} has a vocabulary of {model.config.vocab_size} ids but the "
                              f"tokenizer has {tokenizer.vocab_size}; fine-tune with the model's own tokenizer")
     model = model.to(config.device).set_backend(config.backend)
+    if config.lora_rank is not None:
+        from docstream.train.lora import add_lora
+
+        add_lora(model, config.lora_rank, config.lora_alpha, tuple(config.lora_targets), seed=config.seed)
+        return model.train()  # frozen, but for the adapters
     return model.train().requires_grad_(True)
 
 
@@ -242,7 +255,7 @@ def _save(config: TrainConfig, model: RWKVModel, optimizer: torch.optim.Optimize
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "elapsed": elapsed, "log": log}, buf)
-    export_blinkdl(model, config.out / "model.pth", config.save_dtype)
+    _export(config, model)
     atomic_write_bytes(config.out / "log.jsonl", _log_bytes(log))
     atomic_write_bytes(config.out / "train_state.pt", buf.getvalue())
 
@@ -253,9 +266,26 @@ def _restore_exports(config: TrainConfig, model: RWKVModel, log: list[dict[str, 
     log_path = config.out / "log.jsonl"
     if not log_path.is_file() or log_path.read_bytes() != _log_bytes(log):
         atomic_write_bytes(log_path, _log_bytes(log))
+    if config.lora_rank is not None:
+        _export(config, model)  # the adapter is small: written again rather than compared
+        return
     model_path = config.out / "model.pth"
     if not _same_weights(model_path, _blinkdl_weights(model, config.save_dtype)):
         export_blinkdl(model, model_path, config.save_dtype)
+
+
+def _export(config: TrainConfig, model: RWKVModel) -> None:
+    """The run's exports: ``model.pth``; a LoRA run's adapter, and ``model.pth`` only when merging."""
+    if config.lora_rank is not None:
+        from docstream.model.loader import file_fingerprint
+        from docstream.train.lora import save_adapter
+
+        save_adapter(model, config.out, {"rank": config.lora_rank, "alpha": config.lora_alpha,
+                                         "targets": config.lora_targets, "base": str(config.init_from),
+                                         "base_fingerprint": file_fingerprint(config.init_from)})
+        if not config.merge:
+            return
+    export_blinkdl(model, config.out / "model.pth", config.save_dtype)
 
 
 def _same_weights(path: Path, expected: dict[str, torch.Tensor]) -> bool:
@@ -338,4 +368,5 @@ def _loop(config: TrainConfig, model: RWKVModel, optimizer: torch.optim.Optimize
                         **({"bpb": f"{bpb:.3f}"} if bpb is not None else {}))
         bar.update(1)
     bar.close()
-    return TrainResult(config.out, step, step * tokens_per_step, elapsed, loss_value, bpb, config.out / "model.pth")
+    exported = "adapter.safetensors" if config.lora_rank is not None and not config.merge else "model.pth"
+    return TrainResult(config.out, step, step * tokens_per_step, elapsed, loss_value, bpb, config.out / exported)
