@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cmd_info(args: argparse.Namespace) -> int:
     from docstream.defaults import default_model_path
     from docstream.model import load_model
-    from docstream.model.hf_files import checkpoint_format
+    from docstream.model.formats.hf_files import checkpoint_format
 
     defaults = RunConfig.model_fields
     path = args.model if args.model is not None else default_model_path()
@@ -52,7 +52,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from docstream.model.convert import convert_checkpoint
+    from docstream.model.formats.convert import convert_checkpoint
 
     if args.tokenizer is not None and args.to != "gguf":
         raise ValueError("--tokenizer only applies to --to gguf (the other layouts carry no vocabulary)")

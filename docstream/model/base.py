@@ -206,10 +206,11 @@ class RWKVModel(nn.Module):
         self.head = Linear(config.n_embd, config.vocab_size)
         #: hidden-state forwards replayed from CUDA graphs, by [B, T] (docstream.model.graphs)
         self._captured: dict[tuple[int, int], object] = {}
-        #: decoding steps replayed from CUDA graphs, by batch size, and the capture that makes new ones
-        #: (None: steps run eagerly; docstream.model.graphs.enable_step_graphs)
+        #: decoding steps replayed from CUDA graphs, by batch size, and the function that replays (and first
+        #: captures) them: ``hook(model, tokens, state, inplace)`` -> the step's result, or None to step
+        #: eagerly (None: every step is eager; docstream.model.graphs.enable_step_graphs sets it)
         self._captured_steps: dict[int, object] = {}
-        self._step_capture = None
+        self._step_hook = None
 
     # -- per-version hooks -------------------------------------------------------------------------
     @classmethod
@@ -286,8 +287,10 @@ class RWKVModel(nn.Module):
             raise ValueError(f"step(inplace=True) needs a state on the model's device and dtype "
                              f"({self.device}, {self.dtype}); got {state.device}, {state.dtype}. "
                              f"Move it first with state.to(...)")
-        if self._step_capture is not None and state is not None and state.device == self.device:
-            replayed = self._replay_step(tokens, state, inplace)
+        if self._step_hook is not None and state is not None and state.device == self.device:
+            self._check_state(state, tokens.shape[0])
+            check_token_range(int(tokens.min()), int(tokens.max()), self.config.vocab_size)  # host ids: no sync
+            replayed = self._step_hook(self, tokens, state, inplace)
             if replayed is not None:
                 return replayed
         return self._eager_step(tokens, state, inplace)
@@ -299,20 +302,6 @@ class RWKVModel(nn.Module):
             return self.head(self.ln_out(x[:, -1])).float(), new_state  # what forward returns
         finally:
             _STEP_KERNEL.reset(reset)
-
-    def _replay_step(self, tokens: Tensor, state: State, inplace: bool) -> tuple[Tensor, State] | None:
-        """The step from the batch size's CUDA graph (captured on its first use), or None to step eagerly."""
-        from docstream.model.graphs import capture_step
-
-        batch = tokens.shape[0]
-        self._check_state(state, batch)
-        check_token_range(int(tokens.min()), int(tokens.max()), self.config.vocab_size)  # host ids: no sync
-        if batch not in self._captured_steps:
-            self._captured_steps[batch] = capture_step(self, batch, self._step_capture)  # None: stays eager
-        captured = self._captured_steps[batch]
-        if captured is None:
-            return None
-        return captured(tokens.to(self.device), state, inplace)
 
     def forward_train(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """The differentiable forward used by training: logits [B, T, V] for every position and the

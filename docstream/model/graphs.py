@@ -116,7 +116,7 @@ def release_forwards(model: RWKVModel) -> None:
     stop capturing steps."""
     model._captured.clear()
     model._captured_steps.clear()
-    model._step_capture = None
+    model._step_hook = None
 
 
 @dataclass
@@ -179,7 +179,15 @@ def enable_step_graphs(model: RWKVModel, capture: Capture = cuda_capture) -> Non
     """From now on ``model.step`` on the model's device captures each new batch size in a graph (checked
     as :func:`capture_step` does; a size that fails stays eager) and replays it."""
     _check_device(model, capture)
-    model._step_capture = capture
+
+    def replayed(model: RWKVModel, tokens: Tensor, state: State, inplace: bool) -> tuple[Tensor, State] | None:
+        batch = tokens.shape[0]
+        if batch not in model._captured_steps:
+            model._captured_steps[batch] = capture_step(model, batch, capture)  # None: this size stays eager
+        captured = model._captured_steps[batch]
+        return None if captured is None else captured(tokens.to(model.device), state, inplace)
+
+    model._step_hook = replayed
 
 
 def _record(model: RWKVModel, shape: tuple[int, int], record, capture: Capture, what: str, fallback: str):

@@ -48,8 +48,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     """The state dict stored at ``path`` in BlinkDL's names, memory-mapped where the file format allows.
 
     ``path`` is a BlinkDL ``.pth`` file, or a Hugging Face checkpoint (a model folder or a ``.safetensors``
-    file; :mod:`docstream.model.hf_files`) of RWKV-7 in fla's layout or RWKV-4 in transformers'."""
-    from docstream.model.hf_files import is_hf_path, read_hf_files, to_blinkdl
+    file; :mod:`docstream.model.formats.hf_files`) of RWKV-7 in fla's layout or RWKV-4 in transformers'."""
+    from docstream.model.formats.hf_files import is_hf_path, read_hf_files, to_blinkdl
 
     path = Path(path)
     if is_hf_path(path):
@@ -139,8 +139,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
 
 def file_fingerprint(path: str | Path) -> str:
     """The identity snapshots record of the model that made them (see
-    :func:`docstream.model.hf_files.checkpoint_fingerprint`: a file's sha256, or a model folder's)."""
-    from docstream.model.hf_files import checkpoint_fingerprint
+    :func:`docstream.model.formats.hf_files.checkpoint_fingerprint`: a file's sha256, or a model folder's)."""
+    from docstream.model.formats.hf_files import checkpoint_fingerprint
 
     return checkpoint_fingerprint(path)
 

@@ -16,7 +16,7 @@ import ray
 
 from docstream.corpus import Rejected
 from docstream.model import load_model
-from docstream.model.hf_files import checkpoint_fingerprint
+from docstream.model.formats.hf_files import checkpoint_fingerprint
 from docstream.stream.engine import ChunkRecord, DocumentDone, Stream, StreamTask
 from docstream.tokenizer import load_tokenizer
 

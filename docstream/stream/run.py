@@ -19,7 +19,7 @@ from tqdm import tqdm
 import docstream
 from docstream.corpus import SUFFIXES, Document, Rejected, iter_corpus
 from docstream.model import State, load_model
-from docstream.model.hf_files import checkpoint_fingerprint
+from docstream.model.formats.hf_files import checkpoint_fingerprint
 from docstream.store.config import RunConfig
 from docstream.store.run_store import Progress, RunStore, SnapshotRef
 from docstream.stream.clock import StageClock

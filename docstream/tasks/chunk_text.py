@@ -6,6 +6,7 @@ read back from the run's corpus instead (the document must still be there and un
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from docstream.corpus.chunk_id import ChunkId, ChunkIdColumns
 from docstream.store.reader import read_chunk_tokens, run_settings
+from docstream.tasks.snippets import SNIPPET_CHARS, shorten
 from docstream.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["CommittedTexts", "read_chunk_texts", "run_tokenizer"]
@@ -67,8 +69,6 @@ def _read_from_corpus(out: str | Path, tokenizer: Tokenizer, rows: ChunkIdColumn
                       texts: list[str | None]) -> None:
     """Fill ``texts[i]`` for the rows in ``missing`` from the run's corpus (chunks of runs made before token ids
     were stored)."""
-    from docstream.tasks.search import corpus_reader, read_snippets
-
     chunks = [rows.row(i) for i in missing]
     found = read_snippets(corpus_reader(Path(out))(), tokenizer, chunks, limit=None)
     lost = [c for c in chunks if c not in found]
@@ -82,3 +82,51 @@ def _read_from_corpus(out: str | Path, tokenizer: Tokenizer, rows: ChunkIdColumn
 
 def _describe(chunk: ChunkId) -> str:
     return f"document {chunk.doc_id!r} chunk {chunk.chunk_index}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Texts read back from the run's corpus (runs before stored tokens; snippets without a lexical index)
+
+def corpus_reader(out: Path) -> Callable[[], Iterable]:
+    """A function giving a fresh iterator over the run's corpus (the resolved input path of its identity)."""
+    from docstream.corpus import iter_corpus
+    from docstream.store.reader import read_run_config, run_settings
+
+    settings = run_settings(out)
+    path = read_run_config(out)["identity"].get("input", str(settings.input))
+    return lambda: iter_corpus(path, settings.input_format, settings.id_field, settings.text_field)
+
+
+def read_snippets(corpus: Iterable, tokenizer: Tokenizer, chunks: list[ChunkId],
+                  limit: int | None = SNIPPET_CHARS) -> dict[ChunkId, str]:
+    """The text of each chunk (whitespace collapsed and cut to ``limit`` characters; whole when ``limit`` is
+    None), reading the corpus only
+    until every wanted document was seen. Chunks whose document is missing or unreadable are left out."""
+    from docstream.corpus import Document
+
+    wanted: dict[str, list[ChunkId]] = {}
+    for chunk in chunks:
+        wanted.setdefault(chunk.doc_id, []).append(chunk)
+    texts: dict[ChunkId, str] = {}
+    try:
+        for item in corpus:
+            if isinstance(item, Document) and item.doc_id in wanted:
+                for chunk in wanted.pop(item.doc_id):
+                    text = _span_text(item, tokenizer, chunk)
+                    if text is not None:
+                        texts[chunk] = text if limit is None else shorten(text, limit)
+            if not wanted:
+                break
+    except (OSError, ValueError):
+        pass
+    return texts
+
+
+def _span_text(doc, tokenizer: Tokenizer, chunk: ChunkId) -> str | None:
+    """The text of ``chunk`` in ``doc``, or None when the document no longer reaches it."""
+    from docstream.corpus.chunker import text_of_span
+
+    try:
+        return text_of_span(doc, tokenizer, chunk.token_start, chunk.token_end)
+    except (OSError, ValueError):  # the file vanished or shrank since the run
+        return None

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from docstream.corpus import Document, Rejected
 from docstream.model import load_model
-from docstream.model.hf_files import checkpoint_fingerprint
+from docstream.model.formats.hf_files import checkpoint_fingerprint
 from docstream.model.pooling import DEFAULT_POOLING, POOLINGS
 from docstream.store.reader import (
     EmbeddingRows,

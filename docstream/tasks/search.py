@@ -28,12 +28,13 @@ Command line: ``docstream search`` and ``docstream index`` (:mod:`docstream.comm
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+
+from docstream.tasks.snippets import SNIPPET_CHARS, shorten
 
 if TYPE_CHECKING:
     from docstream.tasks.index import ChunkId, LoadedIndex
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from docstream.tokenizer import Tokenizer
 
 __all__ = ["DEFAULT_MODE", "DEFAULT_POOLING", "Hit", "MODES", "SNIPPET_CHARS", "Searcher", "format_hits",
-           "read_snippets", "search", "shorten"]
+           "search", "shorten"]
 
 #: how a query is answered: both retrievers fused, or one of them alone
 MODES = ("hybrid", "dense", "lexical")
@@ -60,8 +61,6 @@ DEPTH = 100
 DENSE_WEIGHT = 0.2
 
 #: snippets are cut to this many characters
-SNIPPET_CHARS = 200
-_SPACES = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -189,6 +188,8 @@ class Searcher:
         if self.lexical is not None:
             return _lexical_texts(self.lexical, chunks)
         try:
+            from docstream.tasks.chunk_text import corpus_reader, read_snippets
+
             corpus, tokenizer = corpus_reader(self.out)(), self._run_tokenizer()
         except (OSError, ValueError):
             return {}
@@ -296,57 +297,6 @@ def _chunk_of(hit) -> ChunkId:
     from docstream.corpus.chunk_id import ChunkId
 
     return ChunkId(hit.doc_id, hit.chunk_index, hit.token_start, hit.token_end)
-
-
-def corpus_reader(out: Path) -> Callable[[], Iterable]:
-    """A function giving a fresh iterator over the run's corpus (the resolved input path of its identity)."""
-    from docstream.corpus import iter_corpus
-    from docstream.store.reader import read_run_config, run_settings
-
-    settings = run_settings(out)
-    path = read_run_config(out)["identity"].get("input", str(settings.input))
-    return lambda: iter_corpus(path, settings.input_format, settings.id_field, settings.text_field)
-
-
-def read_snippets(corpus: Iterable, tokenizer: Tokenizer, chunks: list[ChunkId],
-                  limit: int | None = SNIPPET_CHARS) -> dict[ChunkId, str]:
-    """The text of each chunk (whitespace collapsed and cut to ``limit`` characters; whole when ``limit`` is
-    None), reading the corpus only
-    until every wanted document was seen. Chunks whose document is missing or unreadable are left out."""
-    from docstream.corpus import Document
-
-    wanted: dict[str, list[ChunkId]] = {}
-    for chunk in chunks:
-        wanted.setdefault(chunk.doc_id, []).append(chunk)
-    texts: dict[ChunkId, str] = {}
-    try:
-        for item in corpus:
-            if isinstance(item, Document) and item.doc_id in wanted:
-                for chunk in wanted.pop(item.doc_id):
-                    text = _span_text(item, tokenizer, chunk)
-                    if text is not None:
-                        texts[chunk] = text if limit is None else shorten(text, limit)
-            if not wanted:
-                break
-    except (OSError, ValueError):
-        pass
-    return texts
-
-
-def _span_text(doc, tokenizer: Tokenizer, chunk: ChunkId) -> str | None:
-    """The text of ``chunk`` in ``doc``, or None when the document no longer reaches it."""
-    from docstream.corpus.chunker import text_of_span
-
-    try:
-        return text_of_span(doc, tokenizer, chunk.token_start, chunk.token_end)
-    except (OSError, ValueError):  # the file vanished or shrank since the run
-        return None
-
-
-def shorten(text: str, limit: int = SNIPPET_CHARS) -> str:
-    """``text`` on one line (runs of whitespace made one space), cut to ``limit`` characters with "…"."""
-    flat = _SPACES.sub(" ", text).strip()
-    return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from docstream.corpus.chunker import TokenChunk, iter_chunks
 from docstream.files import atomic_write_bytes
 from docstream.model import RWKVModel, State, load_model
 from docstream.model.feed import feed_chunks
-from docstream.model.hf_files import checkpoint_fingerprint
+from docstream.model.formats.hf_files import checkpoint_fingerprint
 from docstream.store.config import RunConfig
 from docstream.store.reader import document_rows, run_settings
 from docstream.store.schemas import SUMMARY_SCHEMA

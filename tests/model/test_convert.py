@@ -10,7 +10,7 @@ import torch
 from docstream.cli import main
 from docstream.files import DiskFullError
 from docstream.model import load_model
-from docstream.model.convert import convert_checkpoint
+from docstream.model.formats.convert import convert_checkpoint
 from docstream.testing.checkpoints import save_random_checkpoint
 from tests.model.test_hf_layouts import SEQ, _folder, _same_model, fla_layout, transformers_layout
 from tests.official import run_official

@@ -200,7 +200,7 @@ def test_each_batch_size_gets_its_own_step_and_a_failed_one_stays_eager(model):
     assert len(sizes) == 2  # each batch size is captured (or tried) once
     assert model._captured_steps[3] is None and model._captured_steps[2] is not None
     release_forwards(model)
-    assert model._captured_steps == {} and model._step_capture is None
+    assert model._captured_steps == {} and model._step_hook is None
 
 
 def test_a_step_with_bad_ids_is_refused_before_the_graph_runs(model):

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from docstream.model import load_model
-from docstream.model.hf_files import checkpoint_fingerprint
+from docstream.model.formats.hf_files import checkpoint_fingerprint
 from docstream.testing.checkpoints import save_random_checkpoint
 
 TOL = 1e-5

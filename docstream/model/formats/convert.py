@@ -4,7 +4,7 @@
   checkpoint docstream reads, e.g. a Hugging Face folder.
 * ``--to hf``: a Hugging Face model folder (``model.safetensors`` and ``config.json``): RWKV-7 in fla's
   ``RWKV7ForCausalLM`` layout, RWKV-4 in transformers' ``RwkvForCausalLM`` layout.
-* ``--to gguf``: one GGUF file of RWKV-7 for llama.cpp (:mod:`docstream.model.gguf_rwkv7`), float32, with the
+* ``--to gguf``: one GGUF file of RWKV-7 for llama.cpp (:mod:`docstream.model.formats.gguf_rwkv7`), float32, with the
   World vocabulary.
 
 The checkpoint is first built into a model, so a damaged or non-finite one is refused before anything is
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from docstream.files import atomic_write, disk_full, fsync_dir, no_space, temp_path
-from docstream.model import hf_rwkv4, hf_rwkv7
+from docstream.model.formats import hf_rwkv4, hf_rwkv7
 from docstream.model.loader import build_model, read_checkpoint
 
 __all__ = ["HF_LAYOUTS", "TARGETS", "convert_checkpoint"]
@@ -63,7 +63,7 @@ def convert_checkpoint(source: str | Path, out: str | Path, to: str, tokenizer: 
 
 
 def _write_gguf(out: Path, sd: dict, config, tokenizer: str | Path | None, source: Path) -> None:
-    from docstream.model.gguf_rwkv7 import write_gguf
+    from docstream.model.formats.gguf_rwkv7 import write_gguf
     from docstream.tokenizer.base import read_vocab_bytes
     from docstream.tokenizer.world import default_world_vocab_path, looks_like_world_vocab, parse_world_vocab
 

@@ -3,8 +3,8 @@ listed by ``model.safetensors.index.json``, or ``pytorch_model.bin`` and its sha
 ``.safetensors`` file. They are read into a state dict, and RWKV tensors in a Hugging Face naming are given
 BlinkDL's names, so that one loader builds every model:
 
-* RWKV-7 in fla's ``RWKV7ForCausalLM`` naming (:mod:`docstream.model.hf_rwkv7`);
-* RWKV-4 in transformers' ``RwkvForCausalLM`` naming (:mod:`docstream.model.hf_rwkv4`).
+* RWKV-7 in fla's ``RWKV7ForCausalLM`` naming (:mod:`docstream.model.formats.hf_rwkv7`);
+* RWKV-4 in transformers' ``RwkvForCausalLM`` naming (:mod:`docstream.model.formats.hf_rwkv4`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from docstream.checksum import sha256_file
-from docstream.model import hf_rwkv4, hf_rwkv7
+from docstream.model.formats import hf_rwkv4, hf_rwkv7
 
 if TYPE_CHECKING:  # torch is imported where tensors are read: fingerprints need no torch
     from torch import Tensor
