@@ -32,7 +32,8 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: keeps --help fast
 
-    model: Path = Field(description="BlinkDL RWKV .pth checkpoint (default: the built-in model)")
+    model: Path = Field(description="RWKV checkpoint: a BlinkDL .pth, a .safetensors file or a Hugging Face model "
+                                    "folder (default: the built-in model)")
     tokenizer: Path = Field(description="World vocabulary .txt or Hugging Face tokenizer .json (default: the "
                                          "built-in model's)")
     input: Path = Field(description="corpus: a directory of .txt/.md files, a .jsonl file or a .parquet file")

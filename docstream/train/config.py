@@ -39,7 +39,8 @@ class TrainConfig(BaseModel):
     out: Path = Field(description="training directory: checkpoints, log, tokens (re-running resumes)")
     tokenizer: Path | None = Field(None, description="tokenizer to use; None trains a byte-level BPE on `data`")
     vocab_size: int = Field(4096, ge=260, description="vocabulary of a newly trained BPE tokenizer")
-    init_from: Path | None = Field(None, description="BlinkDL .pth to fine-tune (any version); None: a new RWKV-7")
+    init_from: Path | None = Field(None, description="checkpoint to fine-tune (any version; .pth or Hugging Face "
+                                                        "layout); None: a new RWKV-7")
     n_layer: int = Field(6, ge=1, description="layers of a new model")
     n_embd: int = Field(256, ge=16, description="width of a new model")
     head_size: int = Field(64, ge=8, description="head size of a new model")
