@@ -154,5 +154,7 @@ def test_gguf_needs_rwkv7_and_a_world_vocabulary(checkpoints, tmp_path):
     bpe.write_text("{}")
     with pytest.raises(ValueError, match="is not a World vocabulary"):
         convert_checkpoint(checkpoints["7"], tmp_path / "v7.gguf", "gguf", tokenizer=bpe)
+    with pytest.raises(ValueError, match="only 97 embeddings: it was trained with another tokenizer"):
+        convert_checkpoint(checkpoints["7"], tmp_path / "v7.gguf", "gguf")
     assert main(["convert", str(checkpoints["7"]), str(tmp_path / "x"), "--to", "hf", "--tokenizer", str(bpe)]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]

@@ -82,7 +82,9 @@ def world_vocab(id_to_bytes: dict[int, bytes], vocab_size: int) -> tuple[list[by
     if ids != list(range(1, len(ids) + 1)):
         raise ValueError("the World vocabulary's ids must run 1, 2, 3, ... without gaps for llama.cpp")
     if len(ids) + 1 > vocab_size:
-        raise ValueError(f"the vocabulary has {len(ids)} tokens but the model only {vocab_size} embeddings")
+        raise ValueError(f"the World vocabulary has {len(ids)} tokens but the model only {vocab_size} embeddings: "
+                         f"it was trained with another tokenizer, and llama.cpp's rwkv7 reads only World-vocabulary "
+                         f"models (pass --tokenizer if the model has a World vocabulary file of its own)")
     tokens = [b"<s>"] + [repr(id_to_bytes[i])[2:-1].encode("utf-8") for i in ids]
     types = [gguf.TokenType.CONTROL] + [gguf.TokenType.NORMAL] * len(ids)
     tokens += [f"[PAD{i}]".encode("utf-8") for i in range(len(tokens), vocab_size)]
