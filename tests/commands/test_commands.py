@@ -16,7 +16,7 @@ from docstream.cli import build_parser
 from docstream.commands.flags import add_fields, given
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = ["info", "run", "demo", "search", "index", "summarize", "probe", "train", "verify", "selftest"]
+COMMANDS = ["info", "convert", "run", "demo", "search", "index", "summarize", "probe", "train", "verify", "selftest"]
 
 # run in a fresh interpreter: what `docstream [<cmd>] --help` imports, and every flag without help text
 _HELP_SCRIPT = """
