@@ -64,25 +64,29 @@ limited() {  # $1: the stage's limit in seconds; the rest: the command
     timeout --signal=KILL "$limit" "$@" || { echo "=== FAILED or timed out (rc $?): $*"; rc=1; }
 }
 
-session() {  # everything, most important first; logs in $OUT/session.log, results as JSON beside it
+session() {  # everything still open, most important first; logs in $OUT/session.log, results as JSON beside it
+    # (the first lease, 2026-11-27, measured the pipeline and the 169M corpus; this order is for the next one)
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
     python3 -c "import torch, pyarrow, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'pyarrow', pyarrow.__version__, 'pydantic', pydantic.__version__)"
     limited 150 python3 bench/check_cuda.py --skip-compile-check --only build
-    limited 150 python3 bench/pipeline.py --model 169m --device cuda --dtype bf16 --batch-size 16 --batch-size 64 \
-        --tokens 1500000 --ceiling --work /tmp/docstream-pipeline --json-out "$OUT/pipeline-169m.json"
-    limited 120 python3 bench/check_cuda.py --skip-compile-check --only tests --only timing --junit "$OUT/junit.xml"
-    limited 90 python3 bench/corpus_1m.py --model 169m --device cuda --out /tmp/docstream-corpus
-    cp /tmp/docstream-corpus/corpus_1m-169m.json "$OUT/" 2>/dev/null
-    limited 100 python3 bench/fla_compare.py --json "$OUT/fla.json"
-    limited 60 python3 bench/pipeline.py --model default --device cuda --batch-size 16 --batch-size 64 \
-        --tokens 400000 --ceiling --work /tmp/docstream-pipeline --json-out "$OUT/pipeline-default.json"
-    limited 90 python3 bench/bench_streaming.py --version 7 --shape 169m --device cuda --dtype bf16 \
+    # CUDA graphs: never yet run on a GPU. Their tests first, then the pipeline with and without them
+    limited 90 python3 -m pytest -q -m gpu tests/model/test_gpu.py -k "captured or cuda_graphs" \
+        --junitxml "$OUT/junit-graphs.xml"
+    for flag in "" --cuda-graphs; do
+        limited 120 python3 bench/pipeline.py --model 169m --device cuda --dtype bf16 --batch-size 16 \
+            --batch-size 64 --tokens 1000000 --repeats 2 $flag --work /tmp/docstream-pipeline \
+            --json-out "$OUT/pipeline-169m${flag:+-graphs}.json"
+    done
+    limited 90 python3 bench/decode_graphs.py --batches 1,16
+    limited 150 python3 bench/fla_compare.py --json "$OUT/fla.json"
+    limited 120 python3 bench/bench_streaming.py --version 7 --shape 169m --device cuda --dtype bf16 \
         --chunks 1024 --batches 1,16 --decode-batches 1,16 --tokens 4096 --decode-steps 64 --repeats 3 \
         --threads 8 --out /tmp/docstream-bench
     cp /tmp/docstream-bench/streaming-*.json "$OUT/" 2>/dev/null
     limited 200 python3 bench/corpus_1m.py --model 1.5b --device cuda --out /tmp/docstream-corpus
     cp /tmp/docstream-corpus/corpus_1m-1.5b.json "$OUT/" 2>/dev/null
+    limited 120 python3 bench/check_cuda.py --skip-compile-check --only tests --only timing --junit "$OUT/junit.xml"
     echo "=== session done in $((SECONDS - START)) s"
     return $rc
 }
