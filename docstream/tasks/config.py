@@ -72,6 +72,8 @@ class SummarizeConfig(BaseModel):
     name: str | None = Field(None, description="output file name under RUN/summaries/ (default: a timestamp)")
     batch_size: int = Field(8, ge=1, description="documents generated at once")
     device: str | None = Field(None, description="cpu or cuda[:N] (default: the run's)")
+    cuda_graphs: bool = Field(False, description="on cuda, replay each decoding step from a CUDA graph per batch "
+                                                 "size (fewer launches; same results; experimental)")
 
 
 class IndexConfig(BaseModel):

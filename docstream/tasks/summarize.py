@@ -215,7 +215,8 @@ def summarize(out: str | Path, doc_ids: Sequence[str] | None = None, at_chunk: i
               template: str = "world", instruction: str | None = None, sampling: SamplingConfig | None = None,
               instruction_first: bool = False, name: str | None = None, batch_size: int = 8,
               device: str | None = None, on_token: Callable[[str, int, str], None] | None = None,
-              on_finish: Callable[[Summary], None] | None = None, progress: bool = True) -> SummaryRun:
+              on_finish: Callable[[Summary], None] | None = None, progress: bool = True,
+              cuda_graphs: bool = False) -> SummaryRun:
     """Summarize documents of the run at ``out`` and write ``out/summaries/<name>.parquet``.
 
     Args:
@@ -231,6 +232,8 @@ def summarize(out: str | Path, doc_ids: Sequence[str] | None = None, at_chunk: i
         device: where the model runs (default: the run's device).
         on_token: ``(doc_id, token id, new text)`` as text is generated; ``on_finish``: each summary
             as soon as it is done.
+        cuda_graphs: on a GPU, replay each decoding step from a CUDA graph per batch size
+            (:func:`docstream.model.graphs.enable_step_graphs`; experimental, not yet run on a GPU).
 
     Raises:
         ValueError: unknown documents, a chunk without snapshot (the message names those that have
@@ -252,6 +255,10 @@ def summarize(out: str | Path, doc_ids: Sequence[str] | None = None, at_chunk: i
     fingerprint = _check_model(settings, targets)
     model = load_model(settings.model, device=device or settings.device, dtype=settings.dtype,
                        backend=settings.backend)
+    if cuda_graphs:
+        from docstream.model.graphs import enable_step_graphs
+
+        enable_step_graphs(model)  # refuses a model off CUDA, by name
     tokenizer = load_tokenizer(settings.tokenizer)
     states = _StateSource(out, model, tokenizer, settings, prompt, targets, instruction_first)
     summaries = _generate_all(model, tokenizer, states, prompt, config, batch_size, on_token, on_finish, progress)

@@ -171,3 +171,14 @@ def test_prompts_and_prefix_state(streamed):
         build_prompt("custom prompt", instruction_first=True)
     assert prefix_state(model, tok, "").equal(model.init_state(1))
     assert prefix_state(model, tok, "Read this:").equal(model.forward(tok.encode("Read this:"))[1])
+
+
+def test_cuda_graphs_on_a_cpu_run_are_refused_before_any_summary(streamed, capsys):
+    from docstream.cli import main
+
+    out = streamed[0]
+    with pytest.raises(ValueError, match="CUDA graphs need a model on a CUDA device; this one is on cpu"):
+        summarize(out, ["doc0.txt"], sampling=SAMPLING, name="graphs", progress=False, cuda_graphs=True)
+    assert not (out / "summaries" / "graphs.parquet").exists()
+    assert main(["summarize", "--run", str(out), "--doc", "doc0.txt", "--cuda-graphs", "--name", "g2"]) == 2
+    assert "CUDA graphs need a model on a CUDA device" in capsys.readouterr().err
