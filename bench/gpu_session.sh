@@ -73,16 +73,7 @@ session() {  # everything still open, most important first; logs in $OUT/session
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
     python3 -c "import torch, pyarrow, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'pyarrow', pyarrow.__version__, 'pydantic', pydantic.__version__)"
-    limited 150 python3 bench/check_cuda.py --skip-compile-check --only build
-    # CUDA graphs: never yet run on a GPU. Their tests first, then the pipeline with and without them
-    limited 90 python3 -m pytest -q -m gpu tests/model/test_gpu.py -k "captured or cuda_graphs" \
-        --junitxml "$OUT/junit-graphs.xml"
-    for flag in "" --cuda-graphs; do
-        limited 120 python3 bench/pipeline.py --model 169m --device cuda --dtype bf16 --batch-size 16 \
-            --batch-size 64 --tokens 1000000 --repeats 2 $flag --work /tmp/docstream-pipeline \
-            --json-out "$OUT/pipeline-169m${flag:+-graphs}.json"
-    done
-    limited 90 python3 bench/decode_graphs.py --batches 1,16
+    graph_stages  # CUDA graphs have never run on a GPU: they come first
     limited 150 python3 bench/fla_compare.py --json "$OUT/fla.json"
     limited 120 python3 bench/bench_streaming.py --version 7 --shape 169m --device cuda --dtype bf16 \
         --chunks 1024 --batches 1,16 --decode-batches 1,16 --tokens 4096 --decode-steps 64 --repeats 3 \
@@ -95,17 +86,21 @@ session() {  # everything still open, most important first; logs in $OUT/session
     return $rc
 }
 
-graphs() {  # the pipeline with the steady-shape forward replayed from a CUDA graph, next to eager
-    nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
+graph_stages() {  # build; the CUDA-graph GPU tests; the pipeline with and without graphs; decoding graphs
     limited 150 python3 bench/check_cuda.py --skip-compile-check --only build
-    limited 120 python3 -m pytest -q -m gpu tests/model/test_gpu.py -k "captured or cuda_graphs" \
+    limited 90 python3 -m pytest -q -m gpu tests/model/test_gpu.py -k "captured or cuda_graphs" \
         --junitxml "$OUT/junit-graphs.xml"
     for flag in "" --cuda-graphs; do
-        limited 150 python3 bench/pipeline.py --model 169m --device cuda --dtype bf16 --batch-size 16 \
+        limited 120 python3 bench/pipeline.py --model 169m --device cuda --dtype bf16 --batch-size 16 \
             --batch-size 64 --tokens 1000000 --repeats 2 $flag --work /tmp/docstream-pipeline \
             --json-out "$OUT/pipeline-169m${flag:+-graphs}.json"
     done
-    limited 120 python3 bench/decode_graphs.py --batches 1,16
+    limited 90 python3 bench/decode_graphs.py --batches 1,16
+}
+
+graphs() {  # the CUDA-graph stages alone
+    nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
+    graph_stages
     echo "=== graphs done in $((SECONDS - START)) s"
     return $rc
 }
