@@ -70,10 +70,8 @@ def checkpoint_fingerprint(path: str | Path) -> str:
 
 
 def read_hf_files(path: Path) -> dict[str, Tensor]:
-    """The tensors of the checkpoint at ``path`` (a folder or a ``.safetensors`` file), in their own names."""
-    if not path.exists():
-        raise FileNotFoundError(f"RWKV checkpoint {str(path)!r} does not exist (expected a BlinkDL .pth file, "
-                                f"a .safetensors file or a Hugging Face model folder)")
+    """The tensors of the checkpoint at ``path`` (an existing folder or ``.safetensors`` file), in their own
+    names."""
     sd: dict[str, Tensor] = {}
     for file in checkpoint_files(path):
         if file.name == "config.json":
@@ -104,18 +102,14 @@ def _index(path: Path) -> dict[str, str]:
 
 
 def _read_weights(file: Path) -> dict[str, Tensor]:
-    import torch
-    from torch import Tensor
+    if file.suffix != ".safetensors":  # pytorch_model.bin and its shards: read as any PyTorch file is
+        from docstream.model.loader import read_state_dict_file
+
+        return read_state_dict_file(file)
+    from safetensors.torch import load_file
 
     try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(file))
-        sd = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as err:  # both libraries raise many types for a damaged file; report them alike
+        return load_file(str(file))
+    except Exception as err:  # safetensors raises several types for a damaged file; report them alike
         raise ValueError(f"{str(file)!r} is not a readable weights file ({type(err).__name__}: {err}); "
-                         f"expected complete safetensors or PyTorch weights") from err
-    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise ValueError(f"{str(file)!r} does not hold a state dict of tensors")
-    return sd
+                         f"expected complete safetensors") from err
