@@ -54,8 +54,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from docstream.model.formats.convert import convert_checkpoint
 
-    if args.tokenizer is not None and args.to != "gguf":
-        raise ValueError("--tokenizer only applies to --to gguf (the other layouts carry no vocabulary)")
     out = convert_checkpoint(args.source, args.out, args.to, args.tokenizer)
     print(f"wrote {out} ({args.to})")
     return 0

@@ -156,5 +156,18 @@ def test_gguf_needs_rwkv7_and_a_world_vocabulary(checkpoints, tmp_path):
         convert_checkpoint(checkpoints["7"], tmp_path / "v7.gguf", "gguf", tokenizer=bpe)
     with pytest.raises(ValueError, match="only 97 embeddings: it was trained with another tokenizer"):
         convert_checkpoint(checkpoints["7"], tmp_path / "v7.gguf", "gguf")
+    with pytest.raises(ValueError, match="a tokenizer only applies to --to gguf"):
+        convert_checkpoint(checkpoints["7"], tmp_path / "x", "pth", tokenizer=bpe)
     assert main(["convert", str(checkpoints["7"]), str(tmp_path / "x"), "--to", "hf", "--tokenizer", str(bpe)]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]
+
+
+def test_a_tied_head_is_written_as_its_own_tensor(checkpoints, tmp_path):
+    # a folder without lm_head (tied embeddings) loads with head = embedding; safetensors refuses shared tensors
+    sd = torch.load(checkpoints["7"], weights_only=True)
+    tensors = fla_layout(sd)
+    del tensors["lm_head.weight"]
+    out = convert_checkpoint(_folder(tmp_path / "tied", tensors, {"model_type": "rwkv7"}), tmp_path / "hf", "hf")
+    written = _tensors(out)
+    assert torch.equal(written["lm_head.weight"], sd["emb.weight"])
+    assert torch.equal(written["model.embeddings.weight"], sd["emb.weight"])

@@ -37,13 +37,14 @@ def convert_checkpoint(source: str | Path, out: str | Path, to: str, tokenizer: 
     source, out = Path(source), Path(out)
     if to not in TARGETS:
         raise ValueError(f"unknown target layout {to!r}; expected one of {', '.join(TARGETS)}")
+    if tokenizer is not None and to != "gguf":
+        raise ValueError(f"a tokenizer only applies to --to gguf (--to {to} carries no vocabulary)")
     if out.exists():
         raise FileExistsError(f"{str(out)!r} already exists; choose a new output path (nothing is overwritten)")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"the folder of the output, {str(out.parent)!r}, does not exist")
     sd = read_checkpoint(source)
     config = build_model(sd, source=repr(str(source))).config  # refuses damaged, non-finite or unknown weights
-    sd = {name: t.detach().clone() for name, t in sd.items()}  # own storage: tied tensors become two
     if to == "pth":
         atomic_write(out, lambda tmp: torch.save(sd, tmp))
         return out
@@ -81,6 +82,11 @@ def _write_gguf(out: Path, sd: dict, config, tokenizer: str | Path | None, sourc
 def _write_folder(out: Path, tensors: dict, settings: dict) -> None:
     from safetensors.torch import save_file
 
+    seen: set[int] = set()
+    for name, t in tensors.items():  # safetensors stores no shared tensors: a tied head gets its own copy
+        if t.data_ptr() in seen:
+            tensors[name] = t.clone()
+        seen.add(t.data_ptr())
     tmp = temp_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -50,7 +50,7 @@ def to_blinkdl(sd: dict[str, Tensor], source: str) -> dict[str, Tensor]:
             continue
         found = re.match(r"^layers\.(\d+)\.(\w+)\.(.+)$", name)
         if not found:
-            raise ValueError(f"{source}: tensor {key!r} has no place in an RWKV-7 model (fla layout)")
+            raise _misplaced(key, source)
         layer, part, rest = found.groups()
         if part in _NORMS:
             out[f"blocks.{layer}.{_NORMS[part]}.{rest}"] = tensor
@@ -62,7 +62,7 @@ def to_blinkdl(sd: dict[str, Tensor], source: str) -> dict[str, Tensor]:
             if _LORA.match(rest) and rest.endswith(".weight"):
                 tensor = tensor.t()  # nn.Linear's [out, in] -> BlinkDL's [in, out]
         else:
-            raise ValueError(f"{source}: tensor {key!r} has no place in an RWKV-7 model (fla layout)")
+            raise _misplaced(key, source)
         if _VECTORS.match(local):
             tensor = tensor.reshape(1, 1, -1)
         out[f"blocks.{layer}.{local}"] = tensor.contiguous()
@@ -71,13 +71,17 @@ def to_blinkdl(sd: dict[str, Tensor], source: str) -> dict[str, Tensor]:
     return out
 
 
+def _misplaced(key: str, source: str) -> ValueError:
+    return ValueError(f"{source}: tensor {key!r} has no place in an RWKV-7 model (fla layout)")
+
+
 def _attention_name(rest: str, key: str, source: str) -> str:
     lora = _LORA.match(rest)
     if lora:
         branch, index, kind = lora.groups()
         if kind == "bias":
             if index != "2" or branch == "g":
-                raise ValueError(f"{source}: tensor {key!r} has no place in an RWKV-7 model (fla layout)")
+                raise _misplaced(key, source)
             return f"{branch}0"
         return f"{branch}{1 if index == '0' else 2}"
     head, _, tail = rest.partition(".")
