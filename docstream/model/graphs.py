@@ -142,7 +142,7 @@ class CapturedStep:
         return self.logits.clone(), self.state.clone()
 
 
-def _eager_step(model: RWKVModel, tokens: Tensor, state: State) -> Tensor:
+def _step_in_place(model: RWKVModel, tokens: Tensor, state: State) -> Tensor:
     """What a step graph records: ``model.step`` in place, its token check left to the caller."""
     with tokens_checked():
         logits, _ = model._eager_step(tokens, state, inplace=True)
@@ -156,20 +156,12 @@ def capture_step(model: RWKVModel, batch: int, capture: Capture = cuda_capture) 
         raise ValueError(f"a captured step needs batch >= 1, got {batch}")
     _check_device(model, capture)
     what, fallback = f"the decoding step of {batch} rows", "stepping eagerly"
-    recorded = _record(model, (batch, 1), _eager_step, capture, what, fallback)
+    recorded = _record(model, (batch, 1), _step_in_place, capture, what, fallback)
     if recorded is None:
         return None
     tokens, static, replay, logits = recorded
     captured = CapturedStep(tokens, static, logits, replay)
-    g = torch.Generator().manual_seed(1)
-    state = _random_state(model, batch, g)
-    step_tokens = torch.randint(0, model.config.vocab_size, (batch, 1), generator=g).to(model.device)
-    with tokens_checked():
-        want_logits, want_state = model._eager_step(step_tokens, state, inplace=False)
-    got_logits, got_state = captured(step_tokens, state.clone(), inplace=False)
-    problem = _differs({"logits": (got_logits, want_logits),
-                        **{f"state {name}": (got_state.parts()[name], t) for name, t in want_state.parts().items()}})
-    if _refused(problem, what, fallback):
+    if _refused(_check_step(model, captured), what, fallback):
         return None
     model._captured_steps[batch] = captured
     return captured
@@ -219,25 +211,35 @@ def _check_device(model: RWKVModel, capture: Capture) -> None:
 
 def _check(model: RWKVModel, captured: CapturedForward) -> str | None:
     """None when a replay gives the eager forward's results on random tokens from a random state."""
-    batch, length = captured.shape
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, model.config.vocab_size, (batch, length), generator=g).to(model.device)
-    state = _random_state(model, batch, g)
+    tokens, state = _random_inputs(model, captured.shape, seed=0)
     want = _eager(model, tokens, state)
     got = captured(tokens, state)
-    return _differs({"hidden": (got.last, want.last), **{f"state {name}": (got.state.parts()[name], t)
-                                                         for name, t in want.state.parts().items()}})
+    return _differs({"hidden": (got.last, want.last)}, got.state, want.state)
 
 
-def _random_state(model: RWKVModel, batch: int, g: torch.Generator) -> State:
-    state = model.init_state(batch)
+def _check_step(model: RWKVModel, captured: CapturedStep) -> str | None:
+    """None when a replayed step gives the eager step's logits and state on random inputs."""
+    tokens, state = _random_inputs(model, tuple(captured.tokens.shape), seed=1)
+    with tokens_checked():
+        want_logits, want_state = model._eager_step(tokens, state, inplace=False)
+    got_logits, got_state = captured(tokens, state.clone(), inplace=False)
+    return _differs({"logits": (got_logits, want_logits)}, got_state, want_state)
+
+
+def _random_inputs(model: RWKVModel, shape: tuple[int, int], seed: int) -> tuple[Tensor, State]:
+    """Random token ids of ``shape`` and a random state of ``shape[0]`` rows, on the model's device."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, model.config.vocab_size, shape, generator=g).to(model.device)
+    state = model.init_state(shape[0])
     for part in state.parts().values():
         part.copy_(torch.randn(part.shape, generator=g) * 0.1)
-    return state
+    return tokens, state
 
 
-def _differs(pairs: dict[str, tuple[Tensor, Tensor]]) -> str | None:
-    """The first of ``pairs`` (name -> (got, want)) whose relative difference passes CHECK_TOLERANCE."""
+def _differs(outputs: dict[str, tuple[Tensor, Tensor]], got: State, want: State) -> str | None:
+    """The first of ``outputs`` (name -> (got, want)) or of the states' parts whose relative difference passes
+    CHECK_TOLERANCE."""
+    pairs = {**outputs, **{f"state {name}": (got.parts()[name], t) for name, t in want.parts().items()}}
     for name, (a, b) in pairs.items():
         scale = b.float().abs().max().clamp_min(1e-6)
         diff = ((a.float() - b.float()).abs().max() / scale).item()
