@@ -78,16 +78,15 @@ def forward_groups(model: RWKVModel, rows: Sequence[Sequence[int]], states: Stat
         if on_cuda(model):  # pinned and non-blocking: the host does not wait for the work already queued
             tokens = tokens.pin_memory().to(model.device, non_blocking=True)
         state = _gather(states, members)
-        with tokens_checked():
+        with tokens_checked():  # left before the yield: the caller's own forwards check their ids
             if hidden:
                 out = model.forward_hidden(tokens, state)
+                batch = Batch(members, tokens, out.state, hidden=out)
             else:
                 # the last position's logits cost one head product per row; computed even when unused
                 out, new = model.forward(tokens, state, all_logits=logits == "all")
-        if hidden:
-            yield Batch(members, tokens, out.state, hidden=out)
-        else:
-            yield Batch(members, tokens, new, out if logits else None)
+                batch = Batch(members, tokens, new, out if logits else None)
+        yield batch
 
 
 def feed_rows(model: RWKVModel, rows: Sequence[Sequence[int]], states: State | Sequence[State],
