@@ -275,17 +275,25 @@ def _restore_exports(config: TrainConfig, model: RWKVModel, log: list[dict[str, 
 
 
 def _export(config: TrainConfig, model: RWKVModel) -> None:
-    """The run's exports: ``model.pth``; a LoRA run's adapter, and ``model.pth`` only when merging."""
+    """The run's exports: ``model.pth``; a LoRA run's adapter weights, and ``model.pth`` only when merging
+    (its ``adapter.json`` is written once, when the run starts)."""
     if config.lora_rank is not None:
-        from docstream.model.loader import file_fingerprint
         from docstream.train.lora import save_adapter
 
-        save_adapter(model, config.out, {"rank": config.lora_rank, "alpha": config.lora_alpha,
-                                         "targets": config.lora_targets, "base": str(config.init_from),
-                                         "base_fingerprint": file_fingerprint(config.init_from)})
+        save_adapter(model, config.out)
         if not config.merge:
             return
     export_blinkdl(model, config.out / "model.pth", config.save_dtype)
+
+
+def _write_adapter_spec(config: TrainConfig, model: RWKVModel) -> None:
+    """A LoRA run's ``adapter.json``: what the adapters are and which model they adapt (hashed once)."""
+    from docstream.model.formats.hf_files import checkpoint_fingerprint
+    from docstream.train.lora import write_adapter_spec
+
+    write_adapter_spec(model, config.out, {"rank": config.lora_rank, "alpha": config.lora_alpha,
+                                           "targets": config.lora_targets, "base": str(config.init_from),
+                                           "base_fingerprint": checkpoint_fingerprint(config.init_from)})
 
 
 def _same_weights(path: Path, expected: dict[str, torch.Tensor]) -> bool:
@@ -330,6 +338,8 @@ def train(config: TrainConfig) -> TrainResult:
         heldout = heldout_bytes(config.heldout, config.eval_bytes)
         heldout_ids = tokenizer.encode(heldout.decode("utf-8"))  # once, evaluated many times
         model = _model(config, tokenizer)
+        if config.lora_rank is not None:
+            _write_adapter_spec(config, model)
         optimizer = make_optimizer(model, config)
         step, elapsed, log = _resume(config, model, optimizer)
         return _loop(config, model, optimizer, batches, (heldout_ids, len(heldout)), step, elapsed, log)

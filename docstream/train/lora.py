@@ -9,8 +9,8 @@ The adapters wrap the weights through ``torch.nn.utils.parametrize``, so the mod
 compiled kernels included, runs unchanged. Every version's blocks are covered. The targets are
 ``nn.Linear`` modules whose names end with one of ``targets`` (``att.key``, ``ffn.value``...).
 
-* :func:`adapter_state` / :func:`save_adapter` give the adapter on its own (``adapter.safetensors`` plus
-  ``adapter.json``, which records the rank, alpha, targets and the base model's fingerprint).
+* :func:`adapter_state` / :func:`save_adapter` give the adapter on its own (``adapter.safetensors``), and
+  :func:`write_adapter_spec` its ``adapter.json`` (the rank, alpha, targets and the base model's fingerprint).
 * :func:`merged_state` gives BlinkDL's state dict with every adapter folded into its matrix, a plain
   ``.pth`` that the official ``rwkv`` package loads.
 """
@@ -24,12 +24,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from docstream.files import atomic_write, atomic_write_bytes
+from docstream.files import atomic_write_bytes
 from docstream.model.base import RWKVModel
 from docstream.train.config import LORA_TARGETS
 
 __all__ = ["DEFAULT_TARGETS", "LoRA", "add_lora", "adapter_state", "lora_parameters", "merged_state",
-           "save_adapter"]
+           "save_adapter", "write_adapter_spec"]
 
 #: the matrices adapted by default: every block's attention projections and feed-forward matrices
 DEFAULT_TARGETS = LORA_TARGETS
@@ -102,17 +102,20 @@ def merged_state(model: nn.Module, dtype: torch.dtype = torch.float32) -> dict[s
     return {k: v.detach().to("cpu", dtype).contiguous() for k, v in out.items()}
 
 
-def save_adapter(model: nn.Module, directory: Path, settings: dict) -> Path:
-    """Write ``adapter.safetensors`` and ``adapter.json`` (``settings`` plus the adapted modules) atomically;
-    returns the weights' path."""
+def save_adapter(model: nn.Module, directory: Path) -> Path:
+    """Write the adapters' weights, ``adapter.safetensors``, atomically; returns its path."""
     from safetensors.torch import save
 
-    state = adapter_state(model)
     path = directory / "adapter.safetensors"
-    atomic_write(path, lambda tmp: tmp.write_bytes(save(state, metadata={"format": "pt"})))
-    described = dict(settings, modules=sorted({k.rsplit(".", 1)[0] for k in state}))
-    atomic_write_bytes(directory / "adapter.json", (json.dumps(described, indent=2) + "\n").encode())
+    atomic_write_bytes(path, save(adapter_state(model), metadata={"format": "pt"}))
     return path
+
+
+def write_adapter_spec(model: nn.Module, directory: Path, settings: dict) -> None:
+    """Write ``adapter.json`` atomically: ``settings`` (rank, alpha, base model...) and the adapted modules."""
+    modules = sorted(name for name, m in model.named_modules() if parametrize.is_parametrized(m, "weight"))
+    text = json.dumps(dict(settings, modules=modules), indent=2) + "\n"
+    atomic_write_bytes(directory / "adapter.json", text.encode())
 
 
 def _matrix_names(model: RWKVModel) -> list[str]:
