@@ -42,13 +42,7 @@ from docstream.model.formats.hf_files import checkpoint_fingerprint
 from docstream.store.config import RunConfig
 from docstream.store.reader import document_rows, run_settings
 from docstream.store.schemas import SUMMARY_SCHEMA
-from docstream.store.snapshots import (
-    SnapshotInfo,
-    final_snapshot,
-    list_snapshots,
-    load_snapshot,
-    snapshot_at,
-)
+from docstream.store.snapshots import SnapshotInfo, final_snapshot, list_snapshots, load_snapshot, snapshot_at
 from docstream.tasks.config import DEFAULT_SAMPLING
 from docstream.tasks.generate import Generation, SamplingConfig, generate
 from docstream.tokenizer import Tokenizer, load_tokenizer
