@@ -175,7 +175,7 @@ def time_cuda_ops() -> None:
 
 
 #: (what, loader expression) for every CUDA extension the GPU tests and timings load
-EXTENSIONS = ([("wkv4", "build.load_cuda_wkv4()")]
+EXTENSIONS = ([("wkv4", "build.load_cuda_wkv4()"), ("linear_i8", "build.load_cuda_i8()")]
               + [(f"wkv6/wkv7 N={n}", f"build.load_cuda({n})") for n in (64, 16, 24, 13, 32)]
               + [(f"wkv7 training N={n}", f"build.load_cuda_train({n})") for n in (64, 16, 8, 13, 32, 128)])
 

@@ -9,10 +9,12 @@ Gradients: ``wkv7`` is differentiable with every backend; with ``"auto"``, ``"cp
 runs a compiled backward (:func:`wkv7_train`: the forward checkpoints the state every few tokens, the
 backward recomputes within a block) and returns gradients for r, w, k, v, a, b and the initial state.
 ``wkv4`` and ``wkv6`` take their gradients through the reference (``"auto"`` / ``"torch"``).
+``linear_i8`` multiplies by int8 weight matrices (:mod:`docstream.model.quant`), with a reference too.
 Nothing is compiled at import time.
 """
 from docstream.kernels.autograd import wkv7_train
-from docstream.kernels.dispatch import BACKENDS, wkv4, wkv6, wkv7
-from docstream.kernels.reference import wkv4_ref, wkv6_ref, wkv7_ref
+from docstream.kernels.dispatch import BACKENDS, linear_i8, wkv4, wkv6, wkv7
+from docstream.kernels.reference import linear_i8_ref, wkv4_ref, wkv6_ref, wkv7_ref
 
-__all__ = ["BACKENDS", "wkv4", "wkv4_ref", "wkv6", "wkv6_ref", "wkv7", "wkv7_ref", "wkv7_train"]
+__all__ = ["BACKENDS", "linear_i8", "linear_i8_ref", "wkv4", "wkv4_ref", "wkv6", "wkv6_ref", "wkv7", "wkv7_ref",
+           "wkv7_train"]

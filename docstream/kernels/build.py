@@ -14,13 +14,14 @@ live process's build gives up after :data:`LOCK_TIMEOUT_S` seconds with a :class
 Every extension is one entry of :data:`EXTENSIONS` (name, sources, device, defines), built by
 :func:`load_spec`; the loaders below name their entry:
 
-* :func:`load_cpu` -- ``wkv4``, ``wkv6``, ``wkv7`` and ``linear_rows`` for CPU tensors (one extension,
+* :func:`load_cpu` -- ``wkv4``, ``wkv6``, ``wkv7``, ``linear_rows`` and ``linear_i8`` for CPU tensors (one extension,
   built once per machine: ``-O3 -march=native`` and OpenMP, so the name carries a tag of the CPU).
 * :func:`load_cuda` -- ``wkv6`` and ``wkv7`` for CUDA tensors with head size ``N`` baked in at
   compile time (one extension per head size and GPU architecture, both in its name). The head size is
   checked in one place, :func:`check_head_size`, against :data:`MAX_HEAD_SIZE`, which the CUDA
   sources also get (``-DWKV_MAX_N``) for their ``static_assert``.
 * :func:`load_cuda_wkv4` -- ``wkv4`` for CUDA tensors.
+* :func:`load_cuda_i8` -- ``linear_i8`` (products with int8 weights) for CUDA tensors.
 * :func:`load_cpu_train` / :func:`load_cuda_train` -- the RWKV-7 training kernels (a forward that
   saves state checkpoints, and the backward) used by :mod:`docstream.kernels.autograd`: separate
   extensions, so that inference never builds them.
@@ -372,15 +373,16 @@ class ExtensionSpec:
 
 #: Every compiled extension docstream builds, by the key its loader passes to :func:`load`.
 EXTENSIONS: dict[str, ExtensionSpec] = {
-    # wkv4, wkv6, wkv7 and linear_rows for CPU tensors (-march=native: the name carries a CPU tag)
-    "cpu": ExtensionSpec("docstream_wkv_cpu", ("wkv_cpu.cpp", "linear_rows.cpp"), "cpu"),
+    # wkv4, wkv6, wkv7, linear_rows and linear_i8 for CPU tensors (-march=native: the name carries a CPU tag)
+    "cpu": ExtensionSpec("docstream_wkv_cpu", ("wkv_cpu.cpp", "linear_rows.cpp", "linear_i8.cpp"), "cpu"),
     # the same without the GCC/Clang vector types: what other compilers build (for the tests)
-    "cpu_scalar": ExtensionSpec("docstream_wkv_cpu", ("wkv_cpu.cpp", "linear_rows.cpp"), "cpu",
+    "cpu_scalar": ExtensionSpec("docstream_wkv_cpu", ("wkv_cpu.cpp", "linear_rows.cpp", "linear_i8.cpp"), "cpu",
                                 ("-DWKV_SCALAR",), tag="scalar"),
     # the RWKV-7 training kernels: separate, so that inference never builds them
     "cpu_train": ExtensionSpec("docstream_wkv7_train_cpu", ("wkv7_train_cpu.cpp",), "cpu"),
     "cuda": ExtensionSpec("docstream_wkv_cuda", ("wkv_cuda.cpp", "wkv_cuda.cu"), "cuda", per_head_size=True),
     "cuda_wkv4": ExtensionSpec("docstream_wkv4_cuda", ("wkv4_cuda.cpp", "wkv4_cuda.cu"), "cuda"),
+    "cuda_i8": ExtensionSpec("docstream_linear_i8_cuda", ("linear_i8_cuda.cpp", "linear_i8_cuda.cu"), "cuda"),
     "cuda_train": ExtensionSpec("docstream_wkv7_train_cuda", ("wkv7_train_cuda.cpp", "wkv7_train_cuda.cu"),
                                 "cuda", (f"-DWKV_CHUNK={TRAIN_CHUNK}",), per_head_size=True,
                                 tag=f"k{TRAIN_CHUNK}"),
@@ -435,7 +437,7 @@ def load(key: str, head_size: int | None = None) -> ModuleType:
 
 
 def load_cpu() -> ModuleType:
-    """The CPU extension (``wkv4``, ``wkv6``, ``wkv7``, ``linear_rows`` on fp32 tensors)."""
+    """The CPU extension (``wkv4``, ``wkv6``, ``wkv7``, ``linear_rows``, ``linear_i8`` on fp32 tensors)."""
     return load("cpu")
 
 
@@ -452,6 +454,11 @@ def load_cuda(head_size: int) -> ModuleType:
 def load_cuda_wkv4() -> ModuleType:
     """The CUDA extension for RWKV-4 (``wkv4``)."""
     return load("cuda_wkv4")
+
+
+def load_cuda_i8() -> ModuleType:
+    """The CUDA extension for products with int8 weights (``linear_i8``)."""
+    return load("cuda_i8")
 
 
 def load_cuda_train(head_size: int) -> ModuleType:

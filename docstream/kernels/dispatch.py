@@ -205,6 +205,37 @@ def linear_rows_kernel(backend: str, device: torch.device, dtype: torch.dtype) -
         return None
 
 
+def linear_i8(x: Tensor, q: Tensor, scale: Tensor, backend: str = "auto") -> Tensor:
+    """x [..., K] @ (q [O, K] int8 * scale [O])^T -> [..., O] in x's dtype: the product of an int8 weight
+    matrix stored with one fp32 scale per output row (:mod:`docstream.model.quant`).
+
+    The compiled kernels read the weights as int8 (few rows) or widen one bounded block of them at a time
+    (many rows); no fp32 copy of the matrix is made. ``backend`` as for the WKV ops; "auto" falls back to
+    :func:`~docstream.kernels.reference.linear_i8_ref` with one warning when the kernels cannot be built."""
+    check_backend(backend)
+    if q.dtype != torch.int8 or q.dim() != 2 or x.shape[-1] != q.shape[1] or scale.numel() != q.shape[0]:
+        raise ValueError(f"linear_i8: needs x [..., K], q [O, K] int8 and scale [O]; got x {tuple(x.shape)}, "
+                         f"q {tuple(q.shape)} {q.dtype}, scale {tuple(scale.shape)}")
+    _check_device("linear_i8", x.device, (q, scale))
+    device_type = x.device.type
+    if backend == "torch" or (backend == "auto" and device_type not in ("cpu", "cuda")):
+        return reference.linear_i8_ref(x, q, scale)
+    if backend != "auto" and backend != device_type:
+        raise ValueError(f"linear_i8: backend {backend!r} cannot run tensors on {x.device}")
+    flat = x.reshape(-1, x.shape[-1])
+    try:
+        if device_type == "cpu":
+            y = build.load_cpu().linear_i8(flat.float(), q, scale).to(x.dtype)
+        else:
+            y = build.load_cuda_i8().linear_i8(flat if x.dtype in _HALF_TYPES else flat.float(), q, scale)
+    except build.BuildError as err:
+        if backend != "auto":
+            raise
+        _warn_fallback(device_type, err, "int8 products")
+        return reference.linear_i8_ref(x, q, scale)
+    return y.to(x.dtype).reshape(*x.shape[:-1], q.shape[0])
+
+
 def _install_hint(device_type: str) -> str:
     return build.CPU_INSTALL_HINT if device_type == "cpu" else build.cuda_install_hint()
 

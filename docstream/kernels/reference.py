@@ -82,3 +82,9 @@ def wkv7_ref(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
              + vf[:, t, :, :, None] * kf[:, t, :, None, :])
         ys.append((s * rf[:, t, :, None, :]).sum(dim=-1))
     return torch.stack(ys, dim=1).to(r.dtype), s
+
+
+def linear_i8_ref(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
+    """A product with int8 weights: x [..., K] @ (q [O, K] * scale [O, None])^T, computed in fp32 and
+    returned in x's dtype. Each row o of the weight matrix is ``q[o] * scale[o]``."""
+    return ((x.float() @ q.float().T) * scale.float()).to(x.dtype)

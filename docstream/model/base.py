@@ -75,7 +75,7 @@ def matmul(x: Tensor, w: Tensor) -> Tensor:
     kernel = _STEP_KERNEL.get()
     if kernel is not _NOT_STEPPING and rows <= STEP_MAX_ROWS:
         weight = w.T  # [out, in], as nn.Linear stores it
-        if kernel is not None:
+        if kernel is not None and flat.is_cpu and flat.dtype == torch.float32:  # (a strategy mixes devices)
             out = kernel(flat, weight)
         else:
             out = flat @ w if rows == 1 else (weight @ flat.T).T
@@ -211,6 +211,11 @@ class RWKVModel(nn.Module):
         #: eagerly (None: every step is eager; docstream.model.graphs.enable_step_graphs sets it)
         self._captured_steps: dict[int, object] = {}
         self._step_hook = None
+        #: where each place runs (the blocks, then ln_out and the head) when a strategy string spreads the
+        #: model over devices and dtypes (docstream.model.strategy); None: everything on self.device in
+        #: self.dtype. The state stays on the first place's device, in its dtype.
+        self.placements = None
+        self.strategy: str | None = None  # the strategy string that made self.placements
 
     # -- per-version hooks -------------------------------------------------------------------------
     @classmethod
@@ -244,6 +249,9 @@ class RWKVModel(nn.Module):
     def set_backend(self, backend: str) -> RWKVModel:
         """Choose the WKV implementation: "auto", "cuda", "cpu" or "torch"."""
         self.backend = check_backend(backend)
+        for module in self.modules():  # int8 matrices (docstream.model.quant) run their own kernels
+            if module is not self and hasattr(module, "set_backend"):
+                module.set_backend(self.backend)
         self._captured.clear()  # recorded with the previous backend's kernels
         self._captured_steps.clear()
         return self
@@ -296,12 +304,20 @@ class RWKVModel(nn.Module):
         return self._eager_step(tokens, state, inplace)
 
     def _eager_step(self, tokens: Tensor, state: State | None, inplace: bool) -> tuple[Tensor, State]:
-        reset = _STEP_KERNEL.set(linear_rows_kernel(self.backend, self.device, self.dtype))
+        reset = _STEP_KERNEL.set(self._step_kernel())
         try:
             x, new_state, _ = self._trunk(tokens, state, keep_layers=False, into=state if inplace else None)
             return self.head(self.ln_out(x[:, -1])).float(), new_state  # what forward returns
         finally:
             _STEP_KERNEL.reset(reset)
+
+    def _step_kernel(self):
+        """The compiled few-row product of fp32 CPU layers (see :data:`_STEP_KERNEL`), or None."""
+        if self.placements is None:
+            return linear_rows_kernel(self.backend, self.device, self.dtype)
+        if any(p.device.type == "cpu" and p.dtype == "fp32" for p in self.placements):
+            return linear_rows_kernel(self.backend, torch.device("cpu"), torch.float32)
+        return None
 
     def forward_train(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """The differentiable forward used by training: logits [B, T, V] for every position and the
@@ -384,21 +400,48 @@ class RWKVModel(nn.Module):
         if into is None and not torch.is_grad_enabled():
             into = State(self.config.version, *(torch.empty(t.shape, dtype=t.dtype, device=t.device)
                                                 for t in (state.att_shift, state.wkv, state.ffn_shift)))
+        placements = self.placements
+        if placements is not None and into is None:
+            raise ValueError("a model loaded with a strategy is for inference (forward, step); load the "
+                             "checkpoint without one to train it")
         layer_states, layers = [], []
         v_first = None
         every = self.config.rescale_every
         for i, block in enumerate(self.blocks):
-            x, layer_state, v_first = block(x, state.layer(i), v_first, self.backend,
-                                            None if into is None else into.wkv[:, i])
+            layer_state, wkv_out = state.layer(i), None if into is None else into.wkv[:, i]
+            if placements is not None:
+                x, v_first, layer_state, wkv_out = _enter(placements[i], x, v_first, layer_state, wkv_out)
+            x, layer_state, v_first = block(x, layer_state, v_first, self.backend, wkv_out)
             if into is not None:  # the block has read this layer's old shifts; now overwrite them
                 into.att_shift[:, i] = layer_state[0]
                 into.ffn_shift[:, i] = layer_state[2]
+                if wkv_out is None:  # computed on another device than the state's
+                    into.wkv[:, i] = layer_state[1]
             else:
                 layer_states.append(layer_state)
             if every and (i + 1) % every == 0:
                 x = x / 2
             if keep_layers:
                 layers.append(x)
+        if placements is not None:  # ln_out and the head have a place of their own
+            x = x.to(placements[-1].device, placements[-1].torch_dtype)
         if into is not None:
             return x, into, layers
         return x, State.from_layers(self.config.version, layer_states), layers
+
+
+def _enter(place, x: Tensor, v_first: Tensor | None, layer_state: tuple[Tensor, Tensor, Tensor],
+           wkv_out: Tensor | None) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor, Tensor], Tensor | None]:
+    """The inputs of a block moved to its place (a :class:`docstream.model.strategy.Placement`): the
+    residual stream, the value residual and the layer's state cross devices and dtypes here. ``wkv_out``
+    is dropped when it lives on another device (the caller then copies the new WKV state back)."""
+    device, dtype = place.device, place.torch_dtype
+    if x.device != device or x.dtype != dtype:
+        x = x.to(device, dtype)
+        v_first = None if v_first is None else v_first.to(device, dtype)
+    att, wkv, ffn = layer_state
+    if wkv.device != device or att.dtype != dtype:
+        layer_state = (att.to(device, dtype), wkv.to(device), ffn.to(device, dtype))
+    if wkv_out is not None and wkv_out.device != device:
+        wkv_out = None
+    return x, v_first, layer_state, wkv_out

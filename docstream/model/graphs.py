@@ -204,6 +204,10 @@ def _refused(problem: str | None, what: str, fallback: str) -> bool:
 
 
 def _check_device(model: RWKVModel, capture: Capture) -> None:
+    devices = {str(p.device) for p in model.placements or ()}
+    if len(devices) > 1:
+        raise ValueError(f"CUDA graphs record one device's work; strategy {model.strategy!r} spreads the model "
+                         f"over {', '.join(sorted(devices))}. Drop the CUDA graphs or use a one-device strategy")
     if capture is cuda_capture and model.device.type != "cuda":
         raise ValueError(f"CUDA graphs need a model on a CUDA device; this one is on {model.device}. "
                          f"Load it with device='cuda'")

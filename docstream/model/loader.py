@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from docstream.model.base import RWKVModel
+from docstream.model.base import RWKVModel, count_layers
+from docstream.model.quant import Int8Linear, quantize_rows, quantized_module_names
+from docstream.model.strategy import Placement, plan_strategy
 from docstream.model.v4 import RWKV4
 from docstream.model.v5 import RWKV5
 from docstream.model.v6 import RWKV6
@@ -81,12 +83,17 @@ def read_state_dict_file(path: Path) -> dict[str, Tensor]:
 
 
 def build_model(sd: dict[str, Tensor], device: str | torch.device = "cpu", dtype: str = "fp32",
-                source: str = "checkpoint") -> RWKVModel:
-    """An inference model from a BlinkDL state dict (which is not modified)."""
+                source: str = "checkpoint", strategy: str | None = None) -> RWKVModel:
+    """An inference model from a BlinkDL state dict (which is not modified). ``strategy`` (a string of
+    :mod:`docstream.model.strategy`) places each layer on its own device and dtype, with int8 matrices
+    where it says ``i8``; it replaces ``device`` and ``dtype``."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    device = _check_device(device)
     version = detect_version(sd, source)
+    if strategy is not None:
+        places = plan_strategy(strategy, count_layers(sd))
+    else:
+        places = [Placement(_check_device(device), dtype, False)] * (count_layers(sd) + 1)
     check_finite(sd, source)
     cls = MODEL_CLASSES[version]
     sd = dict(sd)
@@ -97,13 +104,28 @@ def build_model(sd: dict[str, Tensor], device: str | torch.device = "cpu", dtype
         config = cls.config_from_state_dict(sd)
     except KeyError as err:
         raise ValueError(f"{source} looks like RWKV-{version} but lacks tensor {err}") from err
-    if dtype == "fp16" and version != "7":
+    fp16 = any(p.dtype == "fp16" for p in places)
+    if fp16 and version != "7":
         config = config.model_copy(update={"rescale_every": FP16_RESCALE_EVERY})
     with torch.device("meta"):
         model = cls(config)
-    converted = {name: _convert(name, t, cls, DTYPES[dtype], config.rescale_every, device)
-                 for name, t in sd.items()}
-    if dtype == "fp16":  # the only dtype whose range is narrower than fp32's
+    quantized = set(quantized_module_names(model, [_prefix(i, config.n_layer)
+                                                   for i, p in enumerate(places) if p.int8]))
+    for name in quantized:
+        linear = model.get_submodule(name)
+        with torch.device("meta"):
+            model.set_submodule(name, Int8Linear(linear.in_features, linear.out_features))
+    converted = {}
+    for name, t in sd.items():
+        place = places[_place_of(name, config.n_layer)]
+        module = name.rpartition(".")[0]
+        if module in quantized:  # quantized from the checkpoint's own values, then moved
+            q, scale = quantize_rows(_rescaled(name, t.float(), config.rescale_every))
+            converted[module + ".weight_i8"] = q.to(place.device)
+            converted[module + ".scale"] = scale.to(place.device)
+        else:
+            converted[name] = _convert(name, t, cls, place.torch_dtype, config.rescale_every, place.device)
+    if fp16:  # the only dtype whose range is narrower than fp32's
         check_finite(converted, source, f"once converted to fp16 (largest value {torch.finfo(torch.float16).max:.0f}); "
                                         "load the model with dtype bf16 or fp32")
     try:
@@ -111,7 +133,23 @@ def build_model(sd: dict[str, Tensor], device: str | torch.device = "cpu", dtype
     except RuntimeError as err:
         raise ValueError(f"{source} does not match the RWKV-{version} layout: {err}") from err
     model.eval().requires_grad_(False)
+    if strategy is not None:
+        model.placements = places
+        model.strategy = strategy
     return model
+
+
+def _place_of(name: str, n_layer: int) -> int:
+    """The strategy place of a checkpoint tensor: its block, block 0 for the embedding, the last place
+    (n_layer) for ln_out and the head."""
+    if name.startswith("blocks."):
+        return int(name.split(".")[1])
+    return 0 if name.startswith("emb.") else n_layer
+
+
+def _prefix(place: int, n_layer: int) -> str:
+    """The module-name prefix of a place's layers (see :func:`_place_of`)."""
+    return "head" if place == n_layer else f"blocks.{place}."
 
 
 def check_finite(sd: dict[str, Tensor], source: str = "checkpoint", after: str | None = None) -> None:
@@ -134,13 +172,19 @@ def check_finite(sd: dict[str, Tensor], source: str = "checkpoint", after: str |
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str = "fp32",
-               backend: str = "auto") -> RWKVModel:
+               backend: str = "auto", strategy: str | None = None) -> RWKVModel:
     """Load a BlinkDL RWKV checkpoint; ``model.version`` is "4", "5.2", "6" or "7".
 
     ``dtype`` is "fp32", "bf16" or "fp16" (recurrent state and decays stay fp32 in every case);
-    ``backend`` picks the WKV kernels ("auto", "cuda", "cpu", "torch").
+    ``backend`` picks the WKV kernels ("auto", "cuda", "cpu", "torch"). ``strategy`` is a string in the
+    official rwkv package's grammar, such as ``"cuda fp16i8 *10 -> cpu fp32"`` (see
+    :mod:`docstream.model.strategy`); it places each layer instead of ``device`` and ``dtype``.
     """
-    model = build_model(read_checkpoint(path), device, dtype, source=repr(str(path)))
+    if strategy is not None and (str(device) != "cpu" or dtype != "fp32"):
+        raise ValueError(f"give either a strategy or a device and dtype, not both (got strategy {strategy!r}, "
+                         f"device {str(device)!r}, dtype {dtype!r}): the strategy names each layer's device "
+                         f"and dtype")
+    model = build_model(read_checkpoint(path), device, dtype, source=repr(str(path)), strategy=strategy)
     model.source_path = Path(path)
     return model.set_backend(backend)
 
@@ -160,14 +204,18 @@ def _check_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def _rescaled(name: str, t: Tensor, rescale_every: int) -> Tensor:
+    """``t`` divided as fp16 rescaling needs (the output matrices of every ``rescale_every`` layers)."""
+    if rescale_every and (name.endswith("att.output.weight") or name.endswith("ffn.value.weight")):
+        t = t / (2 ** (int(name.split(".")[1]) // rescale_every))
+    return t
+
+
 def _convert(name: str, t: Tensor, cls: type[RWKVModel], dtype: torch.dtype, rescale_every: int,
              device: torch.device) -> Tensor:
     keep_fp32 = any(name.endswith(suffix) for suffix in cls.fp32_params)
     source = t
-    t = t.to(device=device, dtype=torch.float32 if keep_fp32 else dtype)
-    if rescale_every and (name.endswith("att.output.weight") or name.endswith("ffn.value.weight")):
-        layer = int(name.split(".")[1])
-        t = t / (2 ** (layer // rescale_every))
+    t = _rescaled(name, t.to(device=device, dtype=torch.float32 if keep_fp32 else dtype), rescale_every)
     t = t.contiguous()
     if t.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
         # Still the caller's tensor: for a checkpoint read with mmap, pages of the file. Copy it, so the

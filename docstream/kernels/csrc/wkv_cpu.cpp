@@ -1,5 +1,6 @@
 // Compiled CPU kernels: the WKV recurrences of RWKV-4, RWKV-5.2/6 and RWKV-7. The same extension
-// binds the few-row matrix product used by single-token decoding (linear_rows.cpp).
+// binds the few-row matrix product used by single-token decoding (linear_rows.cpp) and the products
+// with int8 weights (linear_i8.cpp).
 //
 // The maths and the state contract are those of docstream/kernels/reference.py. The Python wrapper
 // (docstream/kernels/dispatch.py) hands over fp32 tensors whose last dimension has stride 1 (other
@@ -27,6 +28,8 @@
 namespace wkv {
 // linear_rows.cpp
 torch::Tensor linear_rows(const torch::Tensor& x, const torch::Tensor& w);
+// linear_i8.cpp
+torch::Tensor linear_i8(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale);
 }  // namespace wkv
 
 namespace {
@@ -386,6 +389,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("out") = py::none(), py::call_guard<py::gil_scoped_release>());
   m.def("linear_rows", &linear_rows, "x [M, K] @ w [O, K]^T for few rows M (decoding), any strides -> [M, O]",
         py::arg("x"), py::arg("w"), py::call_guard<py::gil_scoped_release>());
+  m.def("linear_i8", &linear_i8, "x [M, K] @ (q [O, K] int8 * scale [O])^T -> [M, O], fp32",
+        py::arg("x"), py::arg("q"), py::arg("scale"), py::call_guard<py::gil_scoped_release>());
   m.def("num_threads", []() { return at::get_num_threads(); });
 #ifdef WKV_VEC
   m.attr("vector_types") = true;  // false: the scalar loops (other compilers, or -DWKV_SCALAR)

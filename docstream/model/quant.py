@@ -1,0 +1,74 @@
+"""Int8 weight matrices: what the ``i8`` of a strategy string (``cuda fp16i8``) stores.
+
+Each matrix ``W`` [O, K] of a quantized layer is kept as int8 ``q`` with one fp32 scale per output row,
+``W[o] ~ q[o] * scale[o]`` with ``scale[o] = max|W[o]| / 127`` (symmetric, per channel). A weight is off by
+at most half a step, ``scale[o] / 2``. The products run in compiled code that reads the int8 values
+(:func:`docstream.kernels.dispatch.linear_i8`); no fp32 copy of the matrix is kept. The embedding, the
+layer norms, the token-shift mixes, the decays and RWKV-7's low-rank matrices stay in floating point:
+together they are a few percent of the weights.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from docstream.kernels.dispatch import linear_i8
+from docstream.model.base import GEMM_ROW_MULTIPLE
+
+#: products with at least this many rows get them padded like docstream.model.base.matmul does (the BLAS
+#: form of the CPU kernel); fewer rows are computed one by one, independently of each other
+_PAD_FROM_ROWS = 16
+
+
+def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """``weight`` [O, K] as (int8 [O, K], fp32 scale [O]) with ``weight[o] ~ q[o] * scale[o]``."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays zero
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """A bias-free linear layer whose weight [out, in] is stored as int8 with a scale per output row.
+
+    Its ``state_dict`` holds ``weight_i8`` and ``scale`` (not the BlinkDL ``weight``): a quantized model
+    is for inference; :func:`docstream.model.load_model` builds it from the float checkpoint."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight_i8", torch.empty(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.empty(out_features, dtype=torch.float32))
+        self.backend = "auto"
+
+    def set_backend(self, backend: str) -> None:
+        self.backend = backend
+
+    def dequantized(self) -> Tensor:
+        """The weight the int8 values stand for, [out, in] fp32 (for checks; the forward never makes it)."""
+        return self.weight_i8.float() * self.scale[:, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        rows = flat.shape[0]
+        extra = -rows % GEMM_ROW_MULTIPLE if rows >= _PAD_FROM_ROWS else 0
+        if extra:  # row results then do not depend on how many rows share the product (see GEMM_ROW_MULTIPLE)
+            flat = torch.cat((flat, flat.new_zeros(extra, flat.shape[1])))
+        out = linear_i8(flat, self.weight_i8, self.scale, self.backend)[:rows]
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def quantized_module_names(model: nn.Module, prefixes: list[str]) -> list[str]:
+    """Names of the ``nn.Linear`` modules of ``model`` under the given name prefixes (``blocks.3.``,
+    ``head``): the matrices an ``i8`` strategy stage quantizes."""
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and any(name.startswith(p) for p in prefixes)]
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer of ``model``: the memory its weights take."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
