@@ -10,7 +10,7 @@ from docstream.store.config import RunConfig, default_dtype
 
 def register(sub: argparse._SubParsersAction) -> None:
     info = sub.add_parser("info", help="describe an RWKV checkpoint")
-    add_fields(info, RunConfig, ("model", "dtype", "device"))
+    add_fields(info, RunConfig, ("model", "dtype", "device", "strategy"))
     info.set_defaults(func=_cmd_info)
 
     convert = sub.add_parser("convert",
@@ -35,7 +35,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     path = args.model if args.model is not None else default_model_path()
     device = args.device or defaults["device"].default
     dtype = args.dtype or default_dtype(device)
-    model = load_model(path, device=device, dtype=dtype)
+    model = load_model(path, **placement_args(args))
     c = model.config
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model      {path}")
@@ -47,8 +47,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if c.lora:
         print("low-rank   " + ", ".join(f"{k} {v}" for k, v in sorted(c.lora.items())))
     print(f"vocabulary {c.vocab_size}")
-    print(f"parameters {n_params / 1e6:.1f} M ({dtype} on {device})")
+    if model.placements is None:
+        print(f"parameters {n_params / 1e6:.1f} M ({dtype} on {device})")
+    else:
+        from docstream.model.quant import weight_bytes
+        from docstream.model.strategy import describe
+
+        n_params += sum(b.numel() for name, b in model.named_buffers() if name.endswith("weight_i8"))
+        print(f"parameters {n_params / 1e6:.1f} M, {weight_bytes(model) / 2**20:.1f} MiB")
+        print(f"strategy   {args.strategy}: places {describe(model.placements)} (place {c.n_layer} is the head)")
     return 0
+
+
+def placement_args(args: argparse.Namespace) -> dict:
+    """``load_model`` keywords from a command's ``--strategy`` or its ``--device`` / ``--dtype``."""
+    if args.strategy is not None:
+        if args.device is not None or args.dtype is not None:
+            raise ValueError("give either --strategy or --device/--dtype: the strategy names each layer's device "
+                             "and dtype")
+        return {"strategy": args.strategy}
+    device = args.device or RunConfig.model_fields["device"].default
+    return {"device": device, "dtype": args.dtype or default_dtype(device)}
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:

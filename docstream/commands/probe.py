@@ -6,7 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from docstream.commands.flags import add_fields, add_quiet, given
-from docstream.store.config import RunConfig, default_dtype
+from docstream.store.config import RunConfig
 from docstream.tasks.config import ProbeConfig
 from docstream.tasks.heatmap import METRICS
 
@@ -21,12 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", default="accuracy", choices=sorted(METRICS),
                    help="what the heatmap shows (default: accuracy)")
     p.add_argument("--out", help="output folder (default: probes/<model>-<task>-<timestamp>)")
-    add_fields(p, RunConfig, ("dtype", "device", "backend"))
+    add_fields(p, RunConfig, ("dtype", "device", "backend", "strategy"))
     add_quiet(p)
     p.set_defaults(func=_cmd_probe)
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
+    from docstream.commands.model import placement_args
     from docstream.defaults import resolve_model_files
     from docstream.model import load_model
     from docstream.tasks.recall import parse_depths, parse_lengths, probe, write_results
@@ -41,9 +42,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     config = ProbeConfig(**settings)
     loading = RunConfig.model_fields
     tokenizer = load_tokenizer(tokenizer_path)
-    device = args.device or loading["device"].default
-    model = load_model(model_path, device=device, dtype=args.dtype or default_dtype(device),
-                       backend=args.backend or loading["backend"].default)
+    model = load_model(model_path, **placement_args(args), backend=args.backend or loading["backend"].default)
     name = "default" if args.model is None else model_path.stem
     out = Path(args.out) if args.out else Path("probes") / f"{name}-{config.task}-{datetime.now():%Y%m%d-%H%M%S}"
     result = probe(model, tokenizer, config, model_name=name, progress=not args.quiet)

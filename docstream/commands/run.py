@@ -8,8 +8,8 @@ from docstream.store.config import RunConfig
 
 #: RunConfig fields given as flags (quiet is added by add_quiet, like on every command)
 RUN_FIELDS = ("model", "tokenizer", "input", "out", "input_format", "id_field", "text_field", "chunk_len",
-              "batch_size", "snapshot_every", "commit_every", "dtype", "device", "backend", "cuda_graphs", "engine",
-              "address", "workers")
+              "batch_size", "snapshot_every", "commit_every", "dtype", "device", "backend", "strategy", "cuda_graphs",
+              "engine", "address", "workers")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

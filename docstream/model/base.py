@@ -240,11 +240,11 @@ class RWKVModel(nn.Module):
     # -- public API ----------------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
-        return self.emb.weight.dtype
+        return self.blocks[0].ln1.weight.dtype  # the first place's (the embedding may be int8)
 
     @property
     def device(self) -> torch.device:
-        return self.emb.weight.device
+        return self.blocks[0].ln1.weight.device
 
     def set_backend(self, backend: str) -> RWKVModel:
         """Choose the WKV implementation: "auto", "cuda", "cpu" or "torch"."""

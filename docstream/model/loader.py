@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from docstream.model.base import RWKVModel, count_layers
-from docstream.model.quant import Int8Linear, quantize_rows, quantized_module_names
+from docstream.model.quant import Int8Embedding, Int8Linear, quantize_rows, quantized_module_names
 from docstream.model.strategy import Placement, plan_strategy
 from docstream.model.v4 import RWKV4
 from docstream.model.v5 import RWKV5
@@ -109,12 +109,17 @@ def build_model(sd: dict[str, Tensor], device: str | torch.device = "cpu", dtype
         config = config.model_copy(update={"rescale_every": FP16_RESCALE_EVERY})
     with torch.device("meta"):
         model = cls(config)
-    quantized = set(quantized_module_names(model, [_prefix(i, config.n_layer)
-                                                   for i, p in enumerate(places) if p.int8]))
+    quantized = set(quantized_module_names(model, [prefix for i, p in enumerate(places) if p.int8
+                                                   for prefix in _prefixes(i, config.n_layer)]))
     for name in quantized:
-        linear = model.get_submodule(name)
+        module = model.get_submodule(name)
         with torch.device("meta"):
-            model.set_submodule(name, Int8Linear(linear.in_features, linear.out_features))
+            if isinstance(module, torch.nn.Embedding):
+                place = places[_place_of(name + ".weight", config.n_layer)]
+                model.set_submodule(name, Int8Embedding(module.num_embeddings, module.embedding_dim,
+                                                        place.torch_dtype))
+            else:
+                model.set_submodule(name, Int8Linear(module.in_features, module.out_features))
     converted = {}
     for name, t in sd.items():
         place = places[_place_of(name, config.n_layer)]
@@ -147,9 +152,11 @@ def _place_of(name: str, n_layer: int) -> int:
     return 0 if name.startswith("emb.") else n_layer
 
 
-def _prefix(place: int, n_layer: int) -> str:
-    """The module-name prefix of a place's layers (see :func:`_place_of`)."""
-    return "head" if place == n_layer else f"blocks.{place}."
+def _prefixes(place: int, n_layer: int) -> list[str]:
+    """The module-name prefixes of a place's layers (see :func:`_place_of`)."""
+    if place == n_layer:
+        return ["head"]
+    return [f"blocks.{place}.", "emb"] if place == 0 else [f"blocks.{place}."]
 
 
 def check_finite(sd: dict[str, Tensor], source: str = "checkpoint", after: str | None = None) -> None:

@@ -3,9 +3,10 @@
 Each matrix ``W`` [O, K] of a quantized layer is kept as int8 ``q`` with one fp32 scale per output row,
 ``W[o] ~ q[o] * scale[o]`` with ``scale[o] = max|W[o]| / 127`` (symmetric, per channel). A weight is off by
 at most half a step, ``scale[o] / 2``. The products run in compiled code that reads the int8 values
-(:func:`docstream.kernels.dispatch.linear_i8`); no fp32 copy of the matrix is kept. The embedding, the
-layer norms, the token-shift mixes, the decays and RWKV-7's low-rank matrices stay in floating point:
-together they are a few percent of the weights.
+(:func:`docstream.kernels.dispatch.linear_i8`); no fp32 copy of the matrix is kept. The embedding table is
+stored the same way, and a lookup widens only the rows it gathers. The layer norms, the token-shift mixes,
+the decays and RWKV-7's low-rank matrices stay in floating point: together they are a few percent of the
+weights.
 """
 from __future__ import annotations
 
@@ -62,11 +63,29 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+class Int8Embedding(nn.Module):
+    """An embedding table [V, C] stored as int8 with a scale per row: a lookup widens only the rows it
+    gathers, into ``dtype``."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.dtype = num_embeddings, embedding_dim, dtype
+        self.register_buffer("weight_i8", torch.empty(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scale", torch.empty(num_embeddings, dtype=torch.float32))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """tokens [B, T] -> [B, T, C] in ``dtype``."""
+        return (self.weight_i8[tokens].float() * self.scale[tokens].unsqueeze(-1)).to(self.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8"
+
+
 def quantized_module_names(model: nn.Module, prefixes: list[str]) -> list[str]:
-    """Names of the ``nn.Linear`` modules of ``model`` under the given name prefixes (``blocks.3.``,
-    ``head``): the matrices an ``i8`` strategy stage quantizes."""
+    """Names of the ``nn.Linear`` and ``nn.Embedding`` modules of ``model`` under the given name prefixes
+    (``blocks.3.``, ``head``, ``emb``): the matrices an ``i8`` strategy stage quantizes."""
     return [name for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and any(name.startswith(p) for p in prefixes)]
+            if isinstance(module, (nn.Linear, nn.Embedding)) and any(name.startswith(p) for p in prefixes)]
 
 
 def weight_bytes(model: nn.Module) -> int:

@@ -10,7 +10,7 @@ from docstream.settings import read_config_file, validated
 
 #: settings that change what a run writes: resuming with other values would mix incompatible results
 RESULT_FIELDS = ("input", "input_format", "id_field", "text_field", "chunk_len", "snapshot_every", "dtype",
-                 "backend", "device")
+                 "backend", "device", "strategy")
 #: Ray workers a ``--engine ray`` run starts when ``workers`` is not given
 DEFAULT_RAY_WORKERS = 2
 
@@ -49,6 +49,9 @@ class RunConfig(BaseModel):
     dtype: DType | None = Field(None, description="dtype the model runs in (default: bf16 on cuda, fp32 on cpu)")
     device: str = Field("cpu", description="cpu or cuda[:N]")
     backend: Backend = Field("auto", description="WKV kernels: compiled cpu/cuda, the torch reference, or auto")
+    strategy: str | None = Field(None, description="each layer's device and precision, in the official rwkv package's "
+                                                   "grammar: 'cuda fp16', 'cpu fp32i8', 'cuda fp16i8 *10 -> cpu fp32' "
+                                                   "(i8: int8 matrices). Replaces device and dtype; local engine only")
     cuda_graphs: bool = Field(False, description="on cuda, replay the forward of every full batch of full chunks "
                                                  "from a CUDA graph (fewer launches; same results; experimental)")
     quiet: bool = Field(False, description="no progress bar or summary")
@@ -69,6 +72,8 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_engine_settings(self) -> RunConfig:
+        if self.strategy is not None:
+            self._follow_strategy()
         if self.dtype is None:  # part of a run's identity: decided here, from the device
             self.dtype = default_dtype(self.device)
         if self.engine == "local":
@@ -83,6 +88,28 @@ class RunConfig(BaseModel):
             raise ValueError(f"cuda_graphs needs device 'cuda' and engine 'local' (got device {self.device!r}, "
                              f"engine {self.engine!r}); drop --cuda-graphs or run on a GPU")
         return self
+
+    def _follow_strategy(self) -> None:
+        """device and dtype become the strategy's first stage's (where the run's states live)."""
+        from docstream.model.strategy import parse_strategy
+
+        first = parse_strategy(self.strategy)[0]
+        if self.engine != "local":
+            raise ValueError(f"strategy {self.strategy!r} needs engine 'local' (each Ray worker loads a whole "
+                             f"model on one device); drop --strategy or --engine ray")
+        for name, value in (("device", first.device), ("dtype", first.dtype)):
+            given = getattr(self, name)
+            if given not in (None, value) and not (name == "device" and given == "cpu"):
+                raise ValueError(f"{name} {given!r} contradicts strategy {self.strategy!r}, whose first stage has "
+                                 f"{name} {value!r}; drop --{name}: the strategy decides it")
+            setattr(self, name, value)
+
+    def model_args(self, device: str | None = None) -> dict[str, Any]:
+        """The keywords of :func:`docstream.model.load_model` for this run's model: its strategy, or its
+        device and dtype (``device`` given: that device, in the run's dtype, without the strategy)."""
+        if self.strategy is not None and device is None:
+            return {"strategy": self.strategy, "backend": self.backend}
+        return {"device": device or self.device, "dtype": self.dtype, "backend": self.backend}
 
     @property
     def ray_workers(self) -> int:

@@ -205,10 +205,11 @@ def check_inputs(config: RunConfig) -> None:
 
 
 def _check_resume(saved: dict, current: dict, out: Path) -> None:
-    # backend and device joined the identity later: a folder that predates them does not record them
+    # backend, device and strategy joined the identity later: a folder that predates them does not record them
     problems = [f"{key}: this directory has {saved.get(key)!r}, this run has {value!r}"
                 for key, value in current.items() if saved.get(key) != value
-                and not (key in ("backend", "device") and key not in saved)]
+                and not (key in ("backend", "device", "strategy") and key not in saved
+                         and (key != "strategy" or value is None))]
     if problems:
         raise ValueError(f"{out} was written by a run with other settings, so this run cannot resume it "
                          f"({'; '.join(problems)}); use another --out, or the original settings")
@@ -395,7 +396,7 @@ def _open_output(config: RunConfig, store: RunStore, tokenizer: Tokenizer) -> st
 def _run_locked(config: RunConfig, store: RunStore, tokenizer: Tokenizer) -> RunSummary:
     model = None
     if config.engine == "local":  # loaded first: a device or model that fails leaves no settings behind
-        model = load_model(config.model, device=config.device, dtype=config.dtype, backend=config.backend)
+        model = load_model(config.model, **config.model_args())
     fingerprint = _open_output(config, store, tokenizer)
     progress = store.progress()
     summary = RunSummary(batch_size=_batch_size(config, model))

@@ -111,8 +111,7 @@ class QueryEmbedder:
         self.tokenizer: Tokenizer = load_tokenizer(tokenizer_path)
         _check_fingerprint("tokenizer file", tokenizer_path, self.tokenizer.fingerprint(),
                            identity.get("tokenizer_fingerprint"), out, "tokenizer")
-        self.model = load_model(model_path, device=device or settings.device, dtype=settings.dtype,
-                                backend=backend or settings.backend)
+        self.model = load_model(model_path, **dict(settings.model_args(device), backend=backend or settings.backend))
         self.chunk_len = settings.chunk_len
 
     @property

@@ -247,8 +247,7 @@ def summarize(out: str | Path, doc_ids: Sequence[str] | None = None, at_chunk: i
     config = _with_stops(sampling or DEFAULT_SAMPLING, prompt)
     targets = _targets(out, doc_ids, at_chunk, instruction_first)
     fingerprint = _check_model(settings, targets)
-    model = load_model(settings.model, device=device or settings.device, dtype=settings.dtype,
-                       backend=settings.backend)
+    model = load_model(settings.model, **settings.model_args(device))
     if cuda_graphs:
         from docstream.model.graphs import enable_step_graphs
 

@@ -13,7 +13,7 @@ import torch
 
 from docstream.kernels import linear_i8, linear_i8_ref
 from docstream.model import load_model
-from docstream.model.quant import Int8Linear, quantize_rows, weight_bytes
+from docstream.model.quant import Int8Embedding, Int8Linear, quantize_rows, weight_bytes
 from docstream.model.strategy import parse_strategy, plan_strategy
 from docstream.testing.checkpoints import save_random_checkpoint
 from tests.official import official_env
@@ -149,6 +149,7 @@ def test_int8_layers_keep_int8_weights_and_take_less_memory(checkpoint):
     linears = [m for m in full.modules() if isinstance(m, torch.nn.Linear)]
     assert len(quantized) == len(linears) > 0  # every matrix, the head included
     assert all(m.weight_i8.dtype == torch.int8 for m in quantized)
+    assert isinstance(model.emb, Int8Embedding) and model.emb.weight_i8.dtype == torch.int8
     matrix_bytes = sum(m.weight.numel() * 4 for m in linears)
     assert weight_bytes(full) - weight_bytes(model) >= 0.7 * matrix_bytes  # 4 bytes -> 1 byte (+ scales)
     head = model.get_submodule("head")
@@ -158,7 +159,8 @@ def test_int8_layers_keep_int8_weights_and_take_less_memory(checkpoint):
 def test_mixed_strategy_places_layers_and_refuses_training(checkpoint):
     _, path = checkpoint
     model = load_model(path, strategy="cpu bf16 *2 -> cpu fp32i8")
-    assert model.blocks[0].att.key.weight.dtype == torch.bfloat16
+    assert model.blocks[0].att.key.weight.dtype == torch.bfloat16 and model.emb.weight.dtype == torch.bfloat16
+    assert model.dtype == torch.bfloat16 and model.init_state(1).dtype == torch.bfloat16
     assert isinstance(model.blocks[2].att.key, Int8Linear) and isinstance(model.head, Int8Linear)
     assert model.strategy == "cpu bf16 *2 -> cpu fp32i8"
     with pytest.raises(ValueError, match="for inference"):
@@ -252,3 +254,40 @@ def test_cuda_linear_i8_matches_its_reference(dtype, rows):
     assert got.dtype == dtype
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert float((got.float().cpu() - want).abs().max()) <= tol * float(want.abs().max())
+
+
+# -- on the command line ----------------------------------------------------------------------------
+
+def test_run_records_its_strategy_and_resumes_only_with_it(tmp_path, capsys):
+    from docstream.cli import main
+    from docstream.store.reader import run_settings
+
+    path = save_random_checkpoint(tmp_path / "m.pth", "7", seed=2, n_layer=2, n_embd=64, head_size=16,
+                                  vocab_size=65536)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("A ghost walks on the castle platform at midnight. " * 20)
+    (corpus / "b.txt").write_text("Reading the list of ingredients twice before baking. " * 15)
+    out = tmp_path / "run"
+    argv = ["run", "--model", str(path), "--tokenizer", "rwkv_vocab_v20230424.txt", "--input", str(corpus),
+            "--out", str(out), "--chunk-len", "64", "--quiet", "--no-index"]
+    assert main([*argv, "--strategy", "cpu fp32i8 *1 -> cpu fp32"]) == 0
+    settings = run_settings(out)
+    assert settings.strategy == "cpu fp32i8 *1 -> cpu fp32" and settings.dtype == "fp32"
+    assert main(argv) != 0  # the same folder without the strategy
+    assert "strategy: this directory has 'cpu fp32i8 *1 -> cpu fp32', this run has None" in capsys.readouterr().err
+    main(["info", "--model", str(path), "--strategy", "cpu bf16 *1 -> cpu fp32i8"])
+    assert "places 0 cpu bf16, 1-2 cpu fp32i8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(strategy="cpu fp32", engine="ray"), "needs engine 'local'"),
+    (dict(strategy="cpu bf16", dtype="fp32"), "dtype 'fp32' contradicts strategy 'cpu bf16'"),
+    (dict(strategy="cpu fp32 *2+"), "Streamed layers"),
+])
+def test_run_settings_refuse_a_strategy_they_cannot_honour(tmp_path, settings, message):
+    from docstream.store.config import RunConfig
+
+    with pytest.raises(ValueError, match=message):
+        RunConfig(model=tmp_path / "m.pth", tokenizer="rwkv_vocab_v20230424.txt", input=tmp_path, out=tmp_path / "o",
+                  **settings)

@@ -17,6 +17,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "wkv_simd.h"
 
@@ -28,11 +33,19 @@ constexpr int64_t kI8BlasRows = 16;                   // from this many rows of 
 constexpr int64_t kI8ScratchBytes = 8 << 20;          // largest widened block of q (BLAS form)
 
 #ifdef WKV_VEC
+// Eight int8 weights widened to eight floats: one sign-extension and one conversion on AVX2, the
+// compiler's own sequence elsewhere.
 typedef int8_t vint8 __attribute__((vector_size(8)));
 WKV_INLINE vfloat vload_i8(const int8_t* p) {
+#if defined(__AVX2__)
+  __m128i bytes;
+  std::memcpy(&bytes, p, 8);
+  return reinterpret_cast<vfloat>(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)));
+#else
   vint8 q;
   std::memcpy(&q, p, sizeof(q));
   return __builtin_convertvector(q, vfloat);
+#endif
 }
 #endif
 
@@ -80,16 +93,24 @@ void i8_rows(int64_t M, int64_t K, const float* x, int64_t sx, const int8_t* q, 
   }
 }
 
+// Rows [o, o1) of q against all M rows of x, OR rows of q at a time.
+template <int OR, int MR>
+void i8_block(int64_t M, int64_t K, const float* x, int64_t sx, const int8_t* q, int64_t sq, const float* scale,
+              float* y, int64_t O, int64_t o, int64_t o1) {
+  for (; o + OR <= o1; o += OR) i8_rows<OR, MR>(M, K, x, sx, q + o * sq, sq, scale + o, y + o, O);
+  for (; o < o1; ++o) i8_rows<1, 8>(M, K, x, sx, q + o * sq, sq, scale + o, y + o, O);
+}
+
 void linear_i8_few(int64_t M, int64_t K, int64_t O, const float* x, int64_t sx, const int8_t* q, int64_t sq,
                    const float* scale, float* y) {
-  constexpr int OR = 4;
-  const int64_t block = 64;  // rows of q per task
+  // at most 12 accumulators, as in linear_rows: 8 rows of q for one row of x, 4 x 3 or 6 x 2 beyond
+  const int64_t block = 96;  // rows of q per task
   at::parallel_for(0, (O + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t o1 = std::min(O, (blk + 1) * block);
-      int64_t o = blk * block;
-      for (; o + OR <= o1; o += OR) i8_rows<OR, 3>(M, K, x, sx, q + o * sq, sq, scale + o, y + o, O);
-      for (; o < o1; ++o) i8_rows<1, 8>(M, K, x, sx, q + o * sq, sq, scale + o, y + o, O);
+      const int64_t o = blk * block, o1 = std::min(O, o + block);
+      if (M == 1) i8_block<8, 1>(M, K, x, sx, q, sq, scale, y, O, o, o1);
+      else if (M == 2 || M == 4) i8_block<6, 2>(M, K, x, sx, q, sq, scale, y, O, o, o1);
+      else i8_block<4, 3>(M, K, x, sx, q, sq, scale, y, O, o, o1);
     }
   });
 }
