@@ -11,6 +11,7 @@
 #   bash bench/gpu_session.sh all     # check, 169m, 1.5b
 #   bash bench/gpu_session.sh graphs    # the pipeline with and without --cuda-graphs, decoding with and
 #                                       # without step graphs, and their GPU tests
+#   bash bench/gpu_session.sh strategy  # the int8 / strategy GPU tests and bench/strategy.py --device cuda
 #   bash bench/gpu_session.sh session   # one lease: every stage above by priority, each under a time limit
 #                                       # so that the whole call ends within $BUDGET seconds (default 540)
 #   bash bench/gpu_session.sh check 169m profile   # several stages in one call, in this order
@@ -74,6 +75,7 @@ session() {  # everything still open, most important first; logs in $OUT/session
     python3 -c "import torch, pyarrow, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'pyarrow', pyarrow.__version__, 'pydantic', pydantic.__version__)"
     graph_stages  # CUDA graphs have never run on a GPU: they come first
+    strategy_stages  # nor have the CUDA int8 kernels and the strategies
     limited 150 python3 bench/fla_compare.py --json "$OUT/fla.json"
     limited 120 python3 bench/bench_streaming.py --version 7 --shape 169m --device cuda --dtype bf16 \
         --chunks 1024 --batches 1,16 --decode-batches 1,16 --tokens 4096 --decode-steps 64 --repeats 3 \
@@ -96,6 +98,11 @@ graph_stages() {  # build; the CUDA-graph GPU tests; the pipeline with and witho
             --json-out "$OUT/pipeline-169m${flag:+-graphs}.json"
     done
     limited 90 python3 bench/decode_graphs.py --batches 1,16
+}
+
+strategy_stages() {  # the int8 kernel and strategy GPU tests, then the strategies timed (169M shape)
+    limited 120 python3 -m pytest -q -m gpu tests/model/test_strategy.py --junitxml "$OUT/junit-strategy.xml"
+    limited 120 python3 bench/strategy.py --device cuda --json "$OUT/strategy-cuda.json"
 }
 
 graphs() {  # the CUDA-graph stages alone
@@ -129,8 +136,9 @@ for stage in "${@:-all}"; do
         session) session 2>&1 | tee "$OUT/session.log" || rc=1 ;;
         recheck) recheck 2>&1 | tee "$OUT/recheck.log" || rc=1 ;;
         graphs) graphs 2>&1 | tee "$OUT/graphs.log" || rc=1 ;;
+        strategy) strategy_stages 2>&1 | tee "$OUT/strategy.log" || rc=1 ;;
         all) check; streaming 169m; streaming 1.5b ;;
-        *) echo "usage: bash bench/gpu_session.sh [check|169m|1.5b|profile|pipeline|session|recheck|graphs|all]..." >&2; exit 2 ;;
+        *) echo "usage: bash bench/gpu_session.sh [check|169m|1.5b|profile|pipeline|session|recheck|graphs|strategy|all]..." >&2; exit 2 ;;
     esac
 done
 exit $rc
