@@ -71,11 +71,40 @@ def convex(lexical: Hits, dense: Hits, alpha: float, how: str) -> list:
     return sorted(score, key=lambda chunk: (-score[chunk], chunk))
 
 
+def doc_gap(lexical: Hits) -> float:
+    """How far the best document's BM25 score stands above the next document's, relative to it (1: alone)."""
+    best: dict[str, float] = {}
+    for (doc, _), score in lexical:
+        best.setdefault(doc, score)
+    top = sorted(best.values(), reverse=True)
+    if not top or top[0] <= 0:
+        return 0.0
+    return 1.0 if len(top) == 1 else (top[0] - top[1]) / top[0]
+
+
+def gated(lexical: Hits, dense: Hits, weight: float, gap: float) -> list:
+    """RRF whose dense weight is dropped for queries whose lexical winner stands out by ``gap`` or more."""
+    return rrf(lexical, dense, 0.0 if doc_gap(lexical) >= gap else weight)
+
+
+def protected(lexical: Hits, dense: Hits, weight: float, keep: int) -> list:
+    """Lexical's first ``keep`` documents first, in its order; the rest by RRF."""
+    first = list(dict.fromkeys(doc for (doc, _), _ in lexical))[:keep]
+    fused = rrf(lexical, dense, weight)
+    lead = [next(c for c in fused if c[0] == doc) for doc in first]
+    return lead + [c for c in fused if c[0] not in first]
+
+
 def variants() -> dict[str, Callable[[Hits, Hits], list]]:
     out: dict[str, Callable[[Hits, Hits], list]] = {
         "lexical": lambda lex, den: [c for c, _ in lex], "dense": lambda lex, den: [c for c, _ in den]}
     for weight in (0.1, 0.2, 0.5):
         out[f"rrf-{weight}"] = lambda lex, den, w=weight: rrf(lex, den, w)
+    for weight in (0.2, 0.5):
+        for gap in (0.1, 0.2, 0.3):
+            out[f"gated-{weight}-{gap}"] = lambda lex, den, w=weight, g=gap: gated(lex, den, w, g)
+        for keep in (1, 3, 5):
+            out[f"protect{keep}-{weight}"] = lambda lex, den, w=weight, k=keep: protected(lex, den, w, k)
     for how in ("minmax", "z"):
         for alpha in (0.5, 0.6, 0.7, 0.8, 0.9):
             out[f"cc-{how}-{alpha}"] = lambda lex, den, a=alpha, h=how: convex(lex, den, a, h)
