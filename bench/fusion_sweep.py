@@ -71,20 +71,11 @@ def convex(lexical: Hits, dense: Hits, alpha: float, how: str) -> list:
     return sorted(score, key=lambda chunk: (-score[chunk], chunk))
 
 
-def doc_gap(lexical: Hits) -> float:
-    """How far the best document's BM25 score stands above the next document's, relative to it (1: alone)."""
-    best: dict[str, float] = {}
-    for (doc, _), score in lexical:
-        best.setdefault(doc, score)
-    top = sorted(best.values(), reverse=True)
-    if not top or top[0] <= 0:
-        return 0.0
-    return 1.0 if len(top) == 1 else (top[0] - top[1]) / top[0]
-
-
 def gated(lexical: Hits, dense: Hits, weight: float, gap: float) -> list:
     """RRF whose dense weight is dropped for queries whose lexical winner stands out by ``gap`` or more."""
-    return rrf(lexical, dense, 0.0 if doc_gap(lexical) >= gap else weight)
+    from docstream.tasks.fusion import leading_gap
+
+    return rrf(lexical, dense, 0.0 if leading_gap([(doc, s) for (doc, _), s in lexical]) >= gap else weight)
 
 
 def protected(lexical: Hits, dense: Hits, weight: float, keep: int) -> list:

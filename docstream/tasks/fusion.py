@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Hashable, Mapping, Sequence
 
-__all__ = ["RRF_K", "Fused", "reciprocal_rank_fusion"]
+__all__ = ["RRF_K", "Fused", "leading_gap", "reciprocal_rank_fusion"]
 
 RRF_K = 60
 
@@ -50,3 +50,19 @@ def reciprocal_rank_fusion(rankings: Mapping[str, Sequence[Hashable]], limit: in
              for key, found in ranks.items()]
     fused.sort(key=lambda f: (-f.score, min(f.ranks.values()), first_seen[f.key]))
     return fused if limit is None else fused[:limit]
+
+
+def leading_gap(scored: Sequence[tuple[Hashable, float]]) -> float:
+    """How far the best group stands out of one retriever's results: ``(s1 - s2) / s1`` for the best scores
+    of the first and second distinct groups (documents, when each item is a chunk keyed by its document).
+    ``scored`` is (group, score) best first, scores >= 0 (BM25's). 1 when one group alone was found, 0 when
+    nothing scored above 0."""
+    best: dict[Hashable, float] = {}
+    for group, score in scored:
+        best.setdefault(group, score)
+        if len(best) == 2:
+            break
+    top = list(best.values())
+    if not top or top[0] <= 0:
+        return 0.0
+    return 1.0 if len(top) == 1 else max(0.0, (top[0] - top[1]) / top[0])

@@ -7,7 +7,9 @@ Three retrievers rank a run's chunks:
   the vectors come from the built-in *embedder* (``pooling="embedder"``): each chunk's text embedded on its
   own by a model tuned for search (:mod:`docstream.tasks.embedder`). ``pooling="last" | "mean" | "state"``
   searches the vectors the run's own model computed while streaming instead;
-* **hybrid** (the default): both, fused with reciprocal rank fusion (:mod:`docstream.tasks.fusion`, k = 60).
+* **hybrid** (the default): both, fused with reciprocal rank fusion (:mod:`docstream.tasks.fusion`, k = 60),
+  the dense votes weighted :data:`DENSE_WEIGHT` and dropped where BM25's best document stands out
+  (:data:`LEXICAL_CLEAR_GAP`).
 
 Every hit says which retrievers found it and at which rank. Python use::
 
@@ -59,6 +61,11 @@ DEPTH = 100
 #: best recall@10, then best nDCG@10, over 0.1, 0.2, 0.35, 0.5 and 1): the built-in embedder is much weaker than
 #: BM25 on known-item search, so an equal vote would let its mistakes outrank BM25's hits (bench/RESULTS.md)
 DENSE_WEIGHT = 0.2
+#: hybrid fusion drops the dense vote for a query whose best lexical document's BM25 score stands this far
+#: above the next document's (relative, :func:`docstream.tasks.fusion.leading_gap`): BM25 has found it
+#: plainly, and the weaker embedder's other picks could only push it down. Chosen by the same rule on the
+#: same development collection, over 0.1, 0.2 and 0.3 (bench/fusion_sweep.py, bench/RESULTS.md)
+LEXICAL_CLEAR_GAP = 0.3
 
 #: snippets are cut to this many characters
 
@@ -140,7 +147,7 @@ class Searcher:
 
     def search_many(self, queries: Sequence[str], k: int = 10, snippets: bool = True) -> list[list[Hit]]:
         """:meth:`search` of each query, in order (query vectors and index searches batched)."""
-        from docstream.tasks.fusion import reciprocal_rank_fusion
+        from docstream.tasks.fusion import leading_gap, reciprocal_rank_fusion
 
         if isinstance(queries, str):
             raise ValueError("search_many takes a list of queries; use search() for one")
@@ -161,7 +168,11 @@ class Searcher:
             if found_dense is not None:
                 rankings["dense"] = [chunk for chunk, _ in found_dense]
                 scores["dense"] = dict(found_dense)
-            fused = reciprocal_rank_fusion(rankings, limit=k, weights=self.weights)
+            weights = self.weights
+            if found_lexical and found_dense and \
+                    leading_gap([(h.doc_id, h.score) for h in found_lexical]) >= LEXICAL_CLEAR_GAP:
+                weights = {"dense": 0.0}  # the dense hits still follow, after every lexical one
+            fused = reciprocal_rank_fusion(rankings, limit=k, weights=weights)
             single = None if self.mode == "hybrid" else next(iter(scores))
             results.append([(f.key, f.score if single is None else scores[single][f.key], f.ranks) for f in fused])
         if snippets:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from docstream.tasks.fusion import RRF_K, reciprocal_rank_fusion
+from docstream.tasks.fusion import RRF_K, leading_gap, reciprocal_rank_fusion
 
 
 def test_scores_are_sums_of_reciprocal_ranks():
@@ -50,3 +50,10 @@ def test_weights_scale_each_retrievers_share():
     assert [f.key for f in fused] == ["b", "a"] and fused[0].score == pytest.approx(1 / 62 + 2 / 61)
     with pytest.raises(ValueError, match="weights must be >= 0"):
         reciprocal_rank_fusion(rankings, weights={"dense": -1.0})
+
+
+def test_leading_gap_compares_the_best_two_groups():
+    assert leading_gap([("a", 10.0), ("a", 9.0), ("b", 6.0), ("c", 1.0)]) == pytest.approx(0.4)  # a's best vs b's
+    assert leading_gap([("a", 10.0), ("a", 2.0)]) == 1.0  # one document alone
+    assert leading_gap([("a", 5.0), ("b", 5.0)]) == 0.0
+    assert leading_gap([]) == 0.0 and leading_gap([("a", 0.0), ("b", 0.0)]) == 0.0

@@ -11,10 +11,10 @@ import pytest
 from docstream.cli import build_parser
 from docstream.model.embedding import EmbedderSpec, write_embedder_spec
 from docstream.tasks.chunk_text import read_chunk_texts
-from docstream.tasks.fusion import RRF_K
+from docstream.tasks.fusion import RRF_K, leading_gap
 from docstream.tasks.index import load_index, read_meta, update_index
 from docstream.tasks.lexical import load_lexical
-from docstream.tasks.search import DENSE_WEIGHT, Searcher
+from docstream.tasks.search import DENSE_WEIGHT, LEXICAL_CLEAR_GAP, Searcher
 from docstream.tasks.verify import verify_run
 from docstream.tokenizer import default_world_vocab_path
 from tests.helpers import imported_by
@@ -56,8 +56,32 @@ def test_a_chunks_own_text_is_found_first_by_both_retrievers(out):
         top = searcher.search(chunks.texts[i], k=5)[0]
         assert (top.doc_id, top.chunk_index) == (chunks.rows.doc_id[i], chunks.rows.chunk_index[i])
         assert top.retrievers == {"lexical": 1, "dense": 1}
-        assert top.score == pytest.approx((1 + DENSE_WEIGHT) / (RRF_K + 1))
+        assert top.score == pytest.approx((1 + _dense_weight(out, chunks.texts[i])) / (RRF_K + 1))
         assert top.snippet is not None and top.snippet.split()[0] in chunks.texts[i]
+
+
+def _dense_weight(out, query: str) -> float:
+    """The dense ranking's weight in the hybrid fusion of ``query``."""
+    lexical = Searcher(out, mode="lexical").search(query, k=100, snippets=False)
+    return 0.0 if leading_gap([(h.doc_id, h.score) for h in lexical]) >= LEXICAL_CLEAR_GAP else DENSE_WEIGHT
+
+
+def test_dense_votes_count_unless_bm25s_best_document_stands_out(out):
+    hybrid = Searcher(out)
+    weights = set()
+    for query in (f"where is the {KEYWORD}?", "river stone light", "the garden", "quiet morning paper light"):
+        weight = _dense_weight(out, query)
+        weights.add(weight)
+        hits = hybrid.search(query, k=10)
+        for hit in hits:
+            assert hit.score == pytest.approx(sum((1.0 if name == "lexical" else weight) / (RRF_K + rank)
+                                                  for name, rank in hit.retrievers.items()))
+        if weight == 0.0:  # the lexical order, untouched
+            lexical = Searcher(out, mode="lexical").search(query, k=10)
+            found = [h for h in hits if "lexical" in h.retrievers]
+            assert [(h.doc_id, h.chunk_index) for h in found] == \
+                [(h.doc_id, h.chunk_index) for h in lexical][:len(found)]
+    assert weights == {0.0, DENSE_WEIGHT}  # both kinds of query were met
 
 
 def test_each_mode_uses_its_retrievers_only(out):
