@@ -61,3 +61,16 @@ def test_scalar_wkv4_and_linear_rows(exts):
         for weight in (W, W.t().contiguous().t()):  # nn.Linear's layout, and a transposed matrix
             close(scalar.linear_rows(x, weight), x @ weight.T, **TOL, what=f"linear_rows M={M}")
             close(vector.linear_rows(x, weight), x @ weight.T, **TOL, what=f"vector linear_rows M={M}")
+
+
+def test_scalar_linear_i8_matches_the_reference_and_the_vector_build(exts):
+    scalar, vector = exts
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(50, 37, generator=g)
+    scale = w.abs().amax(1) / 127
+    q = torch.round(w / scale[:, None]).to(torch.int8)
+    for M in (1, 2, 3, 7, 16, 40):  # the few-row tiles, and the BLAS form from 16 rows
+        x = torch.randn(M, 37, generator=g)
+        want = reference.linear_i8_ref(x, q, scale)
+        close(scalar.linear_i8(x, q, scale), want, **TOL, what=f"linear_i8 M={M}")
+        close(vector.linear_i8(x, q, scale), want, **TOL, what=f"vector linear_i8 M={M}")

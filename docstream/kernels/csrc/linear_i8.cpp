@@ -17,13 +17,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
-#include "wkv_simd.h"
+#include "linear_tile.h"
 
 namespace {
 
@@ -32,51 +27,6 @@ using namespace wkv;
 constexpr int64_t kI8BlasRows = 16;                   // from this many rows of x on, the BLAS form
 constexpr int64_t kI8ScratchBytes = 8 << 20;          // largest widened block of q (BLAS form)
 
-#ifdef WKV_VEC
-// Eight int8 weights widened to eight floats: one sign-extension and one conversion on AVX2, the
-// compiler's own sequence elsewhere.
-typedef int8_t vint8 __attribute__((vector_size(8)));
-WKV_INLINE vfloat vload_i8(const int8_t* p) {
-#if defined(__AVX2__)
-  __m128i bytes;
-  std::memcpy(&bytes, p, 8);
-  return reinterpret_cast<vfloat>(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)));
-#else
-  vint8 q;
-  std::memcpy(&q, p, sizeof(q));
-  return __builtin_convertvector(q, vfloat);
-#endif
-}
-#endif
-
-// MR rows of x against OR rows of q: sums[m][o] over all of K.
-template <int MR, int OR>
-WKV_INLINE void i8_tile(int64_t K, const float* WKV_RESTRICT x, int64_t sx, const int8_t* WKV_RESTRICT q,
-                        int64_t sq, float (&sum)[MR][OR]) {
-  int64_t k = 0;
-#ifdef WKV_VEC
-  vfloat acc[MR][OR];
-  for (int m = 0; m < MR; ++m)
-    for (int o = 0; o < OR; ++o) acc[m][o] = vset1(0.0f);
-  for (; k + kVec <= K; k += kVec) {
-    vfloat wv[OR];
-    for (int o = 0; o < OR; ++o) wv[o] = vload_i8(q + o * sq + k);
-    for (int m = 0; m < MR; ++m) {
-      const vfloat xv = vload(x + m * sx + k);
-      for (int o = 0; o < OR; ++o) acc[m][o] += xv * wv[o];
-    }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int o = 0; o < OR; ++o) sum[m][o] = vsum(acc[m][o]);
-#else
-  for (int m = 0; m < MR; ++m)
-    for (int o = 0; o < OR; ++o) sum[m][o] = 0.0f;
-#endif
-  for (; k < K; ++k)
-    for (int m = 0; m < MR; ++m)
-      for (int o = 0; o < OR; ++o) sum[m][o] += x[m * sx + k] * static_cast<float>(q[o * sq + k]);
-}
-
 // All M rows of x against OR rows of q (tiles of MR rows, the remainder with smaller tiles), scaled.
 template <int OR, int MR>
 void i8_rows(int64_t M, int64_t K, const float* x, int64_t sx, const int8_t* q, int64_t sq, const float* scale,
@@ -84,7 +34,7 @@ void i8_rows(int64_t M, int64_t K, const float* x, int64_t sx, const int8_t* q, 
   int64_t m = 0;
   for (; m + MR <= M; m += MR) {
     float sum[MR][OR];
-    i8_tile<MR, OR>(K, x + m * sx, sx, q, sq, sum);
+    dot_tile<MR, OR>(K, x + m * sx, sx, q, sq, sum);
     for (int i = 0; i < MR; ++i)
       for (int o = 0; o < OR; ++o) y[(m + i) * sy + o] = sum[i][o] * scale[o];
   }

@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "wkv_simd.h"
+#include "linear_tile.h"
 
 namespace {
 
@@ -33,29 +33,8 @@ using namespace wkv;
 template <int MR, int OR>
 WKV_INLINE void rows_tile(int64_t K, const float* WKV_RESTRICT x, int64_t sx, const float* WKV_RESTRICT w,
                           int64_t sw, float* WKV_RESTRICT y, int64_t sy) {
-  int64_t k = 0;
   float sum[MR][OR];
-#ifdef WKV_VEC
-  vfloat acc[MR][OR];
-  for (int m = 0; m < MR; ++m)
-    for (int o = 0; o < OR; ++o) acc[m][o] = vset1(0.0f);
-  for (; k + kVec <= K; k += kVec) {
-    vfloat wv[OR];
-    for (int o = 0; o < OR; ++o) wv[o] = vload(w + o * sw + k);
-    for (int m = 0; m < MR; ++m) {
-      const vfloat xv = vload(x + m * sx + k);
-      for (int o = 0; o < OR; ++o) acc[m][o] += xv * wv[o];
-    }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int o = 0; o < OR; ++o) sum[m][o] = vsum(acc[m][o]);
-#else
-  for (int m = 0; m < MR; ++m)
-    for (int o = 0; o < OR; ++o) sum[m][o] = 0.0f;
-#endif
-  for (; k < K; ++k)
-    for (int m = 0; m < MR; ++m)
-      for (int o = 0; o < OR; ++o) sum[m][o] += x[m * sx + k] * w[o * sw + k];
+  dot_tile<MR, OR>(K, x, sx, w, sw, sum);
   for (int m = 0; m < MR; ++m)
     for (int o = 0; o < OR; ++o) y[m * sy + o] = sum[m][o];
 }
