@@ -1,7 +1,8 @@
 """Strategy strings and int8 weights, measured in one run.
 
 For each strategy, on the 169M RWKV-7 shape (L12, C768, head 64, World vocabulary; random weights):
-- the memory its weights take (parameters and buffers, MiB);
+- the memory its weights take (parameters and buffers, MiB), and what a fresh process measures: the
+  resident memory loading the model adds (after imports) and the process's peak RSS;
 - ingestion: tok/s of ``forward_hidden`` on [batch, chunk] tokens from a carried state (best of ``--repeats``);
 - decoding: tok/s of ``step`` at batch 1 (and ``--decode-batch``), in place, after a warm-up;
 - the largest logit difference against the fp32 model on the same tokens (max over positions and vocabulary),
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +90,29 @@ def decode_rate(model, batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - t0)
 
 
+_RSS = r"""
+import gc, json, resource, sys
+import torch
+from docstream.model import load_model
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+before = rss()
+model = load_model(sys.argv[1], strategy=sys.argv[2])
+gc.collect()
+with open("/proc/self/status") as f:  # VmHWM: this image's peak (ru_maxrss would include the parent's at fork)
+    peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+print(json.dumps({"rss_mib": (rss() - before) / 2**20, "peak_rss_mib": peak / 1024}))
+"""
+
+
+def load_rss(path: Path, strategy: str) -> dict:
+    """Resident memory a fresh process gains by loading the model (after imports), and its peak RSS."""
+    done = subprocess.run([sys.executable, "-c", _RSS, str(path), strategy], capture_output=True, text=True,
+                          cwd=ROOT, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def heldout_text(limit: int) -> bytes:
     plays = sorted((ROOT / "docstream" / "data" / "sample_corpus" / "plays").glob("*.txt"))
     return b"\n\n".join(p.read_bytes() for p in plays)[:limit]
@@ -126,7 +151,7 @@ def main() -> int:
         for strategy in strategies:
             model = load_model(path, strategy=strategy)
             got = model.forward(probe.to(model.device), all_logits=True)[0].cpu()
-            row = {"strategy": strategy, "weights_mib": weight_bytes(model) / 2**20,
+            row = {"strategy": strategy, "weights_mib": weight_bytes(model) / 2**20, **load_rss(path, strategy),
                    "ingest_tok_s": ingest_rate(model, batch, chunk, args.repeats),
                    "decode_tok_s": decode_rate(model, 1, steps),
                    f"decode_b{args.decode_batch}_tok_s": decode_rate(model, args.decode_batch, steps),
@@ -138,10 +163,11 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     base = next(r for r in rows if r["strategy"] == anchor)
-    print(f"\n{'strategy':<30}{'weights MiB':>12}{'ingest tok/s':>14}{'decode b1':>11}"
+    print(f"\n{'strategy':<30}{'weights MiB':>12}{'RSS MiB':>9}{'peak MiB':>9}{'ingest tok/s':>14}{'decode b1':>11}"
           f"{f'decode b{args.decode_batch}':>11}{'max |dlogit|':>14}{'bpb':>9}{'d bpb':>10}")
     for r in rows:
-        print(f"{r['strategy']:<30}{r['weights_mib']:>12.1f}{r['ingest_tok_s']:>14,.0f}{r['decode_tok_s']:>11,.1f}"
+        print(f"{r['strategy']:<30}{r['weights_mib']:>12.1f}{r['rss_mib']:>9.0f}{r['peak_rss_mib']:>9.0f}"
+              f"{r['ingest_tok_s']:>14,.0f}{r['decode_tok_s']:>11,.1f}"
               f"{r[f'decode_b{args.decode_batch}_tok_s']:>11,.1f}{r['max_logit_diff']:>14.4f}"
               f"{r['heldout_bpb']:>9.4f}{r['heldout_bpb'] - base['heldout_bpb']:>+10.5f}")
     print(f"\nratios to {anchor}: " + "; ".join(

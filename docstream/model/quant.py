@@ -24,10 +24,10 @@ _PAD_FROM_ROWS = 16
 def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
     """``weight`` [O, K] as (int8 [O, K], fp32 scale [O]) with ``weight[o] ~ q[o] * scale[o]``."""
     w = weight.detach().float()
-    scale = w.abs().amax(dim=1) / 127.0
+    scale = torch.maximum(w.amax(dim=1), -w.amin(dim=1)) / 127.0  # max |w| per row, without an |w| copy
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays zero
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q, scale
+    q = (w / scale[:, None]).round_().clamp_(-127, 127)  # one fp32 temporary per matrix
+    return q.to(torch.int8), scale
 
 
 class Int8Linear(nn.Module):

@@ -93,7 +93,8 @@ class RunConfig(BaseModel):
         """device and dtype become the strategy's first stage's (where the run's states live)."""
         from docstream.model.strategy import parse_strategy
 
-        first = parse_strategy(self.strategy)[0]
+        stages = parse_strategy(self.strategy)
+        first = stages[0]
         if self.engine != "local":
             raise ValueError(f"strategy {self.strategy!r} needs engine 'local' (each Ray worker loads a whole "
                              f"model on one device); drop --strategy or --engine ray")
@@ -103,6 +104,10 @@ class RunConfig(BaseModel):
                 raise ValueError(f"{name} {given!r} contradicts strategy {self.strategy!r}, whose first stage has "
                                  f"{name} {value!r}; drop --{name}: the strategy decides it")
             setattr(self, name, value)
+        devices = {stage.device for stage in stages}
+        if self.cuda_graphs and len(devices) > 1:
+            raise ValueError(f"cuda_graphs record one device's work; strategy {self.strategy!r} spreads the model "
+                             f"over {', '.join(sorted(devices))}. Drop --cuda-graphs or use a one-device strategy")
 
     def model_args(self, device: str | None = None) -> dict[str, Any]:
         """The keywords of :func:`docstream.model.load_model` for this run's model: its strategy, or its

@@ -284,6 +284,7 @@ def test_run_records_its_strategy_and_resumes_only_with_it(tmp_path, capsys):
     (dict(strategy="cpu fp32", engine="ray"), "needs engine 'local'"),
     (dict(strategy="cpu bf16", dtype="fp32"), "dtype 'fp32' contradicts strategy 'cpu bf16'"),
     (dict(strategy="cpu fp32 *2+"), "Streamed layers"),
+    (dict(strategy="cuda fp16 *2 -> cpu fp32", cuda_graphs=True), "cuda_graphs record one device's work"),
 ])
 def test_run_settings_refuse_a_strategy_they_cannot_honour(tmp_path, settings, message):
     from docstream.store.config import RunConfig
