@@ -53,6 +53,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     file or a ``pytorch_model.bin``; :mod:`docstream.model.formats.hf_files`) of RWKV-7 in fla's layout or
     RWKV-4 in transformers'."""
     from docstream.model.formats.hf_files import is_hf_path, read_hf_files, to_blinkdl
+    from docstream.model.formats.torch_files import read_state_dict_file
 
     path = Path(path)
     if not path.exists():
@@ -60,26 +61,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
                                 f"a .safetensors file or a Hugging Face model folder)")
     sd = read_hf_files(path) if is_hf_path(path) else read_state_dict_file(path)
     return to_blinkdl(sd, repr(str(path)))
-
-
-def read_state_dict_file(path: Path) -> dict[str, Tensor]:
-    """The state dict a PyTorch file holds (a BlinkDL ``.pth``, a ``pytorch_model.bin`` or one of its shards),
-    memory-mapped unless the file is in the legacy (non-zip) format."""
-    try:
-        try:
-            sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except Exception as err:  # torch raises many types for a damaged file; report them all alike
-        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}); "
-                         f"expected a BlinkDL RWKV .pth (or pytorch_model.bin) file, complete and not "
-                         f"truncated") from err
-    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors; expected a BlinkDL RWKV .pth "
-                         f"(or pytorch_model.bin) file")
-    return sd
 
 
 def build_model(sd: dict[str, Tensor], device: str | torch.device = "cpu", dtype: str = "fp32",

@@ -103,7 +103,7 @@ def _index(path: Path) -> dict[str, str]:
 
 def _read_weights(file: Path) -> dict[str, Tensor]:
     if file.suffix != ".safetensors":  # pytorch_model.bin and its shards: read as any PyTorch file is
-        from docstream.model.loader import read_state_dict_file
+        from docstream.model.formats.torch_files import read_state_dict_file
 
         return read_state_dict_file(file)
     from safetensors.torch import load_file
