@@ -27,33 +27,36 @@ using namespace wkv;
 constexpr int64_t kI8BlasRows = 16;                   // from this many rows of x on, the BLAS form
 constexpr int64_t kI8ScratchBytes = 8 << 20;          // largest widened block of q (BLAS form)
 
-// All M rows of x against OR rows of q (tiles of MR rows, the remainder with smaller tiles), scaled.
-template <int OR, int MR>
-void i8_rows(int64_t M, int64_t K, const float* x, int64_t sx, const int8_t* q, int64_t sq, const float* scale,
-             float* y, int64_t sy) {
+// All M rows of x against OR rows of a weight matrix w (int8, or int8 already widened to float), scaled:
+// tiles of MR rows of x, the remainder with smaller tiles.
+template <int OR, int MR, typename W>
+void scaled_rows(int64_t M, int64_t K, const float* x, int64_t sx, const W* w, int64_t sw, const float* scale,
+                 float* y, int64_t sy) {
   int64_t m = 0;
   for (; m + MR <= M; m += MR) {
     float sum[MR][OR];
-    dot_tile<MR, OR>(K, x + m * sx, sx, q, sq, sum);
+    dot_tile<MR, OR>(K, x + m * sx, sx, w, sw, sum);
     for (int i = 0; i < MR; ++i)
       for (int o = 0; o < OR; ++o) y[(m + i) * sy + o] = sum[i][o] * scale[o];
   }
   if constexpr (MR > 1) {
-    if (m < M) i8_rows<OR, MR - 1>(M - m, K, x + m * sx, sx, q, sq, scale, y + m * sy, sy);
+    if (m < M) scaled_rows<OR, MR - 1>(M - m, K, x + m * sx, sx, w, sw, scale, y + m * sy, sy);
   }
 }
 
-// Rows [o, o1) of q against all M rows of x, OR rows of q at a time.
+// Rows [o, o1) of q against all M rows of x, OR rows of q at a time. (Widening each group of rows of q
+// into an L1 buffer first, so that each weight is converted once rather than once per tile of rows of x,
+// was measured slower at 8 rows for every matrix of the 169M shape but the head.)
 template <int OR, int MR>
 void i8_block(int64_t M, int64_t K, const float* x, int64_t sx, const int8_t* q, int64_t sq, const float* scale,
               float* y, int64_t O, int64_t o, int64_t o1) {
-  for (; o + OR <= o1; o += OR) i8_rows<OR, MR>(M, K, x, sx, q + o * sq, sq, scale + o, y + o, O);
-  for (; o < o1; ++o) i8_rows<1, 8>(M, K, x, sx, q + o * sq, sq, scale + o, y + o, O);
+  for (; o + OR <= o1; o += OR) scaled_rows<OR, MR>(M, K, x, sx, q + o * sq, sq, scale + o, y + o, O);
+  for (; o < o1; ++o) scaled_rows<1, 8>(M, K, x, sx, q + o * sq, sq, scale + o, y + o, O);
 }
 
 void linear_i8_few(int64_t M, int64_t K, int64_t O, const float* x, int64_t sx, const int8_t* q, int64_t sq,
                    const float* scale, float* y) {
-  // at most 12 accumulators, as in linear_rows: 8 rows of q for one row of x, 4 x 3 or 6 x 2 beyond
+  // at most 12 accumulators, as in linear_rows: 8 rows of q for one row of x, 6 x 2 or 4 x 3 beyond
   const int64_t block = 96;  // rows of q per task
   at::parallel_for(0, (O + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk) {
