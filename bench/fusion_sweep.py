@@ -86,6 +86,13 @@ def protected(lexical: Hits, dense: Hits, weight: float, keep: int) -> list:
     return lead + [c for c in fused if c[0] not in first]
 
 
+def reranked(lexical: Hits, dense: Hits, weight: float, gap: float, top: int) -> list:
+    """BM25's first ``top`` documents, reordered by the gated fusion; then the rest of the fused list."""
+    first = set(list(dict.fromkeys(doc for (doc, _), _ in lexical))[:top])
+    fused = gated(lexical, dense, weight, gap)
+    return [c for c in fused if c[0] in first] + [c for c in fused if c[0] not in first]
+
+
 def variants() -> dict[str, Callable[[Hits, Hits], list]]:
     out: dict[str, Callable[[Hits, Hits], list]] = {
         "lexical": lambda lex, den: [c for c, _ in lex], "dense": lambda lex, den: [c for c, _ in den]}
@@ -94,6 +101,9 @@ def variants() -> dict[str, Callable[[Hits, Hits], list]]:
     for weight in (0.2, 0.5):
         for gap in (0.1, 0.2, 0.3):
             out[f"gated-{weight}-{gap}"] = lambda lex, den, w=weight, g=gap: gated(lex, den, w, g)
+        for top in (10, 20):
+            out[f"rerank{top}-{weight}"] = lambda lex, den, w=weight, t=top: reranked(lex, den, w, 0.3, t)
+            out[f"rerank{top}-{weight}-nogate"] = lambda lex, den, w=weight, t=top: reranked(lex, den, w, 2.0, t)
         for keep in (1, 3, 5):
             out[f"protect{keep}-{weight}"] = lambda lex, den, w=weight, k=keep: protected(lex, den, w, k)
     for how in ("minmax", "z"):
