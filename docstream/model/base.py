@@ -271,7 +271,7 @@ class RWKVModel(nn.Module):
         new state. The state passed in is not modified.
         """
         x, new_state, _ = self._trunk(tokens, state, keep_layers=False)
-        return self.head(self.ln_out(x if all_logits else x[:, -1])).float(), new_state
+        return self._home(self.head(self.ln_out(x if all_logits else x[:, -1])).float()), new_state
 
     @torch.no_grad()
     def step(self, tokens: Tensor | Sequence[int], state: State | None = None,
@@ -307,7 +307,7 @@ class RWKVModel(nn.Module):
         reset = _STEP_KERNEL.set(self._step_kernel())
         try:
             x, new_state, _ = self._trunk(tokens, state, keep_layers=False, into=state if inplace else None)
-            return self.head(self.ln_out(x[:, -1])).float(), new_state  # what forward returns
+            return self._home(self.head(self.ln_out(x[:, -1])).float()), new_state  # what forward returns
         finally:
             _STEP_KERNEL.reset(reset)
 
@@ -347,9 +347,18 @@ class RWKVModel(nn.Module):
                 self._check_state(state, tokens.shape[0])
                 return captured(tokens, state)
         x, new_state, layers = self._trunk(tokens, state, keep_layers=all_layers)
-        return Hidden(self.ln_out(x), tuple(layers) if all_layers else None, new_state)
+        if self.placements is not None:
+            layers = [self._home(t, self.dtype) for t in layers]
+        return Hidden(self._home(self.ln_out(x), self.dtype), tuple(layers) if all_layers else None, new_state)
 
     # -- internals -----------------------------------------------------------------------------
+    def _home(self, t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """An output computed at another place of a strategy, brought to the model's device (and ``dtype``):
+        outputs live where the state does, whatever the strategy."""
+        if self.placements is None:
+            return t
+        return t.to(self.device, dtype if dtype is not None else t.dtype)
+
     def _as_batch(self, tokens: Tensor | Sequence[int] | Sequence[Sequence[int]]) -> Tensor:
         """``tokens`` as a LongTensor [B, T] on the model's device: a tensor, a list of ints (one
         sequence) or a list of equal-length lists of ints ([B, T])."""

@@ -165,6 +165,10 @@ def test_mixed_strategy_places_layers_and_refuses_training(checkpoint):
     assert model.strategy == "cpu bf16 *2 -> cpu fp32i8"
     with pytest.raises(ValueError, match="for inference"):
         model.forward_train(_tokens(model.config.vocab_size))
+    # outputs live where the state does, in its dtype, whatever place computed them
+    hidden = model.forward_hidden(_tokens(model.config.vocab_size), all_layers=True)
+    assert hidden.last.dtype == torch.bfloat16 and all(t.dtype == torch.bfloat16 for t in hidden.layers)
+    assert model.forward(_tokens(model.config.vocab_size))[0].dtype == torch.float32
 
 
 # -- the int8 products ------------------------------------------------------------------------------
@@ -227,6 +231,25 @@ def test_gpu_strategies_give_the_cpu_logits(checkpoint, strategy):
     for t in range(T):
         stepped, step_state = model.step(tokens[:, t], step_state, inplace=True)
     assert float((stepped.cpu() - want[:, -1]).abs().max()) <= tol
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("strategy", ["cuda fp16i8 *1 -> cpu fp32", "cpu fp32 *1 -> cuda bf16"])
+def test_a_run_streams_through_a_strategy_that_crosses_devices(tmp_path, strategy):
+    from docstream.cli import main
+    from docstream.store.reader import finished_documents
+
+    path = save_random_checkpoint(tmp_path / "m.pth", "7", seed=2, n_layer=2, n_embd=64, head_size=16,
+                                  vocab_size=65536)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"d{i}.txt").write_text(f"Document {i} about streaming states across devices. " * (10 + 5 * i))
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(path), "--tokenizer", "rwkv_vocab_v20230424.txt", "--input", str(corpus),
+                 "--out", str(out), "--chunk-len", "64", "--quiet", "--no-index", "--strategy", strategy]) == 0
+    assert finished_documents(out) == {"d0.txt", "d1.txt", "d2.txt"}
 
 
 @pytest.mark.gpu
