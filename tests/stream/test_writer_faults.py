@@ -34,18 +34,21 @@ def hold(what):
     time.sleep(600)
 
 if mode == "queued":  # the writer stops before its 2nd commit; the engine fills the queue behind it
-    import threading
     write, submit = committer.PendingCommit.write, committer.Committer.submit
-    held = threading.Event()
+    seen = {}
     def slow_write(self, store, *parts):
         if self.seq == 2:
-            held.set()
+            # held here; the marker says so once the queue behind is full (the engine may have filled it
+            # before this thread got here, and then waits in submit: so the held thread itself watches)
+            while not (seen and seen["committer"]._queue.full()):
+                time.sleep(0.01)
+            marker.write_text(f"queued up to commit {seen['seq']}")
             time.sleep(600)
         write(self, store, *parts)
     def watched_submit(self, commit):
+        seen["committer"] = self
         submit(self, commit)
-        if held.is_set() and self._queue.full():
-            marker.write_text(f"queued up to commit {commit.seq}")
+        seen["seq"] = commit.seq
     committer.PendingCommit.write, committer.Committer.submit = slow_write, watched_submit
 else:  # "record" / "latest": commit 2's parts are durable, then the writer stops before that file
     name = {"record": "00000002.json", "latest": "LATEST"}[mode]
