@@ -77,8 +77,7 @@ class CapturedForward:
     def __call__(self, tokens: Tensor, state: State) -> Hidden:
         """The forward of ``tokens`` from ``state`` (both on the model's device; shapes as captured)."""
         self.tokens.copy_(tokens)
-        for name, part in self.state.parts().items():
-            part.copy_(state.parts()[name])
+        _copy_state(self.state, state)
         self.replay()
         return Hidden(self.out.last.clone(), None, self.out.state.clone())
 
@@ -99,15 +98,10 @@ def capture_forward(model: RWKVModel, batch: int, length: int,
     if batch < 1 or length < 1:
         raise ValueError(f"a captured forward needs batch >= 1 and length >= 1, got [{batch}, {length}]")
     _check_device(model, capture)
-    what, fallback = f"the [{batch}, {length}] forward", "running it eagerly"
-    recorded = _record(model, (batch, length), _eager, capture, what, fallback)
-    if recorded is None:
-        return None
-    tokens, static, replay, out = recorded
-    captured = CapturedForward(tokens, static, out, replay)
-    if _refused(_check(model, captured), what, fallback):
-        return None
-    model._captured[(batch, length)] = captured
+    captured = _capture(model, (batch, length), _eager, CapturedForward, _check, capture,
+                        f"the [{batch}, {length}] forward", "running it eagerly")
+    if captured is not None:
+        model._captured[(batch, length)] = captured
     return captured
 
 
@@ -132,12 +126,10 @@ class CapturedStep:
     def __call__(self, tokens: Tensor, state: State, inplace: bool) -> tuple[Tensor, State]:
         """``model.step(tokens, state, inplace)`` for ``tokens`` [batch, 1] on the model's device."""
         self.tokens.copy_(tokens)
-        for name, part in self.state.parts().items():
-            part.copy_(state.parts()[name])
+        _copy_state(self.state, state)
         self.replay()
         if inplace:
-            for name, part in state.parts().items():
-                part.copy_(self.state.parts()[name])
+            _copy_state(state, self.state)
             return self.logits.clone(), state
         return self.logits.clone(), self.state.clone()
 
@@ -155,15 +147,10 @@ def capture_step(model: RWKVModel, batch: int, capture: Capture = cuda_capture) 
     if batch < 1:
         raise ValueError(f"a captured step needs batch >= 1, got {batch}")
     _check_device(model, capture)
-    what, fallback = f"the decoding step of {batch} rows", "stepping eagerly"
-    recorded = _record(model, (batch, 1), _step_in_place, capture, what, fallback)
-    if recorded is None:
-        return None
-    tokens, static, replay, logits = recorded
-    captured = CapturedStep(tokens, static, logits, replay)
-    if _refused(_check_step(model, captured), what, fallback):
-        return None
-    model._captured_steps[batch] = captured
+    captured = _capture(model, (batch, 1), _step_in_place, CapturedStep, _check_step, capture,
+                        f"the decoding step of {batch} rows", "stepping eagerly")
+    if captured is not None:
+        model._captured_steps[batch] = captured
     return captured
 
 
@@ -182,9 +169,11 @@ def enable_step_graphs(model: RWKVModel, capture: Capture = cuda_capture) -> Non
     model._step_hook = replayed
 
 
-def _record(model: RWKVModel, shape: tuple[int, int], record, capture: Capture, what: str, fallback: str):
-    """Static tokens of ``shape``, a static state, and ``capture`` of ``record(model, tokens, state)``:
-    (tokens, state, replay, outputs), or None with a warning when capturing fails."""
+def _capture(model: RWKVModel, shape: tuple[int, int], record, make, check, capture: Capture, what: str,
+             fallback: str):
+    """Static tokens of ``shape`` and a static state, ``capture`` of ``record(model, tokens, state)``, wrapped
+    as ``make(tokens, state, outputs, replay)`` and checked by ``check(model, captured)``: the captured
+    object, or None with a warning saying why when capturing or the check fails."""
     tokens = torch.zeros(*shape, dtype=torch.long, device=model.device)
     static = model.init_state(shape[0])
     try:
@@ -192,14 +181,21 @@ def _record(model: RWKVModel, shape: tuple[int, int], record, capture: Capture, 
     except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
         warnings.warn(f"could not capture {what} in a CUDA graph ({err}); {fallback}", RuntimeWarning, stacklevel=3)
         return None
-    return tokens, static, replay, out
+    captured = make(tokens, static, out, replay)
+    return None if _refused(check(model, captured), what, fallback) else captured
+
+
+def _copy_state(dst: State, src: State) -> None:
+    """Copy ``src``'s tensors into ``dst``'s (a graph's static state, or a caller's state stepped in place)."""
+    for name, part in dst.parts().items():
+        part.copy_(getattr(src, name))
 
 
 def _refused(problem: str | None, what: str, fallback: str) -> bool:
     """Warn and return True when a replay's check found ``problem``."""
     if problem:
         warnings.warn(f"the captured {what.removeprefix('the ')} does not match the eager one ({problem}); "
-                      f"{fallback}", RuntimeWarning, stacklevel=3)
+                      f"{fallback}", RuntimeWarning, stacklevel=4)
     return bool(problem)
 
 
