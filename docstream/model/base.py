@@ -80,11 +80,15 @@ def matmul(x: Tensor, w: Tensor) -> Tensor:
         else:
             out = flat @ w if rows == 1 else (weight @ flat.T).T
     else:
-        extra = -rows % GEMM_ROW_MULTIPLE
-        if extra:
-            flat = torch.cat((flat, flat.new_zeros(extra, flat.shape[1])))
-        out = (flat @ w)[:rows]
+        out = (pad_rows(flat) @ w)[:rows]
     return out.reshape(*x.shape[:-1], w.shape[1])
+
+
+def pad_rows(flat: Tensor) -> Tensor:
+    """``flat`` [rows, K] with zero rows appended up to a multiple of :data:`GEMM_ROW_MULTIPLE` (the
+    product's first ``rows`` rows are then the same whatever the row count)."""
+    extra = -flat.shape[0] % GEMM_ROW_MULTIPLE
+    return torch.cat((flat, flat.new_zeros(extra, flat.shape[1]))) if extra else flat
 
 
 def _preview(value: object, limit: int = 60) -> str:
@@ -347,8 +351,7 @@ class RWKVModel(nn.Module):
                 self._check_state(state, tokens.shape[0])
                 return captured(tokens, state)
         x, new_state, layers = self._trunk(tokens, state, keep_layers=all_layers)
-        if self.placements is not None:
-            layers = [self._home(t, self.dtype) for t in layers]
+        layers = [self._home(t, self.dtype) for t in layers]
         return Hidden(self._home(self.ln_out(x), self.dtype), tuple(layers) if all_layers else None, new_state)
 
     # -- internals -----------------------------------------------------------------------------

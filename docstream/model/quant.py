@@ -14,10 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from docstream.kernels.dispatch import linear_i8
-from docstream.model.base import GEMM_ROW_MULTIPLE
+from docstream.model.base import pad_rows
 
-#: products with at least this many rows get them padded like docstream.model.base.matmul does (the BLAS
-#: form of the CPU kernel); fewer rows are computed one by one, independently of each other
+#: products with at least this many rows get them padded like docstream.model.base.matmul does
+#: (:func:`~docstream.model.base.pad_rows`; the BLAS form of the CPU kernel); fewer rows are computed one by
+#: one, independently of each other
 _PAD_FROM_ROWS = 16
 
 
@@ -53,9 +54,8 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])
         rows = flat.shape[0]
-        extra = -rows % GEMM_ROW_MULTIPLE if rows >= _PAD_FROM_ROWS else 0
-        if extra:  # row results then do not depend on how many rows share the product (see GEMM_ROW_MULTIPLE)
-            flat = torch.cat((flat, flat.new_zeros(extra, flat.shape[1])))
+        if rows >= _PAD_FROM_ROWS:  # row results then do not depend on how many rows share the product
+            flat = pad_rows(flat)
         out = linear_i8(flat, self.weight_i8, self.scale, self.backend)[:rows]
         return out.reshape(*x.shape[:-1], self.out_features)
 
