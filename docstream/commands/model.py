@@ -31,11 +31,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from docstream.model import load_model
     from docstream.model.formats.hf_files import checkpoint_format
 
-    defaults = RunConfig.model_fields
     path = args.model if args.model is not None else default_model_path()
-    device = args.device or defaults["device"].default
-    dtype = args.dtype or default_dtype(device)
-    model = load_model(path, **placement_args(args))
+    placement = placement_args(args)
+    model = load_model(path, **placement)
     c = model.config
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model      {path}")
@@ -48,7 +46,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print("low-rank   " + ", ".join(f"{k} {v}" for k, v in sorted(c.lora.items())))
     print(f"vocabulary {c.vocab_size}")
     if model.placements is None:
-        print(f"parameters {n_params / 1e6:.1f} M ({dtype} on {device})")
+        print(f"parameters {n_params / 1e6:.1f} M ({placement['dtype']} on {placement['device']})")
     else:
         from docstream.model.quant import weight_bytes
         from docstream.model.strategy import describe
