@@ -44,12 +44,12 @@ def hits(out: Path, queries: list[str], depth: int) -> tuple[list[Hits], list[Hi
     return ranked(Searcher(out, mode="lexical")), ranked(Searcher(out, mode="dense", pooling="embedder"))
 
 
-def rrf(lexical: Hits, dense: Hits, weight: float, k: int = 60) -> list:
-    score: dict = {}
-    for w, found in ((1.0, lexical), (weight, dense)):
-        for rank, (chunk, _) in enumerate(found, 1):
-            score[chunk] = score.get(chunk, 0.0) + w / (k + rank)
-    return sorted(score, key=lambda chunk: -score[chunk])
+def rrf(lexical: Hits, dense: Hits, weight: float) -> list:
+    """What hybrid search does: docstream's reciprocal rank fusion, the dense ranking weighted ``weight``."""
+    from docstream.tasks.fusion import reciprocal_rank_fusion
+
+    rankings = {"lexical": [c for c, _ in lexical], "dense": [c for c, _ in dense]}
+    return [f.key for f in reciprocal_rank_fusion(rankings, weights={"dense": weight})]
 
 
 def normalized(found: Hits, how: str) -> dict:
