@@ -4,7 +4,7 @@
 
 writes ``OUTDIR/<name>/corpus.jsonl`` ({"_id", "title", "text"}), ``queries.jsonl`` ({"_id", "text"}),
 ``qrels/test.tsv`` (``query-id corpus-id score``) and ``collection.json`` (where the texts came from and
-their licences) for three collections, each query having exactly one relevant document:
+their licences) for four collections, each query having exactly one relevant document:
 
 * ``readmes``: the long description (README) of each installed Python distribution; the query is the
   distribution's one-line ``Summary``, removed from the document wherever it occurs in it.
@@ -14,6 +14,10 @@ their licences) for three collections, each query having exactly one relevant do
   query is one prose paragraph held out of the document (removed from it), chosen among paragraphs that
   share almost no word 5-grams with any other document, so that a licence notice copied into many
   files never becomes an ambiguous query.
+* ``manpages``: the English manual pages that ``pipelines/man_pages.py`` holds out of the built-in
+  embedder's training text (1 in 20, by a hash of the page's name), rendered by groff; the query is what
+  the NAME line says the page documents (``ls - list directory contents`` gives "list directory
+  contents"), and the document is the page's name(s) and every other section.
 
 and, apart from them, one development collection for choosing settings (never to report):
 
@@ -246,7 +250,8 @@ def debian(max_docs: int, doc_chars: int, rng: random.Random, max_overlap: float
     raw = []
     licences = Path("/usr/share/common-licenses")
     for path in sorted(licences.iterdir()) if licences.is_dir() else []:
-        raw.append(Doc(f"license-{slug(path.name)}", f"{path.name} licence", path.resolve().read_text(errors="replace")))
+        raw.append(Doc(f"license-{slug(path.name)}", f"{path.name} licence",
+                       path.resolve().read_text(errors="replace")))
     for path in sorted(Path("/usr/share/doc").glob("*/copyright")):
         if path.is_file():
             raw.append(Doc(f"copyright-{slug(path.parent.name)}", f"{path.parent.name} copyright",
@@ -298,7 +303,7 @@ def write_beir(collection: Collection, directory: Path) -> None:
     (directory / "collection.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
-BUILDERS = ("readmes", "pydoc", "debian", "docstrings-dev")
+BUILDERS = ("readmes", "pydoc", "debian", "manpages", "docstrings-dev")
 
 
 def build(name: str, args: argparse.Namespace) -> Collection:
@@ -309,7 +314,44 @@ def build(name: str, args: argparse.Namespace) -> Collection:
         return pydoc_collection(args.max_docs, args.doc_chars, rng)
     if name == "docstrings-dev":
         return docstrings_dev(args.unseen_by.parent / "heldout", args.max_docs, args.doc_chars, rng)
+    if name == "manpages":
+        return manpages(args.max_docs, args.doc_chars, rng)
     return debian(args.max_docs, args.doc_chars, rng)
+
+
+def manpages(max_docs: int, doc_chars: int, rng: random.Random) -> Collection:
+    """The held-out manual pages; query = what the page's NAME line says it documents."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipelines"))
+    import man_pages
+
+    collection = Collection("manpages", "English manual pages of /usr/share/man held out of the built-in embedder's "
+                            "training text (pipelines/man_pages.py), rendered by groff",
+                            "each page's own terms (its package's licence)")
+    pages = []
+    for path in man_pages.page_files():
+        name = path.name.removesuffix(".gz")
+        if man_pages.held_out(name) and (rendered := man_pages.render(path)) is not None:
+            page = man_pages.parse(name, rendered)
+            if page is not None:
+                pages.append(page)
+    # two pages documenting the same thing ("manual page for llvm-ar 14") would make an ambiguous query
+    counts: dict[str, int] = {}
+    for page in pages:
+        counts[page.summary.lower()] = counts.get(page.summary.lower(), 0) + 1
+    docs, queries = [], {}
+    for page in pages:
+        if counts[page.summary.lower()] > 1:
+            continue
+        doc_id = f"man-{slug(page.name)}"
+        docs.append(Doc(doc_id, page.names, "\n\n".join(cut(paragraphs_of(remove_phrase(page.text, page.summary)),
+                                                             doc_chars))))
+        queries[f"q-{doc_id}"] = (page.summary, doc_id)
+    collection.docs = dedupe(docs)
+    if len(collection.docs) > max_docs:
+        collection.docs = sorted(rng.sample(collection.docs, max_docs), key=lambda d: d.doc_id)
+    kept = {d.doc_id for d in collection.docs}
+    collection.queries = {q: v for q, v in queries.items() if v[1] in kept}
+    return collection
 
 
 def docstrings_dev(heldout: Path, max_docs: int, doc_chars: int, rng: random.Random) -> Collection:
@@ -317,7 +359,9 @@ def docstrings_dev(heldout: Path, max_docs: int, doc_chars: int, rng: random.Ran
     collection = Collection("docstrings-dev", f"docstrings of the packages in {heldout} (held out of the built-in "
                             "embedder's training text; for choosing settings only)",
                             "each package's own licence")
-    paths = sorted(heldout.rglob("*.txt")) if heldout.is_dir() else []
+    # heldout/man/ holds manual pages (the manpages collection), not docstrings
+    paths = sorted(p for p in heldout.rglob("*.txt") if p.relative_to(heldout).parts[0] != "man") \
+        if heldout.is_dir() else []
     if not paths:
         raise SystemExit(f"{heldout} has no held-out docstrings: run pipelines/embedder_corpus.py first")
     docs, queries = [], {}
