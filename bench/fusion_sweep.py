@@ -14,6 +14,10 @@ scores (``--depth`` each), and fuses them offline in several ways:
 Documents are ranked by their best chunk, as in ``retrieval_eval.py``; the table gives recall@10 / nDCG@10.
 A variant is chosen on ``docstrings-dev`` only; the other collections are the test.
 
+``--document-weight B`` (repeatable) sets the lexical index's ``DOCUMENT_WEIGHT`` (a chunk's BM25 score
+plus B times its document's) before the lexical hits are asked for; with several, every variant is listed
+once per weight, as ``B=<weight> <variant>``. B = 0 scores chunks alone.
+
     python bench/fusion_sweep.py --collection bench/out/beir/readmes --collection bench/out/beir/pydoc \\
         --collection bench/out/beir/debian --collection bench/out/beir/docstrings-dev
 """
@@ -33,15 +37,24 @@ from retrieval_eval import metrics, prepare_run, read_collection  # noqa: E402
 Hits = list[tuple[tuple[str, int], float]]
 
 
-def hits(out: Path, queries: list[str], depth: int) -> tuple[list[Hits], list[Hits]]:
-    """Each query's lexical and dense chunk hits, ((doc id, chunk index), score), best first."""
+def hits(out: Path, queries: list[str], depth: int, document_weight: float | None = None
+         ) -> tuple[list[Hits], list[Hits]]:
+    """Each query's lexical and dense chunk hits, ((doc id, chunk index), score), best first; the lexical ones
+    with ``document_weight`` as the lexical index's DOCUMENT_WEIGHT (None: docstream's)."""
+    from docstream.tasks import lexical
     from docstream.tasks.search import Searcher
 
     def ranked(searcher: Searcher) -> list[Hits]:
         found = searcher.search_many(queries, k=depth, snippets=False)
         return [[((h.doc_id, h.chunk_index), h.score) for h in row] for row in found]
 
-    return ranked(Searcher(out, mode="lexical")), ranked(Searcher(out, mode="dense", pooling="embedder"))
+    default = lexical.DOCUMENT_WEIGHT
+    lexical.DOCUMENT_WEIGHT = default if document_weight is None else document_weight
+    try:
+        found_lexical = ranked(Searcher(out, mode="lexical"))
+    finally:
+        lexical.DOCUMENT_WEIGHT = default
+    return found_lexical, ranked(Searcher(out, mode="dense", pooling="embedder"))
 
 
 def rrf(lexical: Hits, dense: Hits, weight: float) -> list:
@@ -117,21 +130,26 @@ def main() -> int:
     p.add_argument("--collection", type=Path, action="append", required=True)
     p.add_argument("--work", type=Path, default=Path("bench/out/retrieval"), help="runs, as retrieval_eval.py")
     p.add_argument("--depth", type=int, default=100, help="chunk hits asked of each retriever")
+    p.add_argument("--document-weight", type=float, action="append",
+                   help="the lexical index's DOCUMENT_WEIGHT (repeatable; default: docstream's)")
     args = p.parse_args()
     run_args = argparse.Namespace(model=None, tokenizer=None, chunk_len=256, work=args.work)
-    table: dict[str, list[str]] = {name: [] for name in variants()}
+    weights = args.document_weight or [None]
+    label = (lambda w, name: f"B={w:g} {name}") if len(weights) > 1 else (lambda w, name: name)
+    table: dict[str, list[str]] = {label(w, name): [] for w in weights for name in variants()}
     names = []
     for directory in args.collection:
         collection = read_collection(directory)
         qids = sorted(collection.queries)
         queries, relevant = [collection.queries[q] for q in qids], [collection.qrels[q] for q in qids]
         out, _ = prepare_run(collection, run_args)
-        lexical, dense = hits(out, queries, args.depth)
         names.append(collection.name)
-        for name, fuse in variants().items():
-            ranked = [list(dict.fromkeys(chunk[0] for chunk in fuse(lex, den))) for lex, den in zip(lexical, dense)]
-            m = metrics(ranked, relevant)
-            table[name].append(f"{m['recall@10']:.3f} / {m['nDCG@10']:.3f}")
+        for weight in weights:
+            lexical, dense = hits(out, queries, args.depth, weight)
+            for name, fuse in variants().items():
+                ranked = [list(dict.fromkeys(c[0] for c in fuse(lex, den))) for lex, den in zip(lexical, dense)]
+                m = metrics(ranked, relevant)
+                table[label(weight, name)].append(f"{m['recall@10']:.3f} / {m['nDCG@10']:.3f}")
     print("| fusion | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     for name, cells in table.items():
         print(f"| {name} | " + " | ".join(cells) + " |")

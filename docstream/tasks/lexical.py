@@ -5,6 +5,7 @@ Layout of ``OUT/index/lexical/``::
     meta.json          the commit point: the run's last commit ``seq`` included, chunk count, generation,
                        run identity, tokenizer, and the sha256 and size of every file of the generation
     gen-000003/        a tantivy index: one document per chunk (row, doc_id, chunk_index, token range, text)
+      documents/       a second tantivy index: one document per source document, the text of all its chunks
     .lock              flock: one updater at a time, readers share it
 
 An update makes the next generation in ``gen-000004.tmp-PID/``: it hard-links every file of the current
@@ -15,6 +16,13 @@ generations and temp directories. A reader trusts only the generation ``meta.jso
 moment leaves the old consistent generation or the new one, and the next update adds each committed chunk
 exactly once. Files that differ from their checksums raise :class:`IndexDamagedError`; the index is derived
 data, so rebuilding it (``rebuild=True``) is always the fix.
+
+A chunk's score is its own BM25 score plus :data:`DOCUMENT_WEIGHT` times its document's BM25 score in the
+document index (passage retrieval with document evidence, as in Callan's "Passage-level evidence in document
+retrieval", SIGIR 1994): a query's words spread over several chunks of one document, such as a title in the
+first chunk and the matching description in the third, still find that document. An update re-indexes each
+document that gained chunks (deleting its old entry; its text is read back from the chunk index), inside the
+same new generation.
 
 Text is split on non-alphanumerics, lower-cased, English stop words dropped and the rest stemmed
 (Snowball); a query is the OR of its terms, each weighted by how often it occurs in the query, so any
@@ -28,7 +36,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +62,14 @@ __all__ = ["DiskFullError", "LexicalHit", "LexicalIndex", "LexicalMeta", "Lexica
            "lexical_dir", "load_lexical", "read_lexical_meta", "update_lexical"]
 
 META_NAME = "meta.json"
-META_FORMAT = 1
+#: 2: with the document index (``documents/``); an index of format 1 is rebuilt by the next update
+META_FORMAT = 2
+#: the subfolder of a generation that holds the document index
+DOCUMENTS = "documents"
+#: a chunk's score is its BM25 score plus this times its document's (chosen on docstrings-dev: bench/RESULTS.md)
+DOCUMENT_WEIGHT = 2.0
+#: chunks scored for a query before the best ``k`` are kept, and documents looked up for their scores
+CANDIDATES = 100
 #: the analyzer of the text field, registered under this name on every open (tantivy does not store it)
 TOKENIZER = "docstream_en_stem_stop"
 WRITER_HEAP = 64_000_000
@@ -83,6 +98,13 @@ def lexical_schema() -> tantivy.Schema:
     return builder.build()
 
 
+def documents_schema() -> tantivy.Schema:
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("doc_id", stored=True, tokenizer_name="raw")
+    builder.add_text_field("text", stored=False, tokenizer_name=TOKENIZER)
+    return builder.build()
+
+
 # ---------------------------------------------------------------------------------------------
 # Values
 
@@ -99,6 +121,8 @@ class LexicalMeta:
     tokenizer: str
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     format: int = META_FORMAT
+    #: source documents in the document index (format 2)
+    documents: int = 0
 
     @property
     def directory(self) -> str:
@@ -145,13 +169,15 @@ class LexicalUpdate:
 
 
 class LexicalIndex:
-    """A generation opened for searching (read-only)."""
+    """A generation opened for searching (read-only). ``documents`` is its document index (None in an index
+    of format 1: chunks are then scored alone)."""
 
-    def __init__(self, meta: LexicalMeta, index: tantivy.Index):
-        self.meta, self.index = meta, index
+    def __init__(self, meta: LexicalMeta, index: tantivy.Index, documents: tantivy.Index | None = None):
+        self.meta, self.index, self.documents = meta, index, documents
         self.schema = index.schema
         self.analyzer = english_analyzer()
         self.searcher = index.searcher()
+        self.document_searcher = documents.searcher() if documents is not None else None
 
     def __len__(self) -> int:
         return self.meta.count
@@ -161,8 +187,10 @@ class LexicalIndex:
         return Counter(self.analyzer.analyze(query))
 
     def search(self, query: str, k: int) -> list[LexicalHit]:
-        """Up to ``k`` chunks matching any term of ``query``, best BM25 score first. Any text is a query
-        (no query syntax); one without index terms (empty, only stop words or punctuation) finds nothing."""
+        """Up to ``k`` chunks matching any term of ``query``, best score first: the chunk's BM25 score plus
+        :data:`DOCUMENT_WEIGHT` times its document's (among the best :data:`CANDIDATES` chunks and documents).
+        Any text is a query (no query syntax); one without index terms (empty, only stop words or
+        punctuation) finds nothing."""
         if not isinstance(query, str):
             raise TypeError(f"a lexical query is a string, got {type(query).__name__}")
         if k < 1:
@@ -170,13 +198,25 @@ class LexicalIndex:
         terms = self.terms(query)
         if not terms or not self.meta.count:
             return []
-        # a boolean OR of term queries (never the query parser, which has a syntax user text can break),
-        # a term weighted by its count in the query as BM25 does
-        Query, should = tantivy.Query, tantivy.Occur.Should
-        clauses = [(should, Query.boost_query(Query.term_query(self.schema, "text", term), float(n)))
-                   for term, n in terms.items()]
-        hits = self.searcher.search(Query.boolean_query(clauses), limit=min(k, self.meta.count), count=False).hits
-        return [self._hit(score, address) for score, address in hits]
+        found = self.searcher.search(_terms_query(self.schema, terms), count=False,
+                                     limit=min(k if self.documents is None else max(k, CANDIDATES), self.meta.count))
+        hits = [self._hit(score, address) for score, address in found.hits]
+        if self.document_searcher is None or not hits:
+            return hits[:k]
+        documents = self.document_scores(terms)
+        scored = [replace(hit, score=hit.score + DOCUMENT_WEIGHT * documents.get(hit.doc_id, 0.0)) for hit in hits]
+        scored.sort(key=lambda hit: (-hit.score, hit.row))
+        return scored[:k]
+
+    def document_scores(self, terms: Counter) -> dict[str, float]:
+        """The BM25 scores of the :data:`CANDIDATES` documents that best match ``terms`` (query terms and
+        their counts, :meth:`terms`), by document id."""
+        if self.document_searcher is None or not self.meta.documents:
+            return {}
+        found = self.document_searcher.search(_terms_query(self.documents.schema, terms), count=False,
+                                              limit=min(CANDIDATES, self.meta.documents))
+        return {self.document_searcher.doc(address).get_first("doc_id"): float(score)
+                for score, address in found.hits}
 
     def search_many(self, queries: Iterable[str], k: int) -> list[list[LexicalHit]]:
         """:meth:`search` of each query, in order."""
@@ -205,6 +245,14 @@ class LexicalIndex:
         return LexicalHit(int(doc.get_first("row")), float(score), doc.get_first("doc_id"),
                           int(doc.get_first("chunk_index")), int(doc.get_first("token_start")),
                           int(doc.get_first("token_end")), doc.get_first("text"))
+
+
+def _terms_query(schema: tantivy.Schema, terms: Counter) -> tantivy.Query:
+    """A boolean OR of term queries on the text field (never the query parser, which has a syntax user text
+    can break), each term weighted by its count in the query as BM25 does."""
+    Query, should = tantivy.Query, tantivy.Occur.Should
+    return Query.boolean_query([(should, Query.boost_query(Query.term_query(schema, "text", term), float(n)))
+                                for term, n in terms.items()])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +299,13 @@ def _open(generation: Path) -> tantivy.Index:
     return index
 
 
+def _open_documents(generation: Path, meta: LexicalMeta | None) -> tantivy.Index | None:
+    """The document index of ``generation`` (None for an index of format 1, which has none)."""
+    if meta is not None and meta.format < 2:
+        return None
+    return _open(generation / DOCUMENTS)
+
+
 def load_lexical(out: str | Path) -> LexicalIndex:
     """The current lexical index of the run at ``out``, its files checked against ``meta.json`` first.
 
@@ -267,12 +322,14 @@ def load_lexical(out: str | Path) -> LexicalIndex:
         _check_generation(directory, meta)
         generation = directory / meta.directory
         try:
-            index = _open(generation)
-            loaded = LexicalIndex(meta, index)
+            loaded = LexicalIndex(meta, _open(generation), _open_documents(generation, meta))
         except (ValueError, OSError) as err:  # tantivy reports unreadable indexes as ValueError
             raise _damaged(generation, f"is not a readable tantivy index ({err})") from err
     if loaded.searcher.num_docs != meta.count:
         raise _damaged(generation, f"holds {loaded.searcher.num_docs} chunks, but meta.json says {meta.count}")
+    if loaded.document_searcher is not None and loaded.document_searcher.num_docs != meta.documents:
+        raise _damaged(generation / DOCUMENTS, f"holds {loaded.document_searcher.num_docs} documents, but meta.json "
+                                               f"says {meta.documents}")
     return loaded
 
 
@@ -336,8 +393,10 @@ def update_lexical(out: str | Path, rebuild: bool = False, progress: bool = Fals
         if old is not None and old.run_identity != identity:
             raise ValueError(f"the lexical index in {directory} was built from a run with other settings or "
                              f"another model; rebuild it (rebuild=True, --rebuild)")
-        if old is not None and old.tokenizer != TOKENIZER:
-            old = None  # its text was analyzed another way: queries analyzed this way would miss, so start over
+        if old is not None and (old.tokenizer != TOKENIZER or old.format < META_FORMAT):
+            # its text was analyzed another way (queries analyzed this way would miss), or it has no document
+            # index: start over
+            old = None
         if old is not None:
             _check_generation(directory, old)
         if old is not None and (newest := last_seq(out)) < old.seq:
@@ -353,7 +412,7 @@ def update_lexical(out: str | Path, rebuild: bool = False, progress: bool = Fals
             raise ValueError(f"the run at {str(out)!r} has no committed chunks yet, so there is nothing to index; "
                              f"let `docstream run` commit some first")
         if not len(new):  # newer commits without chunks: only the seq moves on, the generation stays
-            meta = LexicalMeta(new.last_seq, old.count, old.generation, identity, TOKENIZER, old.files)
+            meta = replace(old, seq=new.last_seq)
             _write_meta(directory, meta)
             return LexicalUpdate(meta, 0, directory)
         return LexicalUpdate(_write_generation(directory, old, new, identity, progress), len(new), directory)
@@ -371,9 +430,11 @@ def _write_generation(directory: Path, old: LexicalMeta | None, new: Any, identi
         if old is not None:
             link_files(directory / old.directory, temp, old.files)
         _add_chunks(temp, old is None, first_row, new, progress)
+        documents = _update_documents(temp, old is None, new)
         files = seal(temp, directory / old.directory if old else None, old.files if old else {})
         publish(temp, final)
-        meta = LexicalMeta(new.last_seq, first_row + len(new), number, identity, TOKENIZER, files)
+        meta = LexicalMeta(new.last_seq, first_row + len(new), number, identity, TOKENIZER, files,
+                           documents=documents)
         _write_meta(directory, meta)
     except BaseException as err:
         # remove what this update wrote (a full disk gets its space back); the old generation stays current
@@ -425,6 +486,43 @@ def _add_chunks(generation: Path, create: bool, first_row: int, new: Any, progre
         if bar is not None:
             bar.update(len(new) - bar.n)
             bar.close()
+
+
+def _update_documents(generation: Path, create: bool, new: Any) -> int:
+    """Index afresh, in the document index of ``generation``, every document that ``new`` adds chunks to (its
+    text: all its chunks in the chunk index, in order, which already holds ``new``'s); its number of documents."""
+    touched = list(dict.fromkeys(str(doc_id) for doc_id in new.rows.doc_id))
+    try:
+        if create:
+            (generation / DOCUMENTS).mkdir()
+            documents = tantivy.Index(documents_schema(), path=str(generation / DOCUMENTS), reuse=False)
+            documents.register_tokenizer(TOKENIZER, english_analyzer())
+        else:
+            documents = _open(generation / DOCUMENTS)
+        chunks = _open(generation)
+        chunks.reload()
+        searcher = chunks.searcher()
+        writer = documents.writer(heap_size=WRITER_HEAP, num_threads=1)
+        for doc_id in touched:
+            found = searcher.search(tantivy.Query.term_query(chunks.schema, "doc_id", doc_id), count=False,
+                                    limit=max(searcher.num_docs, 1)).hits
+            parts = sorted((int(d.get_first("chunk_index")), d.get_first("text"))
+                           for d in (searcher.doc(address) for _, address in found))
+            if not create:
+                writer.delete_documents_by_term("doc_id", doc_id)
+            doc = tantivy.Document()
+            doc.add_text("doc_id", doc_id)
+            doc.add_text("text", "".join(text for _, text in parts))
+            writer.add_document(doc)
+        _commit(writer)
+        writer.wait_merging_threads()
+        cleaner = documents.writer(heap_size=15_000_000, num_threads=1)
+        cleaner.garbage_collect_files()
+        cleaner.wait_merging_threads()
+        documents.reload()
+        return documents.searcher().num_docs
+    except ValueError as err:
+        raise _write_failed(generation, err, []) from err
 
 
 def _commit(writer: tantivy.IndexWriter) -> None:

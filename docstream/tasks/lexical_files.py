@@ -43,27 +43,33 @@ def generation_problems(directory: Path, meta: Any) -> list[tuple[Path, str]]:
 
 
 def link_files(source: Path, target: Path, files: dict[str, Any]) -> None:
-    """Hard-link the generation's files into ``target``: tantivy writes each segment file once and replaces
-    its meta.json and .managed.json by rename, so the links never change the old generation's bytes."""
+    """Hard-link the generation's files into ``target`` (names are relative paths: the document index lives
+    in a subfolder): tantivy writes each segment file once and replaces its meta.json and .managed.json by
+    rename, so the links never change the old generation's bytes."""
     for name in files:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
         os.link(source / name, target / name)
 
 
 def seal(generation: Path, old_generation: Path | None, old_files: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """fsync every file of ``generation`` and the directory; each file's sha256 and size. Files still
-    linked to the verified old generation (same inode) keep their recorded checksum instead of being re-read."""
+    """fsync every file of ``generation`` (subfolders included) and its folders; each file's sha256 and size,
+    by its path relative to ``generation``. Files still linked to the verified old generation (same inode)
+    keep their recorded checksum instead of being re-read."""
     files = {}
-    for path in sorted(generation.iterdir()):
-        if path.name in TANTIVY_LOCKS:
+    for path in sorted(generation.rglob("*")):
+        if path.name in TANTIVY_LOCKS or not path.is_file():
             continue
+        name = path.relative_to(generation).as_posix()
         status = path.stat()
-        if path.name in old_files and old_generation is not None and \
-                (old_generation / path.name).stat().st_ino == status.st_ino:
-            files[path.name] = old_files[path.name]
+        if name in old_files and old_generation is not None and \
+                (old_generation / name).stat().st_ino == status.st_ino:
+            files[name] = old_files[name]
             continue
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-        files[path.name] = {"sha256": sha256_file(path), "size": status.st_size}
+        files[name] = {"sha256": sha256_file(path), "size": status.st_size}
+    for folder in sorted((p for p in generation.rglob("*") if p.is_dir()), reverse=True):
+        fsync_dir(folder)
     fsync_dir(generation)
     return files
 

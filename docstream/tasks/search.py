@@ -276,10 +276,10 @@ def _open_index(out: Path, pooling: str, factory: str | None, metric: str | None
 
 def _open_lexical(out: Path, update: bool) -> LexicalIndex:
     """The lexical index, updated first when asked (and stale)."""
-    from docstream.tasks.lexical import load_lexical, read_lexical_meta, update_lexical
+    from docstream.tasks.lexical import META_FORMAT, load_lexical, read_lexical_meta, update_lexical
 
     saved = read_lexical_meta(out)
-    if update and (saved is None or saved.seq != newest_commit(out)):
+    if update and (saved is None or saved.seq != newest_commit(out) or saved.format < META_FORMAT):
         update_lexical(out)
     return load_lexical(out)
 

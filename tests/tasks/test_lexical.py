@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import tantivy
 
 from docstream.corpus.chunk_id import ChunkIdColumns
 from docstream.store.reader import last_seq, run_identity
@@ -74,6 +75,32 @@ def _entries(directory):
     return sorted(p.name for p in directory.iterdir())
 
 
+def _term_documents(out):
+    """Each index term -> the ids of the documents whose entry in the document index holds it (a check of the
+    entries' contents that BM25 statistics, which count replaced entries until tantivy merges, do not touch)."""
+    index = load_lexical(out)
+    schema, searcher = index.documents.schema, index.document_searcher
+    # the chunks' own terms too: a word cut at a chunk boundary is two terms in the chunks, one in the document
+    terms = {term for hit in index.chunks() for term in index.analyzer.analyze(hit.text)}
+    found = {term: sorted(searcher.doc(address).get_first("doc_id") for _, address in
+                          searcher.search(tantivy.Query.term_query(schema, "text", term), limit=10_000).hits)
+             for term in sorted(terms | set(_expected_term_documents(out)))}
+    return {term: ids for term, ids in found.items() if ids}
+
+
+def _expected_term_documents(out):
+    """What :func:`_term_documents` should find: each document's text being all its chunks' texts in order."""
+    texts = chunk_text.read_chunk_texts(out)
+    whole = {}
+    for i in sorted(range(len(texts)), key=lambda i: int(texts.rows.chunk_index[i])):
+        whole[texts.rows.doc_id[i]] = whole.get(texts.rows.doc_id[i], "") + texts.texts[i]
+    analyzer, found = lexical.english_analyzer(), {}
+    for doc_id, text in whole.items():
+        for term in set(analyzer.analyze(text)):
+            found.setdefault(term, []).append(doc_id)
+    return {term: sorted(ids) for term, ids in found.items()}
+
+
 def test_keyword_query_finds_its_chunk_and_snippet_text(copy):
     result = update_lexical(copy)
     texts = chunk_text.read_chunk_texts(copy)
@@ -121,6 +148,12 @@ def test_updates_commit_by_commit_equal_one_build(copy, monkeypatch):
     monkeypatch.undo()
     assert counts == sorted(counts) and counts[-1] == len(chunk_text.read_chunk_texts(copy))
     assert _contents(copy) == _expected(copy)
+    # documents that gained chunks in several commits were re-indexed whole each time, and are there once
+    commits = [set(chunk_text.read_chunk_texts(copy, seq - 1, seq).rows.doc_id) for seq in range(1, final + 1)]
+    assert any(len([ids for ids in commits if doc in ids]) > 1 for doc in set.union(*commits)), \
+        "the fixture's run should have documents committed in pieces"
+    assert read_lexical_meta(copy).documents == len(set.union(*commits))
+    assert _term_documents(copy) == _expected_term_documents(copy)
     assert _entries(lexical_dir(copy)) == [".lock", read_lexical_meta(copy).directory, "meta.json"]
 
 
@@ -165,6 +198,48 @@ def test_sigkill_during_an_update_then_update_gives_the_same_index(copy, monkeyp
     assert result.added == result.meta.count - old.count > 0 and result.meta.generation == old.generation + 2
     assert _contents(copy) == _expected(copy)
     assert _entries(directory) == [".lock", result.meta.directory, "meta.json"]  # no temp dir, no stale generation
+
+
+def test_a_document_whose_words_fall_in_different_chunks_is_found_by_them(model_path, tmp_path):
+    """Chunk scores get their document's: a document with both query words, in chunks far apart, comes
+    before a chunk that has one of them twice (which leads when chunks are scored alone)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    filler = " ".join(["plain words fill the middle of this note"] * 12)
+    (corpus / "both.txt").write_text(f"Harpsichord tuning notes. {filler} The theorbo was restrung.")
+    (corpus / "one.txt").write_text("A harpsichord, and another harpsichord, stood in the hall.")
+    (corpus / "none.txt").write_text(filler)
+    out = run_corpus(model_path, corpus, tmp_path / "out")
+    update_lexical(out)
+    index = load_lexical(out)
+    hits = index.search("harpsichord theorbo", 5)
+    last = max(h.chunk_index for h in index.document_chunks("both.txt"))
+    assert hits[0].doc_id == "both.txt" and last >= 2  # the words are chunks apart
+    assert sorted((h.doc_id, h.chunk_index) for h in hits[:3]) == [("both.txt", 0), ("both.txt", last), ("one.txt", 0)]
+    documents = index.document_scores(index.terms("harpsichord theorbo"))
+    assert documents["both.txt"] > documents["one.txt"] > 0 and "none.txt" not in documents
+    chunk_only = lexical.LexicalIndex(index.meta, index.index, None).search("harpsichord theorbo", 5)
+    assert chunk_only[0].doc_id == "one.txt"  # alone, the chunk with the word twice would lead
+    by_row = {h.row: h.score for h in chunk_only}
+    for hit in hits:
+        assert hit.score == pytest.approx(by_row[hit.row] + lexical.DOCUMENT_WEIGHT * documents[hit.doc_id])
+
+
+def test_an_index_without_documents_is_searched_by_chunks_and_rebuilt_by_the_next_update(copy):
+    """An index of format 1 (made before the document index) still answers, and the next update rebuilds it."""
+    made = update_lexical(copy).meta
+    directory = lexical_dir(copy)
+    shutil.rmtree(directory / made.directory / lexical.DOCUMENTS)
+    old = replace(made, format=1, documents=0, files={n: v for n, v in made.files.items()
+                                                       if not n.startswith(lexical.DOCUMENTS + "/")})
+    (directory / "meta.json").write_bytes(old.to_json())
+    index = load_lexical(copy)
+    assert index.documents is None and index.search("xylophone", 1)[0].doc_id == KEYWORD_DOC
+    assert check_lexical(copy) == []
+    result = update_lexical(copy)
+    assert result.meta.format == lexical.META_FORMAT and result.meta.generation == made.generation + 1
+    assert result.meta.documents == len({row[1] for row in _contents(copy)}) and load_lexical(copy).documents
+    assert _term_documents(copy) == _expected_term_documents(copy)
 
 
 def _flip_byte(path):
@@ -240,6 +315,7 @@ def test_chunks_retracted_after_the_last_update_make_it_rebuild(copy, monkeypatc
     assert result.added == result.meta.count == len(live) and result.meta.generation == first.generation + 1
     contents = _contents(copy)
     assert gone not in {row[1] for row in contents} and [row[1] for row in contents] == list(live.rows.doc_id)
+    assert gone not in {d for ids in _term_documents(copy).values() for d in ids}
 
 
 def _no_space(*args, **kwargs):
