@@ -22,7 +22,8 @@ document index (passage retrieval with document evidence, as in Callan's "Passag
 retrieval", SIGIR 1994): a query's words spread over several chunks of one document, such as a title in the
 first chunk and the matching description in the third, still find that document. An update re-indexes each
 document that gained chunks (deleting its old entry; its text is read back from the chunk index), inside the
-same new generation.
+same new generation. As in Lucene, a replaced entry still counts in BM25's statistics until tantivy merges
+its segment away; a rebuild starts them afresh.
 
 Text is split on non-alphanumerics, lower-cased, English stop words dropped and the rest stemmed
 (Snowball); a query is the OR of its terms, each weighted by how often it occurs in the query, so any

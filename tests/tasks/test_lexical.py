@@ -183,7 +183,8 @@ lexical.update_lexical(sys.argv[1])
 """
 
 
-@pytest.mark.parametrize("stop_at", ["publish", "_write_meta"])  # after tantivy's commit / after the rename
+# before the document index is updated / after tantivy's commits / after the rename
+@pytest.mark.parametrize("stop_at", ["_update_documents", "publish", "_write_meta"])
 def test_sigkill_during_an_update_then_update_gives_the_same_index(copy, monkeypatch, stop_at):
     _upto(monkeypatch, last_seq(copy) - 1)
     old = update_lexical(copy).meta
@@ -191,12 +192,13 @@ def test_sigkill_during_an_update_then_update_gives_the_same_index(copy, monkeyp
     child = subprocess.run([sys.executable, "-c", _CHILD, str(copy), stop_at], cwd=ROOT, capture_output=True, check=False)
     assert child.returncode == -9, child.stderr.decode()
     directory = lexical_dir(copy)
-    left = {"publish": f"gen-{old.generation + 1:06d}.tmp-", "_write_meta": f"gen-{old.generation + 1:06d}"}[stop_at]
+    temp, final = f"gen-{old.generation + 1:06d}.tmp-", f"gen-{old.generation + 1:06d}"
+    left = {"_update_documents": temp, "publish": temp, "_write_meta": final}[stop_at]
     assert any(name.startswith(left) for name in _entries(directory))  # the crash left a generation behind
     assert read_lexical_meta(copy) == old and len(load_lexical(copy)) == old.count  # the old one is current
     result = update_lexical(copy)
     assert result.added == result.meta.count - old.count > 0 and result.meta.generation == old.generation + 2
-    assert _contents(copy) == _expected(copy)
+    assert _contents(copy) == _expected(copy) and _term_documents(copy) == _expected_term_documents(copy)
     assert _entries(directory) == [".lock", result.meta.directory, "meta.json"]  # no temp dir, no stale generation
 
 
