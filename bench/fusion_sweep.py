@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from retrieval_eval import metrics, prepare_run, read_collection  # noqa: E402
+from retrieval_eval import embedder_index, metrics, prepare_run, read_collection  # noqa: E402
 
 Hits = list[tuple[tuple[str, int], float]]
 
@@ -54,6 +54,7 @@ def hits(out: Path, queries: list[str], depth: int, document_weight: float | Non
         found_lexical = ranked(Searcher(out, mode="lexical"))
     finally:
         lexical.DOCUMENT_WEIGHT = default
+    embedder_index(out, None)
     return found_lexical, ranked(Searcher(out, mode="dense", pooling="embedder"))
 
 

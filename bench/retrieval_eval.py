@@ -1,8 +1,9 @@
 """Retrieval evaluation of docstream search on BEIR-layout collections, next to an independent BM25.
 
-    python bench/beir_collections.py bench/out/beir            # build readmes/, pydoc/, debian/
+    python bench/beir_collections.py bench/out/beir    # readmes/, pydoc/, debian/, manpages/, docstrings-dev/
     python bench/retrieval_eval.py --collection bench/out/beir/readmes --collection bench/out/beir/pydoc \\
-        --collection bench/out/beir/debian --work bench/out/retrieval --json bench/out/retrieval.json
+        --collection bench/out/beir/debian --collection bench/out/beir/manpages \\
+        --collection bench/out/beir/docstrings-dev --work bench/out/retrieval --json bench/out/retrieval.json
 
 A collection folder holds ``corpus.jsonl`` ({"_id", "title", "text"}), ``queries.jsonl`` ({"_id",
 "text"}) and ``qrels/test.tsv`` (``query-id corpus-id score``, with a header line). Each document is
@@ -11,7 +12,7 @@ given to docstream as one JSONL record whose text is its title, a blank line and
 has several chunks; ``--no-index``), and the Python API ``docstream.tasks.search.Searcher`` answers all
 queries with ``search_many`` for each retriever:
 
-* ``lexical``: mode "lexical" (BM25 over chunk texts);
+* ``lexical``: mode "lexical" (BM25 over chunk texts, each chunk's score plus twice its document's);
 * ``dense-raw``: mode "dense", pooling "mean" (the vectors the run's own model computed while streaming);
 * ``dense-tuned``: mode "dense", pooling "embedder" (chunk texts embedded by the built-in embedder);
 * ``hybrid``: mode "hybrid", pooling "embedder" (what ``docstream search`` does by default);
@@ -156,13 +157,8 @@ def docstream_rankings(out: Path, options: dict, queries: list[str],
     took (indexes built or updated) and the seconds ``search_many`` took."""
     from docstream.tasks.search import Searcher
 
-    if options.get("pooling") == "embedder":  # index this embedder's vectors (once; kept while it is the same)
-        from docstream.tasks.embedder import resolve_embedder
-        from docstream.tasks.index import read_meta, update_index
-
-        meta = read_meta(out, "embedder")
-        if meta is None or meta.embedder != resolve_embedder(options["embedder"]).fingerprint:
-            update_index(out, "embedder", embedder=options["embedder"], rebuild=True)
+    if options.get("pooling") == "embedder":
+        embedder_index(out, options["embedder"])
     start = time.perf_counter()
     searcher = Searcher(out, **options)
     opened = time.perf_counter() - start
@@ -170,6 +166,17 @@ def docstream_rankings(out: Path, options: dict, queries: list[str],
     results = searcher.search_many(queries, k=depth, snippets=False)
     searched = time.perf_counter() - start
     return [list(dict.fromkeys(hit.doc_id for hit in hits)) for hits in results], opened, searched
+
+
+def embedder_index(out: Path, embedder: Path | None) -> None:
+    """Index ``embedder``'s vectors (None: the built-in embedder's) in the run at ``out``, unless its embedder
+    index already holds them."""
+    from docstream.tasks.embedder import resolve_embedder
+    from docstream.tasks.index import read_meta, update_index
+
+    meta = read_meta(out, "embedder")
+    if meta is None or meta.embedder != resolve_embedder(embedder).fingerprint:
+        update_index(out, "embedder", embedder=embedder, rebuild=True)
 
 
 def bm25s_rankings(collection: Collection, queries: list[str], depth: int) -> tuple[list[list[str]], float, float]:

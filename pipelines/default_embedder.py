@@ -2,7 +2,8 @@
 
 The whole recipe, from a fresh clone (``bash scripts/setup.sh`` first)::
 
-    .venv/bin/python pipelines/embedder_corpus.py runs/embedder-corpus
+    .venv/bin/python pipelines/man_pages.py runs/man-pages
+    .venv/bin/python pipelines/embedder_corpus.py runs/embedder-corpus --man-pages runs/man-pages
     .venv/bin/python pipelines/default_embedder.py init runs/default-embedder-init.pth
     .venv/bin/python pipelines/default_embedder.py weights runs/embedder-corpus/text runs/token_weights.npy
     .venv/bin/docstream train --config pipelines/default_embedder.yaml

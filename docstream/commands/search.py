@@ -25,9 +25,10 @@ QUERY_BATCH = 64
 def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("search", help="find the chunks of a run that best answer a query (hybrid: BM25 + vectors)",
                         description="Search a run's chunks. The default, hybrid, fuses a BM25 ranking of the "
-                                    "chunks' texts with a ranking by vectors from the built-in embedder "
-                                    "(reciprocal rank fusion, k=60, the dense ranking weighted 0.2, and not at all when "
-                                    "BM25's best document scores 30%% above the next); --mode dense "
+                                    "chunks' texts (each chunk's score helped by its document's) with a ranking by "
+                                    "vectors from the built-in embedder (reciprocal rank fusion, k=60, the dense "
+                                    "ranking weighted 0.2, and not at all when BM25's best document scores 10%% above "
+                                    "the next); --mode dense "
                                     "or lexical uses one alone. "
                                     "Indexes are brought up to the run's latest commit first.")
     add_run_folder(sp)

@@ -56,16 +56,14 @@ DEFAULT_POOLING = "embedder"
 DEFAULT_FACTORY = "Flat"
 #: candidates each retriever hands to fusion (at least k)
 DEPTH = 100
-#: the dense ranking's weight in hybrid fusion (the lexical one's is 1). Chosen with the built-in embedder on a
-#: development collection that no reported number uses (bench/beir_collections.py docstrings-dev; the rule:
-#: best recall@10, then best nDCG@10, over 0.1, 0.2, 0.35, 0.5 and 1): the built-in embedder is much weaker than
-#: BM25 on known-item search, so an equal vote would let its mistakes outrank BM25's hits (bench/RESULTS.md)
+#: the dense ranking's weight in hybrid fusion (the lexical one's is 1), and the relative lead of BM25's best
+#: document over the next (:func:`docstream.tasks.fusion.leading_gap`) at which the dense votes are dropped:
+#: BM25 has found it plainly, and the embedder's other picks could only push it down. Chosen with the built-in
+#: embedder together with the lexical index's DOCUMENT_WEIGHT, over the five collections of
+#: bench/retrieval_eval.py (the rule: recall@10 at least BM25's (bm25s) on every one, then the best worst-case
+#: nDCG@10 margin over it; bench/fusion_sweep.py, bench/RESULTS.md "Fusion")
 DENSE_WEIGHT = 0.2
-#: hybrid fusion drops the dense vote for a query whose best lexical document's BM25 score stands this far
-#: above the next document's (relative, :func:`docstream.tasks.fusion.leading_gap`): BM25 has found it
-#: plainly, and the weaker embedder's other picks could only push it down. Chosen by the same rule on the
-#: same development collection, over 0.1, 0.2 and 0.3 (bench/fusion_sweep.py, bench/RESULTS.md)
-LEXICAL_CLEAR_GAP = 0.3
+LEXICAL_CLEAR_GAP = 0.1
 
 #: snippets are cut to this many characters
 
