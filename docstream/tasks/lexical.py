@@ -36,7 +36,7 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -462,25 +462,21 @@ def _add_chunks(generation: Path, create: bool, first_row: int, new: Any, progre
             index.register_tokenizer(TOKENIZER, english_analyzer())
         else:
             index = _open(generation)
-        writer = index.writer(heap_size=WRITER_HEAP, num_threads=1)
-        for i, text in enumerate(new.texts):
-            doc = tantivy.Document()  # typed adds: Document(row=...) would make an i64 that the u64 field refuses
-            doc.add_unsigned("row", first_row + i)
-            doc.add_text("doc_id", str(rows.doc_id[i]))
-            doc.add_unsigned("chunk_index", int(rows.chunk_index[i]))
-            doc.add_unsigned("token_start", int(rows.token_start[i]))
-            doc.add_unsigned("token_end", int(rows.token_end[i]))
-            doc.add_text("text", text)
-            writer.add_document(doc)
-            if bar is not None and (i + 1) % PROGRESS_EVERY == 0:
-                bar.update(PROGRESS_EVERY)
-        _commit(writer)
-        writer.wait_merging_threads()
-        # a second writer's garbage collection deletes the files of segments merged away, so the
-        # generation holds (and meta.json records) only live files
-        cleaner = index.writer(heap_size=15_000_000, num_threads=1)
-        cleaner.garbage_collect_files()
-        cleaner.wait_merging_threads()
+
+        def add(writer: tantivy.IndexWriter) -> None:
+            for i, text in enumerate(new.texts):
+                doc = tantivy.Document()  # typed adds: Document(row=...) would make an i64 the u64 field refuses
+                doc.add_unsigned("row", first_row + i)
+                doc.add_text("doc_id", str(rows.doc_id[i]))
+                doc.add_unsigned("chunk_index", int(rows.chunk_index[i]))
+                doc.add_unsigned("token_start", int(rows.token_start[i]))
+                doc.add_unsigned("token_end", int(rows.token_end[i]))
+                doc.add_text("text", text)
+                writer.add_document(doc)
+                if bar is not None and (i + 1) % PROGRESS_EVERY == 0:
+                    bar.update(PROGRESS_EVERY)
+
+        _write(index, add)
     except ValueError as err:  # tantivy reports every failure, a full disk included, as ValueError
         raise _write_failed(generation, err, new.texts) from err
     finally:
@@ -503,27 +499,48 @@ def _update_documents(generation: Path, create: bool, new: Any) -> int:
         chunks = _open(generation)
         chunks.reload()
         searcher = chunks.searcher()
-        writer = documents.writer(heap_size=WRITER_HEAP, num_threads=1)
-        for doc_id in touched:
-            found = searcher.search(tantivy.Query.term_query(chunks.schema, "doc_id", doc_id), count=False,
-                                    limit=max(searcher.num_docs, 1)).hits
-            parts = sorted((int(d.get_first("chunk_index")), d.get_first("text"))
-                           for d in (searcher.doc(address) for _, address in found))
-            if not create:
-                writer.delete_documents_by_term("doc_id", doc_id)
-            doc = tantivy.Document()
-            doc.add_text("doc_id", doc_id)
-            doc.add_text("text", "".join(text for _, text in parts))
-            writer.add_document(doc)
-        _commit(writer)
-        writer.wait_merging_threads()
-        cleaner = documents.writer(heap_size=15_000_000, num_threads=1)
-        cleaner.garbage_collect_files()
-        cleaner.wait_merging_threads()
+
+        def add(writer: tantivy.IndexWriter) -> None:
+            for doc_id in touched:
+                found = searcher.search(tantivy.Query.term_query(chunks.schema, "doc_id", doc_id), count=False,
+                                        limit=max(searcher.num_docs, 1)).hits
+                parts = sorted((int(d.get_first("chunk_index")), d.get_first("text"))
+                               for d in (searcher.doc(address) for _, address in found))
+                if not create:
+                    writer.delete_documents_by_term("doc_id", doc_id)
+                doc = tantivy.Document()
+                doc.add_text("doc_id", doc_id)
+                doc.add_text("text", "".join(text for _, text in parts))
+                writer.add_document(doc)
+
+        _write(documents, add)
         documents.reload()
         return documents.searcher().num_docs
     except ValueError as err:
         raise _write_failed(generation, err, []) from err
+
+
+def _write(index: tantivy.Index, add: Callable[[tantivy.IndexWriter], None]) -> None:
+    """Open a writer on ``index``, ``add`` to it, commit, and wait for its merges. If anything fails, the
+    writer is rolled back and its threads are joined before the error goes on: a writer left to the garbage
+    collector can still write segment files into the temp directory that the caller is removing."""
+    writer = index.writer(heap_size=WRITER_HEAP, num_threads=1)
+    try:
+        add(writer)
+        _commit(writer)
+    except BaseException:
+        for stop in (writer.rollback, writer.wait_merging_threads):
+            try:
+                stop()
+            except ValueError:  # a writer that already failed may refuse either
+                pass
+        raise
+    writer.wait_merging_threads()
+    # a second writer's garbage collection deletes the files of segments merged away, so the generation
+    # holds (and meta.json records) only live files
+    cleaner = index.writer(heap_size=15_000_000, num_threads=1)
+    cleaner.garbage_collect_files()
+    cleaner.wait_merging_threads()
 
 
 def _commit(writer: tantivy.IndexWriter) -> None:
