@@ -124,8 +124,8 @@ def update_indexes(out: str | Path, config: IndexConfig, progress: bool = False,
         from docstream.tasks.lexical import update_lexical
 
         lexical = update_lexical(out, rebuild=config.rebuild, progress=progress)
-        lines.append(f"lexical index in {lexical.path}: {lexical.meta.count} chunks, {lexical.added} added, "
-                     f"up to commit {lexical.meta.seq}")
+        lines.append(f"lexical index in {lexical.path}: {lexical.meta.count} chunks of {lexical.meta.documents} "
+                     f"documents, {lexical.added} added, up to commit {lexical.meta.seq}")
     result = update_index(out, config.pooling, config.factory, config.metric, rebuild=config.rebuild,
                           progress=progress, embedder=config.embedder, device=device)
     meta = result.meta

@@ -2,7 +2,8 @@
 
 Three retrievers rank a run's chunks:
 
-* **lexical**: BM25 over the chunks' texts (the tantivy index of :mod:`docstream.tasks.lexical`);
+* **lexical**: BM25 over the chunks' texts, each chunk's score helped by its whole document's (the tantivy
+  indexes of :mod:`docstream.tasks.lexical`);
 * **dense**: cosine similarity of vectors in a FAISS index (:mod:`docstream.tasks.index`). By default
   the vectors come from the built-in *embedder* (``pooling="embedder"``): each chunk's text embedded on its
   own by a model tuned for search (:mod:`docstream.tasks.embedder`). ``pooling="last" | "mean" | "state"``
