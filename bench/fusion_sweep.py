@@ -14,7 +14,7 @@ scores (``--depth`` each), and fuses them offline in several ways:
 Documents are ranked by their best chunk, as in ``retrieval_eval.py``; the table gives recall@10 / nDCG@10.
 A variant is chosen on ``docstrings-dev`` only; the other collections are the test.
 
-``--document-weight B`` (repeatable) sets the lexical index's ``DOCUMENT_WEIGHT`` (a chunk's BM25 score
+``--document-weight B`` (repeatable) sets the lexical index's ``document_weight`` (a chunk's BM25 score
 plus B times its document's) before the lexical hits are asked for; with several, every variant is listed
 once per weight, as ``B=<weight> <variant>``. B = 0 scores chunks alone.
 
@@ -40,22 +40,18 @@ Hits = list[tuple[tuple[str, int], float]]
 def hits(out: Path, queries: list[str], depth: int, document_weight: float | None = None
          ) -> tuple[list[Hits], list[Hits]]:
     """Each query's lexical and dense chunk hits, ((doc id, chunk index), score), best first; the lexical ones
-    with ``document_weight`` as the lexical index's DOCUMENT_WEIGHT (None: docstream's)."""
-    from docstream.tasks import lexical
+    with ``document_weight`` as the lexical index's document weight (None: docstream's)."""
     from docstream.tasks.search import Searcher
 
     def ranked(searcher: Searcher) -> list[Hits]:
         found = searcher.search_many(queries, k=depth, snippets=False)
         return [[((h.doc_id, h.chunk_index), h.score) for h in row] for row in found]
 
-    default = lexical.DOCUMENT_WEIGHT
-    lexical.DOCUMENT_WEIGHT = default if document_weight is None else document_weight
-    try:
-        found_lexical = ranked(Searcher(out, mode="lexical"))
-    finally:
-        lexical.DOCUMENT_WEIGHT = default
+    lexical = Searcher(out, mode="lexical")
+    if document_weight is not None:
+        lexical.lexical.document_weight = document_weight
     embedder_index(out, None)
-    return found_lexical, ranked(Searcher(out, mode="dense", pooling="embedder"))
+    return ranked(lexical), ranked(Searcher(out, mode="dense", pooling="embedder"))
 
 
 def rrf(lexical: Hits, dense: Hits, weight: float) -> list:
@@ -132,7 +128,7 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path("bench/out/retrieval"), help="runs, as retrieval_eval.py")
     p.add_argument("--depth", type=int, default=100, help="chunk hits asked of each retriever")
     p.add_argument("--document-weight", type=float, action="append",
-                   help="the lexical index's DOCUMENT_WEIGHT (repeatable; default: docstream's)")
+                   help="the lexical index's document weight (repeatable; default: docstream's)")
     args = p.parse_args()
     run_args = argparse.Namespace(model=None, tokenizer=None, chunk_len=256, work=args.work)
     weights = args.document_weight or [None]

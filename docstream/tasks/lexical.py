@@ -65,9 +65,12 @@ __all__ = ["DiskFullError", "LexicalHit", "LexicalIndex", "LexicalMeta", "Lexica
 META_NAME = "meta.json"
 #: 2: with the document index (``documents/``); an index of format 1 is rebuilt by the next update
 META_FORMAT = 2
+#: the first format with a document index
+DOCUMENTS_FORMAT = 2
 #: the subfolder of a generation that holds the document index
 DOCUMENTS = "documents"
-#: a chunk's score is its BM25 score plus this times its document's (chosen on docstrings-dev: bench/RESULTS.md)
+#: a chunk's score is its BM25 score plus this times its document's (chosen with the hybrid search settings over
+#: five collections: bench/RESULTS.md, "Document evidence" and "Fusion")
 DOCUMENT_WEIGHT = 2.0
 #: chunks scored for a query before the best ``k`` are kept, and documents looked up for their scores
 CANDIDATES = 100
@@ -179,6 +182,8 @@ class LexicalIndex:
         self.analyzer = english_analyzer()
         self.searcher = index.searcher()
         self.document_searcher = documents.searcher() if documents is not None else None
+        #: a chunk's score is its BM25 plus this times its document's
+        self.document_weight = DOCUMENT_WEIGHT
 
     def __len__(self) -> int:
         return self.meta.count
@@ -189,9 +194,9 @@ class LexicalIndex:
 
     def search(self, query: str, k: int) -> list[LexicalHit]:
         """Up to ``k`` chunks matching any term of ``query``, best score first: the chunk's BM25 score plus
-        :data:`DOCUMENT_WEIGHT` times its document's (among the best :data:`CANDIDATES` chunks and documents).
-        Any text is a query (no query syntax); one without index terms (empty, only stop words or
-        punctuation) finds nothing."""
+        :attr:`document_weight` (:data:`DOCUMENT_WEIGHT`) times its document's (among the best
+        :data:`CANDIDATES` chunks and documents). Any text is a query (no query syntax); one without index
+        terms (empty, only stop words or punctuation) finds nothing."""
         if not isinstance(query, str):
             raise TypeError(f"a lexical query is a string, got {type(query).__name__}")
         if k < 1:
@@ -205,7 +210,8 @@ class LexicalIndex:
         if self.document_searcher is None or not hits:
             return hits[:k]
         documents = self.document_scores(terms)
-        scored = [replace(hit, score=hit.score + DOCUMENT_WEIGHT * documents.get(hit.doc_id, 0.0)) for hit in hits]
+        scored = [replace(hit, score=hit.score + self.document_weight * documents.get(hit.doc_id, 0.0))
+                  for hit in hits]
         scored.sort(key=lambda hit: (-hit.score, hit.row))
         return scored[:k]
 
@@ -300,11 +306,9 @@ def _open(generation: Path) -> tantivy.Index:
     return index
 
 
-def _open_documents(generation: Path, meta: LexicalMeta | None) -> tantivy.Index | None:
-    """The document index of ``generation`` (None for an index of format 1, which has none)."""
-    if meta is not None and meta.format < 2:
-        return None
-    return _open(generation / DOCUMENTS)
+def _open_documents(generation: Path, meta: LexicalMeta) -> tantivy.Index | None:
+    """The document index of ``generation`` (None for an index older than :data:`DOCUMENTS_FORMAT`)."""
+    return _open(generation / DOCUMENTS) if meta.format >= DOCUMENTS_FORMAT else None
 
 
 def load_lexical(out: str | Path) -> LexicalIndex:
@@ -431,7 +435,8 @@ def _write_generation(directory: Path, old: LexicalMeta | None, new: Any, identi
         if old is not None:
             link_files(directory / old.directory, temp, old.files)
         _add_chunks(temp, old is None, first_row, new, progress)
-        documents = _update_documents(temp, old is None, new)
+        earlier = LexicalIndex(old, _open(directory / old.directory)) if old is not None else None
+        documents = _update_documents(temp, earlier, new)
         files = seal(temp, directory / old.directory if old else None, old.files if old else {})
         publish(temp, final)
         meta = LexicalMeta(new.last_seq, first_row + len(new), number, identity, TOKENIZER, files,
@@ -485,39 +490,36 @@ def _add_chunks(generation: Path, create: bool, first_row: int, new: Any, progre
             bar.close()
 
 
-def _update_documents(generation: Path, create: bool, new: Any) -> int:
-    """Index afresh, in the document index of ``generation``, every document that ``new`` adds chunks to (its
-    text: all its chunks in the chunk index, in order, which already holds ``new``'s); its number of documents."""
-    touched = list(dict.fromkeys(str(doc_id) for doc_id in new.rows.doc_id))
+def _update_documents(generation: Path, earlier: LexicalIndex | None, new: Any) -> int:
+    """Index afresh, in the document index of ``generation``, every document that ``new`` adds chunks to; its
+    number of documents. A document's text is all its chunks in order: ``new``'s, after those ``earlier`` (the
+    generation this one replaces; None when the index is made anew) already holds."""
+    parts: dict[str, list[tuple[int, str]]] = {}
+    for doc_id, chunk_index, text in zip(new.rows.doc_id, new.rows.chunk_index, new.texts):
+        parts.setdefault(str(doc_id), []).append((int(chunk_index), text))
     try:
-        if create:
+        if earlier is None:
             (generation / DOCUMENTS).mkdir()
             documents = tantivy.Index(documents_schema(), path=str(generation / DOCUMENTS), reuse=False)
             documents.register_tokenizer(TOKENIZER, english_analyzer())
         else:
             documents = _open(generation / DOCUMENTS)
-        chunks = _open(generation)
-        chunks.reload()
-        searcher = chunks.searcher()
 
         def add(writer: tantivy.IndexWriter) -> None:
-            for doc_id in touched:
-                found = searcher.search(tantivy.Query.term_query(chunks.schema, "doc_id", doc_id), count=False,
-                                        limit=max(searcher.num_docs, 1)).hits
-                parts = sorted((int(d.get_first("chunk_index")), d.get_first("text"))
-                               for d in (searcher.doc(address) for _, address in found))
-                if not create:
+            for doc_id, chunks in parts.items():
+                if earlier is not None:
+                    chunks = [(hit.chunk_index, hit.text) for hit in earlier.document_chunks(doc_id)] + chunks
                     writer.delete_documents_by_term("doc_id", doc_id)
                 doc = tantivy.Document()
                 doc.add_text("doc_id", doc_id)
-                doc.add_text("text", "".join(text for _, text in parts))
+                doc.add_text("text", "".join(text for _, text in sorted(chunks)))
                 writer.add_document(doc)
 
         _write(documents, add)
         documents.reload()
         return documents.searcher().num_docs
     except ValueError as err:
-        raise _write_failed(generation, err, []) from err
+        raise _write_failed(generation, err, new.texts) from err
 
 
 def _write(index: tantivy.Index, add: Callable[[tantivy.IndexWriter], None]) -> None:
